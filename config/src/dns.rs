@@ -1,0 +1,186 @@
+//! `DnsConfig`: the authoritative DNS server for the base domain (gateway
+//! records, ACME DNS-01 TXT records, CAA).
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::load::Component;
+use crate::types::{DnsName, HttpUrl, Secret};
+use crate::validate::{check, in_range, key, token, Validate};
+
+/// Largest SOA timer value (RFC 2181: 31-bit).
+const MAX_SOA_SECS: u32 = i32::MAX as u32;
+
+/// The DNS server's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone served (required).
+    pub base_domain: DnsName,
+    /// UDP listener (default `0.0.0.0:53`).
+    #[serde(default = "default_listen")]
+    pub listen_udp: SocketAddr,
+    /// TCP listener (default `0.0.0.0:53`).
+    #[serde(default = "default_listen")]
+    pub listen_tcp: SocketAddr,
+    /// NS records; `["ns1.<base_domain>"]` when left empty (filled at load).
+    #[serde(default)]
+    pub ns_names: Vec<DnsName>,
+    /// SOA record.
+    #[serde(default)]
+    pub soa: SoaConfig,
+    /// Addresses `*.<base_domain>` resolves to (the gateway replicas).
+    #[serde(default)]
+    pub gateway_addrs: Vec<IpAddr>,
+    /// TTL of answers (1 to 86400, default 60).
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u32,
+    /// API through which the gateway sets ACME TXT records.
+    #[serde(default)]
+    pub api: DnsApiConfig,
+    /// ACME account URI pinned in the CAA record (`accounturi=`).
+    #[serde(default)]
+    pub caa_account_uri: Option<HttpUrl>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 53))
+}
+fn default_ttl_secs() -> u32 {
+    60
+}
+
+impl Component for DnsConfig {
+    const NAME: &'static str = "dns";
+
+    fn resolve_defaults(&mut self) -> Result<(), ConfigError> {
+        let derived = |label: &str, field: &str| {
+            self.base_domain
+                .prepend(label)
+                .map_err(|reason| ConfigError::invalid(key(Self::NAME, field), reason))
+        };
+        if self.ns_names.is_empty() {
+            self.ns_names = vec![derived("ns1", "ns_names")?];
+        }
+        if self.soa.mname.is_none() {
+            self.soa.mname = Some(self.ns_names[0].clone());
+        }
+        if self.soa.rname.is_none() {
+            self.soa.rname = Some(derived("hostmaster", "soa.rname")?);
+        }
+        Ok(())
+    }
+}
+
+impl Validate for DnsConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for (i, ip) in self.gateway_addrs.iter().enumerate() {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    key(at, &format!("gateway_addrs[{i}]")),
+                    format!("{ip} is not a usable host address"),
+                ));
+            }
+        }
+        in_range(at, "ttl_secs", self.ttl_secs, 1..=86_400)?;
+        self.soa.validate(&key(at, "soa"))?;
+        self.api.validate(&key(at, "api"))?;
+        if let Some(uri) = &self.caa_account_uri {
+            check(at, "caa_account_uri", uri.require_https())?;
+        }
+        Ok(())
+    }
+}
+
+/// `[soa]`: the zone's SOA record.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoaConfig {
+    /// Primary name server; the first of `ns_names` when absent (always
+    /// `Some` after loading).
+    pub mname: Option<DnsName>,
+    /// Responsible mailbox as a DNS name; `hostmaster.<base_domain>` when
+    /// absent (always `Some` after loading).
+    pub rname: Option<DnsName>,
+    /// Serial (default 1).
+    pub serial: u32,
+    /// Seconds (default 3600).
+    pub refresh: u32,
+    /// Seconds (default 600).
+    pub retry: u32,
+    /// Seconds (default 604800).
+    pub expire: u32,
+    /// Negative-caching TTL in seconds (default 60).
+    pub minimum: u32,
+}
+
+impl Default for SoaConfig {
+    fn default() -> Self {
+        SoaConfig {
+            mname: None,
+            rname: None,
+            serial: 1,
+            refresh: 3600,
+            retry: 600,
+            expire: 604_800,
+            minimum: 60,
+        }
+    }
+}
+
+impl Validate for SoaConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        in_range(at, "refresh", self.refresh, 1..=MAX_SOA_SECS)?;
+        in_range(at, "retry", self.retry, 1..=MAX_SOA_SECS)?;
+        in_range(at, "expire", self.expire, 1..=MAX_SOA_SECS)?;
+        in_range(at, "minimum", self.minimum, 1..=86_400)?;
+        if self.expire <= self.refresh {
+            return Err(ConfigError::invalid(
+                key(at, "expire"),
+                format!(
+                    "must be greater than refresh ({}), got {}",
+                    self.refresh, self.expire
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[api]`: the record-update API.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsApiConfig {
+    /// Listener (default `127.0.0.1:8053`).
+    pub listen: SocketAddr,
+    /// Bearer token; required unless `listen` is a loopback address. Prefer
+    /// `TEEGATE_DNS__API__TOKEN`.
+    pub token: Option<Secret>,
+}
+
+impl Default for DnsApiConfig {
+    fn default() -> Self {
+        DnsApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
+            token: None,
+        }
+    }
+}
+
+impl Validate for DnsApiConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        match &self.token {
+            Some(t) => token(at, "token", t),
+            None if !self.listen.ip().is_loopback() => Err(ConfigError::invalid(
+                key(at, "token"),
+                format!(
+                    "is required because api.listen ({}) is not a loopback address",
+                    self.listen
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}

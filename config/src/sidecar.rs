@@ -1,0 +1,115 @@
+//! `SidecarConfig`: the in-CVM agent (compose, keys, RA-TLS front, guest
+//! API, registration with gateways).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::load::Component;
+use crate::quote_provider::QuoteProviderConfig;
+use crate::types::HttpUrl;
+use crate::validate::{check, in_range, key, non_empty_path, Validate};
+use crate::verifier::VerifierConfig;
+
+/// The guest sidecar's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Path to `app-compose.json` (required).
+    pub compose_file: PathBuf,
+    /// Guest API Unix socket (default `/var/run/teegate/teegate.sock`).
+    #[serde(default = "default_socket_path")]
+    pub socket_path: PathBuf,
+    /// RA-TLS front listener (default `0.0.0.0:8443`).
+    #[serde(default = "default_listen_front")]
+    pub listen_front: SocketAddr,
+    /// Address at which gateways reach the front, if not `listen_front`.
+    #[serde(default)]
+    pub advertise_addr: Option<SocketAddr>,
+    /// The KMS (`https://`, required).
+    pub kms_url: HttpUrl,
+    /// Gateway registration listeners (`https://`).
+    #[serde(default)]
+    pub gateways: Vec<HttpUrl>,
+    /// Where quotes come from (default `tdx`).
+    #[serde(default)]
+    pub quote_provider: QuoteProviderConfig,
+    /// Docker Engine API socket (default `/var/run/docker.sock`).
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: PathBuf,
+    /// Registration renewal interval (1 to 3600, default 20).
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+    /// Validity of RA-TLS certificates (60 s to 366 days, default 86400).
+    #[serde(default = "default_cert_validity_secs")]
+    pub cert_validity_secs: u64,
+    /// Env vars encrypted to the app's `env` key.
+    #[serde(default)]
+    pub encrypted_env_file: Option<PathBuf>,
+    /// How the KMS's and gateways' RA-TLS certificates are verified.
+    #[serde(default)]
+    pub verifier: VerifierConfig,
+    /// State directory (default `/var/lib/teegate/sidecar`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_socket_path() -> PathBuf {
+    PathBuf::from("/var/run/teegate/teegate.sock")
+}
+fn default_listen_front() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from("/var/run/docker.sock")
+}
+fn default_heartbeat_secs() -> u64 {
+    20
+}
+fn default_cert_validity_secs() -> u64 {
+    86_400
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/teegate/sidecar")
+}
+
+impl SidecarConfig {
+    /// The address gateways should connect to.
+    pub fn front_addr(&self) -> SocketAddr {
+        self.advertise_addr.unwrap_or(self.listen_front)
+    }
+}
+
+impl Component for SidecarConfig {
+    const NAME: &'static str = "sidecar";
+}
+
+impl Validate for SidecarConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        non_empty_path(at, "compose_file", &self.compose_file)?;
+        non_empty_path(at, "socket_path", &self.socket_path)?;
+        non_empty_path(at, "docker_socket", &self.docker_socket)?;
+        non_empty_path(at, "data_dir", &self.data_dir)?;
+        if let Some(file) = &self.encrypted_env_file {
+            non_empty_path(at, "encrypted_env_file", file)?;
+        }
+        if let Some(addr) = self.advertise_addr {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(ConfigError::invalid(
+                    key(at, "advertise_addr"),
+                    format!("{addr} must be a concrete address and port that gateways can reach"),
+                ));
+            }
+        }
+        check(at, "kms_url", self.kms_url.require_https())?;
+        for (i, url) in self.gateways.iter().enumerate() {
+            check(at, &format!("gateways[{i}]"), url.require_https())?;
+        }
+        self.quote_provider.validate(&key(at, "quote_provider"))?;
+        in_range(at, "heartbeat_secs", self.heartbeat_secs, 1..=3600)?;
+        in_range(at, "cert_validity_secs", self.cert_validity_secs, 60..=366 * 86_400)?;
+        self.verifier.validate(&key(at, "verifier"))
+    }
+}

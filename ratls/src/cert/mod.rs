@@ -1,0 +1,12 @@
+//! RA-TLS certificates: the evidence and claims formats, issuing, and verifying.
+
+pub mod claims;
+pub mod evidence;
+mod issue;
+pub mod oid;
+mod verify;
+
+pub use claims::AppClaims;
+pub use issue::{issue, CertAuthority, CertProfile, Identity, IssueError, RaTlsCert};
+pub use verify::{parse_ratls_cert, ParsedRaTlsCert};
+pub use issue::pem_encode;

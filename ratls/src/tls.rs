@@ -1,0 +1,230 @@
+//! rustls verifiers that admit a peer only if its RA-TLS certificate verifies: the usual
+//! chain and signature checks (to configured roots such as the KMS root CA, or the
+//! certificate's own key when self-signed RA-TLS is accepted), then the attestation.
+//! There is no "skip verification" mode.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+
+use crate::cache::CachingVerifier;
+use crate::types::{AppId, Fingerprint};
+use crate::verifier::VerifiedAttestation;
+
+/// How the certificate chain itself is trusted, before the attestation is checked.
+#[derive(Clone)]
+pub enum ChainTrust {
+    /// Self-signed RA-TLS certificates: the certificate's own key checks its signature,
+    /// and the quote's key binding is what makes the key trustworthy.
+    SelfSigned,
+    /// Certificates must chain to one of these roots (e.g. the KMS root CA).
+    Roots(Arc<Vec<TrustAnchor<'static>>>),
+}
+
+impl ChainTrust {
+    /// Roots from DER certificates.
+    pub fn roots(ders: &[Vec<u8>]) -> Result<Self, rustls::Error> {
+        let mut anchors = Vec::with_capacity(ders.len());
+        for der in ders {
+            let cert = CertificateDer::from(der.as_slice());
+            let anchor = webpki::anchor_from_trusted_cert(&cert)
+                .map_err(|e| rustls::Error::General(format!("bad root certificate: {e}")))?;
+            anchors.push(anchor.to_owned());
+        }
+        Ok(ChainTrust::Roots(Arc::new(anchors)))
+    }
+}
+
+/// The checks shared by the server- and client-side verifiers.
+#[derive(Clone)]
+pub struct RaTlsCheck {
+    verifier: Arc<CachingVerifier>,
+    trust: ChainTrust,
+    provider: Arc<CryptoProvider>,
+    expected_app: Option<AppId>,
+}
+
+impl fmt::Debug for RaTlsCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaTlsCheck")
+            .field("expected_app", &self.expected_app)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer is app {found}, expected app {expected}")]
+struct WrongApp {
+    expected: AppId,
+    found: AppId,
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+fn chain_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as W;
+    rustls::Error::InvalidCertificate(match e {
+        W::BadDer | W::BadDerTime => CertificateError::BadEncoding,
+        W::CertExpired { .. } => CertificateError::Expired,
+        W::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        W::UnknownIssuer => CertificateError::UnknownIssuer,
+        W::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        W::RequiredEkuNotFoundContext(_) => {
+            CertificateError::InvalidPurpose
+        }
+        other_err => CertificateError::Other(OtherError(Arc::new(other_err))),
+    })
+}
+
+impl RaTlsCheck {
+    pub fn new(verifier: Arc<CachingVerifier>, trust: ChainTrust, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            verifier,
+            trust,
+            provider,
+            expected_app: None,
+        }
+    }
+
+    /// Also require the peer to be this app.
+    pub fn expect_app(mut self, app: AppId) -> Self {
+        self.expected_app = Some(app);
+        self
+    }
+
+    pub fn verifier(&self) -> &Arc<CachingVerifier> {
+        &self.verifier
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<Arc<VerifiedAttestation>, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(chain_error)?;
+        let self_anchor;
+        let anchors: &[TrustAnchor<'_>] = match &self.trust {
+            ChainTrust::Roots(roots) => roots,
+            ChainTrust::SelfSigned => {
+                self_anchor = [webpki::anchor_from_trusted_cert(end_entity).map_err(chain_error)?];
+                &self_anchor
+            }
+        };
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(chain_error)?;
+        let verified = self.verifier.verify(end_entity).map_err(|e| {
+            tracing::warn!(error = %e, "RA-TLS peer rejected");
+            other(e)
+        })?;
+        if let Some(expected) = self.expected_app {
+            if *verified.app_id() != expected {
+                return Err(other(WrongApp {
+                    expected,
+                    found: *verified.app_id(),
+                }));
+            }
+        }
+        Ok(verified)
+    }
+
+    /// The verified attestation of a peer whose handshake completed.
+    pub fn attestation_of(&self, peer_chain: &[CertificateDer<'_>]) -> Option<Arc<VerifiedAttestation>> {
+        let leaf = peer_chain.first()?;
+        self.verifier.lookup(&Fingerprint::of(leaf))
+    }
+
+    fn tls12(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+
+    fn tls13(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// For TLS clients (the gateway's upstream side, `teegate verify`, sidecar → KMS).
+#[derive(Debug, Clone)]
+pub struct RaTlsServerVerifier(pub RaTlsCheck);
+
+impl ServerCertVerifier for RaTlsServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The name is not what makes an RA-TLS peer trustworthy: its attested app id is,
+        // and callers pin that with `expect_app`.
+        self.0
+            .check(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(m, c, d)
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// For TLS servers that require an attested client (registration API, KMS).
+#[derive(Debug, Clone)]
+pub struct RaTlsClientVerifier(pub RaTlsCheck);
+
+impl ClientCertVerifier for RaTlsClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .check(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(m, c, d)
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}

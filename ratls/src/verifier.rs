@@ -1,0 +1,236 @@
+//! RA-TLS certificate verification: parse → quote signature and TCB status → key binding
+//! → event-log replay → policy. The result, [`VerifiedAttestation`], can only be made here,
+//! so code that routes traffic cannot be handed an unverified certificate by mistake.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::cert::evidence::{self, ClaimsBuffer};
+use crate::cert::{parse_ratls_cert, ParsedRaTlsCert};
+use crate::collateral::CollateralSource;
+use crate::error::{Reason, Step, VerifyError};
+use crate::eventlog::{names, EventLog};
+use crate::policy::{Policy, Subject};
+use crate::quote::Quote;
+use crate::quote_verify::{QuoteVerifier, VerifiedQuote};
+use crate::tcb::TcbStatus;
+use crate::types::{AppId, ComposeHash, Fingerprint, InstanceId, Measurement, ReportData};
+
+/// What a verified RA-TLS certificate attests. Only [`AttestationVerifier`] constructs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedAttestation {
+    fingerprint: Fingerprint,
+    app_id: AppId,
+    compose_hash: ComposeHash,
+    instance_id: InstanceId,
+    mrtd: Measurement,
+    rtmrs: [Measurement; 4],
+    report_data: ReportData,
+    tcb_status: TcbStatus,
+    advisory_ids: Vec<String>,
+    simulated: bool,
+    event_log: EventLog,
+    dns_names: Vec<String>,
+    not_after: i64,
+    /// Unix seconds after which this verdict must be re-checked.
+    valid_until: u64,
+}
+
+impl VerifiedAttestation {
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+    pub fn app_id(&self) -> &AppId {
+        &self.app_id
+    }
+    pub fn compose_hash(&self) -> &ComposeHash {
+        &self.compose_hash
+    }
+    pub fn instance_id(&self) -> &InstanceId {
+        &self.instance_id
+    }
+    pub fn mrtd(&self) -> &Measurement {
+        &self.mrtd
+    }
+    pub fn rtmrs(&self) -> &[Measurement; 4] {
+        &self.rtmrs
+    }
+    pub fn report_data(&self) -> &ReportData {
+        &self.report_data
+    }
+    pub fn tcb_status(&self) -> TcbStatus {
+        self.tcb_status
+    }
+    pub fn advisory_ids(&self) -> &[String] {
+        &self.advisory_ids
+    }
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+    pub fn event_log(&self) -> &EventLog {
+        &self.event_log
+    }
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
+    }
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+    pub fn valid_until(&self) -> u64 {
+        self.valid_until
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies RA-TLS certificates under one policy.
+#[derive(Clone)]
+pub struct AttestationVerifier {
+    quotes: QuoteVerifier,
+    policy: Policy,
+    fixed_now: Option<u64>,
+}
+
+impl AttestationVerifier {
+    /// Quotes are checked with collateral from `collateral` (simulated quotes bring their
+    /// own) under `policy`'s TCB and simulation rules.
+    pub fn new(collateral: Arc<dyn CollateralSource>, policy: Policy) -> Self {
+        let quotes = QuoteVerifier::new(collateral, policy.tcb.clone(), policy.allow_simulated);
+        Self {
+            quotes,
+            policy,
+            fixed_now: None,
+        }
+    }
+
+    /// Verify as if the time were `now` (unix seconds). For tests and offline audits.
+    pub fn at_time(mut self, now: u64) -> Self {
+        self.fixed_now = Some(now);
+        self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn now(&self) -> u64 {
+        self.fixed_now.unwrap_or_else(unix_now)
+    }
+
+    /// Verifies a DER certificate now.
+    pub fn verify(&self, der: &[u8]) -> Result<VerifiedAttestation, VerifyError> {
+        self.verify_at(der, self.now())
+    }
+
+    pub fn verify_at(&self, der: &[u8], now: u64) -> Result<VerifiedAttestation, VerifyError> {
+        let cert = parse_ratls_cert(der)?;
+        let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+        if now_i < cert.not_before || now_i > cert.not_after {
+            return Err(VerifyError::parse(Reason::Certificate(format!(
+                "not valid at {now}: valid from {} to {}",
+                cert.not_before, cert.not_after
+            ))));
+        }
+        let quote =
+            Quote::parse(&cert.quote).map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
+        let verified = self.quotes.verify(quote, None, now)?;
+        check_key_binding(&cert, &verified.quote)?;
+        check_claims(&cert, &verified)?;
+        let rtmrs = verified.quote.rtmrs();
+        let mrtd = verified.quote.mrtd();
+        self.policy.check(&Subject {
+            mrtd: &mrtd,
+            rtmrs: &rtmrs,
+            compose_hash: &cert.claims.compose_hash,
+            app_id: &cert.claims.app_id,
+        })?;
+        let not_after = u64::try_from(cert.not_after).unwrap_or(0);
+        Ok(VerifiedAttestation {
+            fingerprint: cert.fingerprint,
+            app_id: cert.claims.app_id,
+            compose_hash: cert.claims.compose_hash,
+            instance_id: cert.claims.instance_id,
+            mrtd,
+            rtmrs,
+            report_data: verified.quote.report_data(),
+            tcb_status: verified.tcb_status,
+            advisory_ids: verified.advisory_ids,
+            simulated: verified.simulated,
+            event_log: cert.claims.event_log,
+            dns_names: cert.dns_names,
+            not_after: cert.not_after,
+            valid_until: not_after.min(verified.collateral_expires),
+        })
+    }
+}
+
+fn check_key_binding(cert: &ParsedRaTlsCert, quote: &Quote) -> Result<(), VerifyError> {
+    let fail = |r: Reason| VerifyError::new(Step::KeyBinding, r);
+    let claims = ClaimsBuffer::parse(&cert.claims_buffer).map_err(|e| fail(Reason::Evidence(e.0)))?;
+    let expected = claims.hash_alg.digest(&cert.spki_der);
+    if expected != claims.pubkey_hash {
+        return Err(fail(Reason::PubkeyHashMismatch {
+            expected: hex::encode(expected),
+            found: hex::encode(&claims.pubkey_hash),
+        }));
+    }
+    let expected_rd = evidence::report_data_for(&cert.claims_buffer);
+    if expected_rd != quote.report_data() {
+        return Err(fail(Reason::ReportDataMismatch {
+            expected: expected_rd.to_hex(),
+            found: quote.report_data().to_hex(),
+        }));
+    }
+    Ok(())
+}
+
+fn check_claims(cert: &ParsedRaTlsCert, verified: &VerifiedQuote) -> Result<(), VerifyError> {
+    let claims = &cert.claims;
+    if claims.simulated != verified.simulated {
+        return Err(VerifyError::new(
+            Step::QuoteSignature,
+            Reason::SimulatedFlagMismatch {
+                claimed: claims.simulated,
+                actual: if verified.simulated { "simulated" } else { "real TDX" },
+            },
+        ));
+    }
+    let replay = |r: Reason| VerifyError::new(Step::EventLogReplay, r);
+    let replayed = claims.event_log.replay();
+    let quoted = verified.quote.rtmr3();
+    if replayed != quoted {
+        return Err(replay(Reason::Rtmr3Mismatch { replayed, quoted }));
+    }
+    let logged = |name: &'static str| -> Result<&[u8], VerifyError> {
+        let mut it = claims.event_log.payloads(name);
+        match (it.next(), it.next()) {
+            (Some(p), None) => Ok(p),
+            (None, _) => Err(replay(Reason::EventLog(format!("no {name} event")))),
+            (Some(_), Some(_)) => Err(replay(Reason::EventLog(format!("more than one {name} event")))),
+        }
+    };
+    let pairs: [(&'static str, &[u8]); 3] = [
+        (names::COMPOSE_HASH, claims.compose_hash.as_bytes()),
+        (names::APP_ID, claims.app_id.as_bytes()),
+        (names::INSTANCE_ID, claims.instance_id.as_bytes()),
+    ];
+    for (name, claimed) in pairs {
+        let log = logged(name)?;
+        if log != claimed {
+            return Err(replay(Reason::ClaimMismatch {
+                claim: name,
+                claimed: hex::encode(claimed),
+                logged: hex::encode(log),
+            }));
+        }
+    }
+    Ok(())
+}
