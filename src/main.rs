@@ -1,1 +1,46 @@
-//! placeholder
+//! `teegate`: one binary for every teegate role and tool.
+
+mod cmd;
+mod input;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "teegate", version, about = "Confidential apps on the web: gateway, RA-TLS and TDX attestation tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and verify a TDX quote.
+    Quote(cmd::quote::Args),
+    /// RA-TLS certificate tools.
+    #[command(subcommand)]
+    Ratls(cmd::ratls::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TEEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Quote(args) => cmd::quote::run(args),
+        Command::Ratls(c) => cmd::ratls::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -20,10 +20,16 @@ pub struct DnsConfig {
     /// The zone served (required).
     pub base_domain: DnsName,
     /// UDP listener (default `0.0.0.0:53`).
-    #[serde(default = "default_listen")]
+    #[serde(
+        default = "default_listen",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_udp: SocketAddr,
     /// TCP listener (default `0.0.0.0:53`).
-    #[serde(default = "default_listen")]
+    #[serde(
+        default = "default_listen",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_tcp: SocketAddr,
     /// NS records; `["ns1.<base_domain>"]` when left empty (filled at load).
     #[serde(default)]
@@ -154,6 +160,7 @@ impl Validate for SoaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DnsApiConfig {
     /// Listener (default `127.0.0.1:8053`).
+    #[serde(deserialize_with = "crate::types::socket_addr")]
     pub listen: SocketAddr,
     /// Bearer token; required unless `listen` is a loopback address. Prefer
     /// `TEEGATE_DNS__API__TOKEN`.

@@ -84,9 +84,7 @@ pub(crate) fn collect(
         if path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
                 var,
-                reason: format!(
-                    "empty key segment (use {ENV_SEPARATOR} only between key names)"
-                ),
+                reason: format!("empty key segment (use {ENV_SEPARATOR} only between key names)"),
             });
         }
         let key = format!("{component}.{}", path.join("."));
@@ -173,10 +171,19 @@ pub(crate) fn attribute(err: ConfigError, overrides: &[Override]) -> ConfigError
         .rev()
         .find(|o| related(key, &o.key) || related(&o.key, key))
     {
-        Some(o) => ConfigError::Env {
-            var: o.var.clone(),
-            reason: err.to_string(),
-        },
+        Some(o) => {
+            let reason = match &err {
+                ConfigError::Parse { key, message: why }
+                | ConfigError::Invalid { key, reason: why } => {
+                    format!("{key}: {why}")
+                }
+                other => other.to_string(),
+            };
+            ConfigError::Env {
+                var: o.var.clone(),
+                reason,
+            }
+        }
         None => err,
     }
 }
@@ -196,7 +203,10 @@ mod tests {
         );
         assert_eq!(parse_value("\"123\"", false), Value::String("123".into()));
         assert_eq!(parse_value("1_000", false), Value::String("1_000".into()));
-        assert_eq!(parse_value("abc def", false), Value::String("abc def".into()));
+        assert_eq!(
+            parse_value("abc def", false),
+            Value::String("abc def".into())
+        );
         assert_eq!(parse_value("123", true), Value::String("123".into()));
         assert_eq!(
             parse_value("1\nx = 2", false),

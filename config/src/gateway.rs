@@ -25,16 +25,28 @@ pub struct GatewayConfig {
     /// Apps are served at `<app-id>.<base_domain>` (required).
     pub base_domain: DnsName,
     /// Public HTTPS listener (default `0.0.0.0:443`).
-    #[serde(default = "default_listen_https")]
+    #[serde(
+        default = "default_listen_https",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_https: SocketAddr,
     /// Plain HTTP listener, for redirects (default `0.0.0.0:80`).
-    #[serde(default = "default_listen_http")]
+    #[serde(
+        default = "default_listen_http",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_http: SocketAddr,
     /// Where sidecars register over mutual RA-TLS (default `0.0.0.0:8443`).
-    #[serde(default = "default_listen_registration")]
+    #[serde(
+        default = "default_listen_registration",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_registration: SocketAddr,
     /// Admin API and metrics (default `127.0.0.1:9443`).
-    #[serde(default = "default_listen_admin")]
+    #[serde(
+        default = "default_listen_admin",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_admin: SocketAddr,
     /// State directory (default `/var/lib/teegate/gateway`).
     #[serde(default = "default_data_dir")]
@@ -210,7 +222,11 @@ impl Default for AcmeConfig {
 
 impl Validate for AcmeConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        check(at, "directory_url", self.directory_url.require_https_or_loopback())?;
+        check(
+            at,
+            "directory_url",
+            self.directory_url.require_https_or_loopback(),
+        )?;
         if let Some(bundle) = &self.ca_bundle {
             non_empty_path(at, "ca_bundle", bundle)?;
         }
@@ -284,9 +300,24 @@ impl Validate for LimitsConfig {
             1..=self.max_connections,
         )?;
         in_range(at, "idle_timeout_secs", self.idle_timeout_secs, 1..=86_400)?;
-        in_range(at, "request_timeout_secs", self.request_timeout_secs, 1..=86_400)?;
-        in_range(at, "client_hello_timeout_ms", self.client_hello_timeout_ms, 1..=60_000)?;
-        in_range(at, "client_hello_max_bytes", self.client_hello_max_bytes, 512..=MIB)
+        in_range(
+            at,
+            "request_timeout_secs",
+            self.request_timeout_secs,
+            1..=86_400,
+        )?;
+        in_range(
+            at,
+            "client_hello_timeout_ms",
+            self.client_hello_timeout_ms,
+            1..=60_000,
+        )?;
+        in_range(
+            at,
+            "client_hello_max_bytes",
+            self.client_hello_max_bytes,
+            512..=MIB,
+        )
     }
 }
 
@@ -330,7 +361,12 @@ impl Validate for UpstreamConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         in_range(at, "down_backoff_secs", self.down_backoff_secs, 1..=3600)?;
         in_range(at, "retries", self.retries, 0..=5)?;
-        in_range(at, "connect_timeout_ms", self.connect_timeout_ms, 1..=60_000)
+        in_range(
+            at,
+            "connect_timeout_ms",
+            self.connect_timeout_ms,
+            1..=60_000,
+        )
     }
 }
 

@@ -21,7 +21,10 @@ use crate::verifier::{TcbStatusName, VerifierConfig};
 #[serde(deny_unknown_fields)]
 pub struct KmsConfig {
     /// Mutual RA-TLS listener (default `0.0.0.0:8000`).
-    #[serde(default = "default_listen")]
+    #[serde(
+        default = "default_listen",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen: SocketAddr,
     /// State directory: root secret, root CA (required).
     pub data_dir: PathBuf,

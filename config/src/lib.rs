@@ -9,13 +9,21 @@
 //! dotted path (`gateway.limits.max_header_bytes`) or the bad variable: a
 //! config that fails validation never half-starts a component.
 //!
+//! Overrides: `TEEGATE_GATEWAY__LIMITS__MAX_HEADER_BYTES=32768` sets
+//! `limits.max_header_bytes` of the gateway. Segments are separated by `__`
+//! and lower-cased; the value is read as TOML when it is a number, boolean,
+//! array, inline table or quoted string, and as text otherwise. An override
+//! of an unknown key is an error naming the variable. Secrets ([`Secret`]:
+//! the gateway admin token, the DNS API token, the etcd password) can come
+//! from the environment only, and print as `***` in `Debug` output.
+//!
 //! ```
-//! let cfg: config::GatewayConfig = config::from_toml_str_with_env(
+//! let cfg: teegate_config::GatewayConfig = teegate_config::from_toml_str_with_env(
 //!     "base_domain = \"apps.example.com\"",
 //!     [("TEEGATE_GATEWAY__WORKERS".to_string(), "4".to_string())],
 //! )?;
 //! assert_eq!(cfg.workers, 4);
-//! # Ok::<(), config::ConfigError>(())
+//! # Ok::<(), teegate_config::ConfigError>(())
 //! ```
 
 mod allowlist;
@@ -40,7 +48,9 @@ pub use gateway::{
     AcmeConfig, Balance, CustomDomainsConfig, GatewayConfig, GatewayTlsConfig, LimitsConfig,
     RegistrationConfig, TlsMode, UpstreamConfig, LETS_ENCRYPT_DIRECTORY,
 };
-pub use kms::{AppPolicies, AppPolicy, KmsConfig, KmsPolicyConfig, MeasurementPolicy, WebhookConfig};
+pub use kms::{
+    AppPolicies, AppPolicy, KmsConfig, KmsPolicyConfig, MeasurementPolicy, WebhookConfig,
+};
 pub use load::{from_toml_str, from_toml_str_with_env, load, load_with_env, Component};
 pub use quote_provider::{QuoteProviderConfig, DEFAULT_TSM_PATH};
 pub use sidecar::SidecarConfig;

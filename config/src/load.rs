@@ -161,7 +161,7 @@ fn backticked(text: &str) -> Vec<&str> {
 }
 
 /// The expected name nearest to `field`, if it is close enough to be a typo.
-fn closest<'a>(field: &str, expected: &[&'a str]) -> Option<String> {
+fn closest(field: &str, expected: &[&str]) -> Option<String> {
     expected
         .iter()
         .map(|name| (edit_distance(field, name), *name))

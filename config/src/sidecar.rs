@@ -23,10 +23,13 @@ pub struct SidecarConfig {
     #[serde(default = "default_socket_path")]
     pub socket_path: PathBuf,
     /// RA-TLS front listener (default `0.0.0.0:8443`).
-    #[serde(default = "default_listen_front")]
+    #[serde(
+        default = "default_listen_front",
+        deserialize_with = "crate::types::socket_addr"
+    )]
     pub listen_front: SocketAddr,
     /// Address at which gateways reach the front, if not `listen_front`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::opt_socket_addr")]
     pub advertise_addr: Option<SocketAddr>,
     /// The KMS (`https://`, required).
     pub kms_url: HttpUrl,
@@ -109,7 +112,12 @@ impl Validate for SidecarConfig {
         }
         self.quote_provider.validate(&key(at, "quote_provider"))?;
         in_range(at, "heartbeat_secs", self.heartbeat_secs, 1..=3600)?;
-        in_range(at, "cert_validity_secs", self.cert_validity_secs, 60..=366 * 86_400)?;
+        in_range(
+            at,
+            "cert_validity_secs",
+            self.cert_validity_secs,
+            60..=366 * 86_400,
+        )?;
         self.verifier.validate(&key(at, "verifier"))
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::env::env_var_name;
 use crate::error::ConfigError;
 use crate::types::{HttpUrl, Secret};
 use crate::validate::{check, key, non_empty_path, Validate};
@@ -80,10 +81,17 @@ impl Validate for EtcdConfig {
         )?;
         match (&self.username, &self.password) {
             (Some(_), None) => {
+                let password = key(at, "password");
+                let var = match password.split_once('.') {
+                    Some((component, rest)) => env_var_name(component, rest),
+                    None => env_var_name(&password, ""),
+                };
                 return Err(ConfigError::invalid(
-                    key(at, "password"),
-                    "is required when username is set",
-                ))
+                    password,
+                    format!(
+                        "is required when username is set (set {var} to keep it out of the file)"
+                    ),
+                ));
             }
             (None, Some(_)) => {
                 return Err(ConfigError::invalid(
@@ -92,7 +100,10 @@ impl Validate for EtcdConfig {
                 ))
             }
             (Some(user), Some(_)) if user.is_empty() => {
-                return Err(ConfigError::invalid(key(at, "username"), "must not be empty"))
+                return Err(ConfigError::invalid(
+                    key(at, "username"),
+                    "must not be empty",
+                ))
             }
             _ => {}
         }

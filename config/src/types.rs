@@ -2,7 +2,7 @@
 //! is deserialised, so a bad value is reported with its key.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -107,7 +107,11 @@ impl DnsName {
                 return fail("a label starts or ends with '-'");
             }
         }
-        if name.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        if name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
             return fail("the last label is numeric (an IP address is not a DNS name)");
         }
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -556,6 +560,37 @@ impl FromStr for DomainSuffix {
 }
 deserialize_from_str!(DomainSuffix, "domain pattern");
 
+/// Parses `ip:port` with an error that shows the text.
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not a valid socket address (expected IP:port such as \"0.0.0.0:443\" or \"[::1]:443\", port 0 to 65535)")
+    })
+}
+
+/// `deserialize_with` for `SocketAddr` fields.
+pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    struct AddrVisitor;
+    impl Visitor<'_> for AddrVisitor {
+        type Value = SocketAddr;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a socket address string such as \"0.0.0.0:443\"")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+            parse_socket_addr(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(AddrVisitor)
+}
+
+/// `deserialize_with` for `Option<SocketAddr>` fields (absent = `None`).
+pub(crate) fn opt_socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,14 +598,20 @@ mod tests {
     #[test]
     fn dns_name_rejects_empty_label_and_uppercase() {
         let e = DnsName::parse("Example..com").unwrap_err();
-        assert!(e.starts_with("\"Example..com\" is not a valid DNS name"), "{e}");
+        assert!(
+            e.starts_with("\"Example..com\" is not a valid DNS name"),
+            "{e}"
+        );
         let e = DnsName::parse("Example.com").unwrap_err();
         assert!(e.contains("lowercase"), "{e}");
         assert!(DnsName::parse("-a.com").is_err());
         assert!(DnsName::parse("a_b.com").is_err());
         assert!(DnsName::parse("10.0.0.1").is_err());
         assert!(DnsName::parse(&format!("{}.com", "a".repeat(64))).is_err());
-        assert_eq!(DnsName::parse("example.com.").unwrap().as_str(), "example.com");
+        assert_eq!(
+            DnsName::parse("example.com.").unwrap().as_str(),
+            "example.com"
+        );
         assert_eq!(DnsName::parse("localhost").unwrap().as_str(), "localhost");
     }
 

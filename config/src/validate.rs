@@ -61,7 +61,10 @@ pub(crate) fn check(at: &str, field: &str, result: Result<(), String>) -> Result
 
 /// Err if two listeners share an address (port 0, "pick a free port", may
 /// repeat).
-pub(crate) fn distinct_listeners(at: &str, listeners: &[(&str, SocketAddr)]) -> Result<(), ConfigError> {
+pub(crate) fn distinct_listeners(
+    at: &str,
+    listeners: &[(&str, SocketAddr)],
+) -> Result<(), ConfigError> {
     for (i, (name, addr)) in listeners.iter().enumerate() {
         if addr.port() == 0 {
             continue;
@@ -88,7 +91,10 @@ pub(crate) fn token(at: &str, field: &str, token: &crate::Secret) -> Result<(), 
         ));
     }
     if token.expose().chars().any(char::is_whitespace) {
-        return Err(ConfigError::invalid(key(at, field), "must not contain whitespace"));
+        return Err(ConfigError::invalid(
+            key(at, field),
+            "must not contain whitespace",
+        ));
     }
     Ok(())
 }

@@ -47,9 +47,7 @@ impl TcbStatusName {
             TcbStatusName::UpToDate => "UpToDate",
             TcbStatusName::SWHardeningNeeded => "SWHardeningNeeded",
             TcbStatusName::ConfigurationNeeded => "ConfigurationNeeded",
-            TcbStatusName::ConfigurationAndSWHardeningNeeded => {
-                "ConfigurationAndSWHardeningNeeded"
-            }
+            TcbStatusName::ConfigurationAndSWHardeningNeeded => "ConfigurationAndSWHardeningNeeded",
         }
     }
 

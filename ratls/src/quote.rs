@@ -230,7 +230,8 @@ mod tests {
     #[test]
     fn truncated_and_empty_quotes_are_errors() {
         let bytes = vector("dcap-qvl_tdx_quote");
-        for len in [0, 10, 48, 600, bytes.len() - 1] {
+        // Real quotes may carry trailing padding, so cut well inside the certificate data.
+        for len in [0, 10, 48, 600, 1100, bytes.len() - 200] {
             assert!(Quote::parse(&bytes[..len]).is_err(), "len {len}");
         }
         assert_eq!(Quote::parse(&[]).unwrap_err(), QuoteError::Empty);

@@ -136,3 +136,128 @@ impl QuoteVerifier {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collateral::FileSource;
+
+    fn vector(name: &str) -> Vec<u8> {
+        let path = format!("{}/../../shared/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    }
+
+    fn verifier_for(collateral: &str) -> QuoteVerifier {
+        let c = Collateral::from_json(&vector(collateral)).unwrap();
+        QuoteVerifier::new(Arc::new(FileSource::from_collateral(c)), TcbPolicy::default(), false)
+    }
+
+    fn at(rfc3339: &str) -> u64 {
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp() as u64
+    }
+
+    #[test]
+    fn real_v4_quote_is_up_to_date_inside_collateral_window() {
+        let v = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify_bytes(&vector("dcap-qvl_tdx_quote"), at("2025-06-20T00:00:00Z"))
+            .unwrap();
+        assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+        assert!(v.advisory_ids.is_empty());
+        assert!(!v.simulated);
+        assert!(v.collateral_expires > at("2025-06-20T00:00:00Z"));
+    }
+
+    #[test]
+    fn real_v5_td15ex_quote_is_up_to_date() {
+        let v = verifier_for("dcap-qvl_tdx_quote_td15ex_collateral.json")
+            .verify_bytes(&vector("dcap-qvl_tdx_quote_td15ex"), at("2026-10-10T00:00:00Z"))
+            .unwrap();
+        assert_eq!(v.tcb_status, TcbStatus::UpToDate);
+    }
+
+    #[test]
+    fn expired_tcb_info_is_a_signature_step_error() {
+        let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify_bytes(&vector("dcap-qvl_tdx_quote"), at("2025-08-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::QuoteSignature);
+        assert!(err.to_string().contains("TCBInfo expired"), "{err}");
+    }
+
+    #[test]
+    fn tampered_report_data_breaks_the_signature() {
+        let mut q = vector("dcap-qvl_tdx_quote");
+        let rd = Quote::parse(&q).unwrap().report_data();
+        let pos = q.windows(64).position(|w| w == rd.0).unwrap();
+        q[pos] ^= 1;
+        let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify_bytes(&q, at("2025-06-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::QuoteSignature);
+        assert!(err.to_string().contains("signature"), "{err}");
+    }
+
+    #[test]
+    fn flipped_signature_byte_is_rejected() {
+        let mut q = vector("dcap-qvl_tdx_quote");
+        // The ISV signature starts right after the 4-byte auth-data length that follows
+        // the 48-byte header and 584-byte TD report.
+        q[48 + 584 + 4 + 5] ^= 0x40;
+        let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify_bytes(&q, at("2025-06-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::QuoteSignature, "{err}");
+    }
+
+    #[test]
+    fn outdated_platform_has_no_matching_tcb_level() {
+        let err = verifier_for("dcap-qvl_tdx_quote_outdated_collateral.json")
+            .verify_bytes(&vector("dcap-qvl_tdx_quote_outdated"), at("2026-02-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::TcbStatus);
+        assert!(err.to_string().contains("No matching TCB level found"), "{err}");
+    }
+
+    #[test]
+    fn go_tdx_guest_quote_checks_chains_then_fails_tcb_match() {
+        let v = verifier_for("go-tdx-guest_SPR_E4_collateral_assembled.json");
+        let q = vector("go-tdx-guest_tdx_prod_quote_SPR_E4.dat");
+        let err = v.verify_bytes(&q, at("2023-06-20T00:00:00Z")).unwrap_err();
+        assert_eq!(err.step, Step::TcbStatus, "{err}");
+        assert!(err.to_string().contains("No matching TCB level found"), "{err}");
+        let err = v.verify_bytes(&q, at("2023-07-20T00:00:00Z")).unwrap_err();
+        assert!(err.to_string().contains("TCBInfo expired"), "{err}");
+    }
+
+    #[test]
+    fn wrong_collateral_is_rejected() {
+        // Collateral for another FMSPC, handed in directly.
+        let other = Collateral::from_json(&vector("dcap-qvl_tdx_quote_outdated_collateral.json")).unwrap();
+        let q = Quote::parse(&vector("dcap-qvl_tdx_quote")).unwrap();
+        let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify(q, Some(&other), at("2026-02-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::QuoteSignature, "{err}");
+    }
+
+    #[test]
+    fn missing_collateral_is_reported_not_skipped() {
+        let v = QuoteVerifier::simulated_only(TcbPolicy::default(), false);
+        let err = v
+            .verify_bytes(&vector("dcap-qvl_tdx_quote"), at("2025-06-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::QuoteSignature);
+        assert!(matches!(err.reason, Reason::Collateral(_)), "{err}");
+    }
+
+    #[test]
+    fn truncated_quote_is_a_parse_error() {
+        let q = vector("dcap-qvl_tdx_quote");
+        let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
+            .verify_bytes(&q[..1000], at("2025-06-20T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.step, Step::Parse);
+    }
+}

@@ -53,6 +53,29 @@ pub fn oid_tlv(content: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Dotted form of DER OID content octets, arcs up to 128 bits (x509-parser stops at 64).
+pub fn dotted(content: &[u8]) -> Option<String> {
+    let mut arcs: Vec<u128> = Vec::new();
+    let mut acc: u128 = 0;
+    for (i, b) in content.iter().enumerate() {
+        acc = acc.checked_mul(128)?.checked_add(u128::from(b & 0x7f))?;
+        if b & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = acc.min(80) / 40;
+                arcs.push(first);
+                arcs.push(acc - first * 40);
+            } else {
+                arcs.push(acc);
+            }
+            acc = 0;
+        } else if i + 1 == content.len() {
+            return None;
+        }
+    }
+    let parts: Vec<String> = arcs.iter().map(|a| a.to_string()).collect();
+    (!parts.is_empty()).then(|| parts.join("."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,8 +88,9 @@ mod tests {
 
     #[test]
     fn real_oid_parses_back_to_its_dotted_form() {
-        let oid = x509_parser::der_parser::oid::Oid::new(claims_oid_content().into());
-        assert_eq!(oid.to_id_string(), CLAIMS_OID_STR);
+        assert_eq!(dotted(&claims_oid_content()).unwrap(), CLAIMS_OID_STR);
+        assert_eq!(dotted(&[0x67, 0x81, 0x05, 0x05, 0x04, 0x09]).unwrap(), "2.23.133.5.4.9");
+        assert!(dotted(&[0x69, 0x81]).is_none());
         assert_eq!(CLAIMS_UUID.to_string(), CLAIMS_OID_STR.trim_start_matches("2.25."));
     }
 

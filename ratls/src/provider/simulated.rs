@@ -14,6 +14,7 @@ use crate::types::{Measurement, ReportData};
 pub struct SimulatedProvider {
     mrtd: Measurement,
     rtmrs: Mutex<[Measurement; 4]>,
+    debug: bool,
 }
 
 fn label(text: &str) -> Measurement {
@@ -38,7 +39,14 @@ impl SimulatedProvider {
         Self {
             mrtd,
             rtmrs: Mutex::new([rtmr0_2[0], rtmr0_2[1], rtmr0_2[2], Measurement::ZERO]),
+            debug: false,
         }
+    }
+
+    /// Marks the simulated TD as a debug TD, which every verifier must refuse.
+    pub fn debug_td(mut self) -> Self {
+        self.debug = true;
+        self
     }
 
     pub fn mrtd(&self) -> Measurement {
@@ -67,6 +75,7 @@ impl QuoteProvider for SimulatedProvider {
             mr_td: self.mrtd.0,
             rt_mr: [rtmrs[0].0, rtmrs[1].0, rtmrs[2].0, rtmrs[3].0],
             report_data: report_data.0,
+            td_attributes: [u8::from(self.debug), 0, 0, 0, 0, 0, 0, 0],
             ..SimTdReport::default()
         };
         Ok(SimulatedPki::well_known().quote(&td))

@@ -1,0 +1,90 @@
+//! DnsConfig: computed defaults, and errors that name the bad key.
+
+mod common;
+
+use common::{assert_contains, error, parse};
+use teegate_config::*;
+
+const MIN: &str = "base_domain = \"apps.example.com\"\n";
+
+fn with(extra: &str) -> String {
+    format!("{MIN}{extra}")
+}
+
+#[test]
+fn defaults_are_computed_from_base_domain() {
+    let cfg: DnsConfig = parse(MIN).unwrap();
+    assert_eq!(cfg.listen_udp, "0.0.0.0:53".parse().unwrap());
+    assert_eq!(cfg.listen_tcp, "0.0.0.0:53".parse().unwrap());
+    let ns: Vec<&str> = cfg.ns_names.iter().map(DnsName::as_str).collect();
+    assert_eq!(ns, ["ns1.apps.example.com"]);
+    assert_eq!(
+        cfg.soa.mname.as_ref().unwrap().as_str(),
+        "ns1.apps.example.com"
+    );
+    assert_eq!(
+        cfg.soa.rname.as_ref().unwrap().as_str(),
+        "hostmaster.apps.example.com"
+    );
+    assert_eq!(cfg.soa.serial, 1);
+    assert_eq!(cfg.ttl_secs, 60);
+    assert_eq!(cfg.api.listen, "127.0.0.1:8053".parse().unwrap());
+    assert!(cfg.api.token.is_none());
+    assert!(cfg.caa_account_uri.is_none());
+}
+
+#[test]
+fn soa_mname_follows_first_ns_name() {
+    let cfg: DnsConfig = parse(&with(
+        "ns_names = [\"a.ns.example.net\", \"b.ns.example.net\"]",
+    ))
+    .unwrap();
+    assert_eq!(cfg.soa.mname.unwrap().as_str(), "a.ns.example.net");
+}
+
+#[test]
+fn rejects_missing_base_domain() {
+    assert_eq!(
+        error::<DnsConfig>(""),
+        "missing required key dns.base_domain"
+    );
+}
+
+#[test]
+fn rejects_unknown_key_naming_it() {
+    let e = error::<DnsConfig>(&with("[soa]\nserail = 3"));
+    assert_contains(&e, &["unknown key dns.soa.serail", "serial"]);
+}
+
+#[test]
+fn rejects_bad_values_naming_the_key() {
+    let e = error::<DnsConfig>(&with(
+        "gateway_addrs = [\"203.0.113.1\", \"gw.example.com\"]",
+    ));
+    assert_contains(&e, &["dns.gateway_addrs[1]"]);
+    let e = error::<DnsConfig>(&with("gateway_addrs = [\"0.0.0.0\"]"));
+    assert_contains(&e, &["dns.gateway_addrs[0]", "not a usable"]);
+    let e = error::<DnsConfig>(&with("ttl_secs = 0"));
+    assert_contains(&e, &["dns.ttl_secs", "between 1 and 86400"]);
+    let e = error::<DnsConfig>(&with("ns_names = [\"ns1..example.com\"]"));
+    assert_contains(&e, &["dns.ns_names[0]", "not a valid DNS name"]);
+    let e = error::<DnsConfig>(&with("listen_udp = \"0.0.0.0:65536\""));
+    assert_contains(&e, &["dns.listen_udp"]);
+    let e = error::<DnsConfig>(&with("[soa]\nrefresh = 100\nexpire = 50"));
+    assert_contains(&e, &["dns.soa.expire", "greater than refresh"]);
+    let e = error::<DnsConfig>(&with("[soa]\nserial = -1"));
+    assert_contains(&e, &["dns.soa.serial"]);
+    let e = error::<DnsConfig>(&with("caa_account_uri = \"http://acme.example/acct/1\""));
+    assert_contains(&e, &["dns.caa_account_uri", "https://"]);
+}
+
+#[test]
+fn api_off_loopback_requires_a_token() {
+    let e = error::<DnsConfig>(&with("[api]\nlisten = \"0.0.0.0:8053\""));
+    assert_contains(&e, &["dns.api.token", "required"]);
+    let cfg: DnsConfig = parse(&with(
+        "[api]\nlisten = \"0.0.0.0:8053\"\ntoken = \"dns-api-token-0123456789\"",
+    ))
+    .unwrap();
+    assert!(!format!("{cfg:?}").contains("dns-api-token-0123456789"));
+}

@@ -1,0 +1,3 @@
+pub mod quote;
+pub mod ratls;
+mod verifier;
