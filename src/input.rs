@@ -34,13 +34,18 @@ pub fn read_cert(path: &Path) -> Result<Vec<u8>> {
 /// Unix seconds from an RFC 3339 timestamp such as `2025-06-20T00:00:00Z`.
 pub fn parse_time(s: &str) -> Result<u64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .with_context(|| format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-06-20T00:00:00Z)"))?;
+        .with_context(|| {
+            format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-06-20T00:00:00Z)")
+        })?;
     u64::try_from(t.unix_timestamp()).context("time before 1970")
 }
 
 pub fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }

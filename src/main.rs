@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "teegate", version, about = "Confidential apps on the web: gateway, RA-TLS and TDX attestation tools")]
+#[command(
+    name = "teegate",
+    version,
+    about = "Confidential apps on the web: gateway, RA-TLS and TDX attestation tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

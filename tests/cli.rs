@@ -19,18 +19,33 @@ fn teegate(args: &[&str]) -> Output {
 fn quote_cmd(quote: &str, collateral: &str, at: &str, extra: &[&str]) -> Output {
     let q = vectors().join(quote);
     let c = vectors().join(collateral);
-    let mut args = vec!["quote", q.to_str().unwrap(), "--collateral", c.to_str().unwrap(), "--at", at];
+    let mut args = vec![
+        "quote",
+        q.to_str().unwrap(),
+        "--collateral",
+        c.to_str().unwrap(),
+        "--at",
+        at,
+    ];
     args.extend_from_slice(extra);
     teegate(&args)
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn quote_up_to_date_vector_passes() {
-    let o = quote_cmd("dcap-qvl_tdx_quote", "dcap-qvl_tdx_quote_collateral.json", "2025-06-20T00:00:00Z", &[]);
+    let o = quote_cmd(
+        "dcap-qvl_tdx_quote",
+        "dcap-qvl_tdx_quote_collateral.json",
+        "2025-06-20T00:00:00Z",
+        &[],
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("TCB status      UpToDate"), "{out}");
@@ -40,7 +55,12 @@ fn quote_up_to_date_vector_passes() {
 
 #[test]
 fn quote_json_output_carries_status() {
-    let o = quote_cmd("dcap-qvl_tdx_quote_td15ex", "dcap-qvl_tdx_quote_td15ex_collateral.json", "2026-10-10T00:00:00Z", &["--json"]);
+    let o = quote_cmd(
+        "dcap-qvl_tdx_quote_td15ex",
+        "dcap-qvl_tdx_quote_td15ex_collateral.json",
+        "2026-10-10T00:00:00Z",
+        &["--json"],
+    );
     assert!(o.status.success(), "{:?}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ok"], true);
@@ -51,7 +71,12 @@ fn quote_json_output_carries_status() {
 
 #[test]
 fn quote_with_expired_collateral_fails_with_reason() {
-    let o = quote_cmd("dcap-qvl_tdx_quote", "dcap-qvl_tdx_quote_collateral.json", "2025-08-20T00:00:00Z", &[]);
+    let o = quote_cmd(
+        "dcap-qvl_tdx_quote",
+        "dcap-qvl_tdx_quote_collateral.json",
+        "2025-08-20T00:00:00Z",
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);
     assert!(err.contains("TCBInfo expired"), "{err}");
@@ -60,23 +85,39 @@ fn quote_with_expired_collateral_fails_with_reason() {
 
 #[test]
 fn quote_without_matching_tcb_level_fails_at_tcb_status() {
-    let o = quote_cmd("dcap-qvl_tdx_quote_outdated", "dcap-qvl_tdx_quote_outdated_collateral.json", "2026-02-20T00:00:00Z", &[]);
+    let o = quote_cmd(
+        "dcap-qvl_tdx_quote_outdated",
+        "dcap-qvl_tdx_quote_outdated_collateral.json",
+        "2026-02-20T00:00:00Z",
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);
-    assert!(err.contains("tcb-status") && err.contains("No matching TCB level"), "{err}");
+    assert!(
+        err.contains("tcb-status") && err.contains("No matching TCB level"),
+        "{err}"
+    );
 }
 
 #[test]
 fn quote_with_tampered_report_data_is_rejected() {
     let mut q = std::fs::read(vectors().join("dcap-qvl_tdx_quote")).unwrap();
-    let rd = hex::decode("9a9d48e7f6799642d3d1b34e1e5e1742d4bb02dd6ddd551862c1211d35c304f9").unwrap();
+    let rd =
+        hex::decode("9a9d48e7f6799642d3d1b34e1e5e1742d4bb02dd6ddd551862c1211d35c304f9").unwrap();
     let pos = q.windows(32).position(|w| w == rd.as_slice()).unwrap();
     q[pos] ^= 1;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tampered");
     std::fs::write(&path, &q).unwrap();
     let c = vectors().join("dcap-qvl_tdx_quote_collateral.json");
-    let o = teegate(&["quote", path.to_str().unwrap(), "--collateral", c.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z"]);
+    let o = teegate(&[
+        "quote",
+        path.to_str().unwrap(),
+        "--collateral",
+        c.to_str().unwrap(),
+        "--at",
+        "2025-06-20T00:00:00Z",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);
     assert!(err.contains("signature"), "{err}");
@@ -90,7 +131,14 @@ fn quote_accepts_hex_input_and_rejects_garbage() {
     let hex_path = dir.path().join("quote.hex");
     std::fs::write(&hex_path, hex::encode(&q)).unwrap();
     let c = vectors().join("dcap-qvl_tdx_quote_collateral.json");
-    let o = teegate(&["quote", hex_path.to_str().unwrap(), "--collateral", c.to_str().unwrap(), "--at", "2025-06-20T00:00:00Z"]);
+    let o = teegate(&[
+        "quote",
+        hex_path.to_str().unwrap(),
+        "--collateral",
+        c.to_str().unwrap(),
+        "--at",
+        "2025-06-20T00:00:00Z",
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
 
     let junk = dir.path().join("junk");
@@ -119,10 +167,18 @@ fn write_sim_cert(dir: &std::path::Path) -> PathBuf {
         instance_id: ratls::InstanceId([3; 20]),
     };
     let m = Measurer::new(Arc::new(SimulatedProvider::new()));
-    m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec()).unwrap();
+    m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+        .unwrap();
     m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
-    m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec()).unwrap();
-    let cert = issue(&m, &id, &CertProfile::server_and_client(vec!["demo.test".into()], Duration::from_secs(600)), None).unwrap();
+    m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+        .unwrap();
+    let cert = issue(
+        &m,
+        &id,
+        &CertProfile::server_and_client(vec!["demo.test".into()], Duration::from_secs(600)),
+        None,
+    )
+    .unwrap();
     let path = dir.join("cert.pem");
     std::fs::write(&path, cert.cert_pem()).unwrap();
     path
@@ -132,11 +188,19 @@ fn write_sim_cert(dir: &std::path::Path) -> PathBuf {
 fn ratls_inspect_shows_claims_and_labels_simulated() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_sim_cert(dir.path());
-    let o = teegate(&["ratls", "inspect", path.to_str().unwrap(), "--allow-simulated"]);
+    let o = teegate(&[
+        "ratls",
+        "inspect",
+        path.to_str().unwrap(),
+        "--allow-simulated",
+    ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("SIMULATED"), "{out}");
-    assert!(out.contains(&ratls::ComposeHash::of(b"compose").to_hex()), "{out}");
+    assert!(
+        out.contains(&ratls::ComposeHash::of(b"compose").to_hex()),
+        "{out}"
+    );
     assert!(out.contains("verification    OK"), "{out}");
 
     let o = teegate(&["ratls", "inspect", path.to_str().unwrap()]);
@@ -148,7 +212,11 @@ fn ratls_inspect_shows_claims_and_labels_simulated() {
 fn ratls_inspect_rejects_garbage_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.pem");
-    std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let o = teegate(&["ratls", "inspect", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("parse"), "{:?}", text(&o));

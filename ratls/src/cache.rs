@@ -42,8 +42,11 @@ impl VerifiedCache {
         }
         if self.entries.len() >= self.max_entries {
             // Still full of live entries: drop the ones closest to expiry.
-            let mut by_expiry: Vec<(u64, Fingerprint)> =
-                self.entries.iter().map(|e| (e.valid_until(), *e.key())).collect();
+            let mut by_expiry: Vec<(u64, Fingerprint)> = self
+                .entries
+                .iter()
+                .map(|e| (e.valid_until(), *e.key()))
+                .collect();
             by_expiry.sort_unstable();
             for (_, fp) in by_expiry.iter().take(self.max_entries / 4 + 1) {
                 self.entries.remove(fp);

@@ -57,7 +57,9 @@ pub enum Reason {
     Evidence(String),
     #[error("quote: {0}")]
     Quote(String),
-    #[error("quote is SIMULATED (signed by teegate's simulated TDX PKI) and allow_simulated is false")]
+    #[error(
+        "quote is SIMULATED (signed by teegate's simulated TDX PKI) and allow_simulated is false"
+    )]
     SimulatedNotAllowed,
     #[error("claims say simulated = {claimed} but the quote is {actual}")]
     SimulatedFlagMismatch { claimed: bool, actual: &'static str },
@@ -73,9 +75,13 @@ pub enum Reason {
     },
     #[error("the TD runs in DEBUG mode (td_attributes.debug = 1); debug TDs are never trusted")]
     DebugTd,
-    #[error("report_data does not bind this certificate's key: expected {expected}, quote has {found}")]
+    #[error(
+        "report_data does not bind this certificate's key: expected {expected}, quote has {found}"
+    )]
     ReportDataMismatch { expected: String, found: String },
-    #[error("claims-buffer pubkey-hash {found} does not match the certificate key's hash {expected}")]
+    #[error(
+        "claims-buffer pubkey-hash {found} does not match the certificate key's hash {expected}"
+    )]
     PubkeyHashMismatch { expected: String, found: String },
     #[error("event log replays to RTMR3 {replayed} but the quote has {quoted}")]
     Rtmr3Mismatch {

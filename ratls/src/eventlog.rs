@@ -170,7 +170,8 @@ mod tests {
         let mut log = EventLog::new();
         log.push(Event::new(names::COMPOSE_HASH, vec![1; 32]).unwrap())
             .unwrap();
-        log.push(Event::new(names::APP_ID, vec![2; 20]).unwrap()).unwrap();
+        log.push(Event::new(names::APP_ID, vec![2; 20]).unwrap())
+            .unwrap();
         log
     }
 

@@ -112,21 +112,43 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn subject<'a>(m: &'a Measurement, r: &'a [Measurement; 4], c: &'a ComposeHash, a: &'a AppId) -> Subject<'a> {
-        Subject { mrtd: m, rtmrs: r, compose_hash: c, app_id: a }
+    fn subject<'a>(
+        m: &'a Measurement,
+        r: &'a [Measurement; 4],
+        c: &'a ComposeHash,
+        a: &'a AppId,
+    ) -> Subject<'a> {
+        Subject {
+            mrtd: m,
+            rtmrs: r,
+            compose_hash: c,
+            app_id: a,
+        }
     }
 
     #[test]
     fn default_policy_denies_everything() {
-        let (m, r, c, a) = (Measurement::ZERO, [Measurement::ZERO; 4], ComposeHash([0; 32]), AppId([0; 20]));
-        let err = Policy::default().check(&subject(&m, &r, &c, &a)).unwrap_err();
+        let (m, r, c, a) = (
+            Measurement::ZERO,
+            [Measurement::ZERO; 4],
+            ComposeHash([0; 32]),
+            AppId([0; 20]),
+        );
+        let err = Policy::default()
+            .check(&subject(&m, &r, &c, &a))
+            .unwrap_err();
         assert_eq!(err.step, Step::Policy);
         assert!(err.to_string().contains("MRTD"));
     }
 
     #[test]
     fn names_the_value_not_allowed() {
-        let (m, r, c, a) = (Measurement::ZERO, [Measurement::ZERO; 4], ComposeHash([1; 32]), AppId([0; 20]));
+        let (m, r, c, a) = (
+            Measurement::ZERO,
+            [Measurement::ZERO; 4],
+            ComposeHash([1; 32]),
+            AppId([0; 20]),
+        );
         let mut p = Policy::any_measurements();
         p.compose_hashes = Allowlist::only([ComposeHash([2; 32])]);
         let err = p.check(&subject(&m, &r, &c, &a)).unwrap_err();

@@ -221,10 +221,16 @@ mod tests {
     #[test]
     fn parses_v5_td15_and_td15ex_vectors() {
         let q = Quote::parse(&vector("dcap-qvl_tdx_quote_outdated")).unwrap();
-        assert_eq!((q.version(), q.td_report_version()), (5, TdReportVersion::V1_5));
+        assert_eq!(
+            (q.version(), q.td_report_version()),
+            (5, TdReportVersion::V1_5)
+        );
         assert_eq!(hex::encode_upper(q.fmspc().unwrap()), "90C06F000000");
         let q = Quote::parse(&vector("dcap-qvl_tdx_quote_td15ex")).unwrap();
-        assert_eq!((q.version(), q.td_report_version()), (5, TdReportVersion::V1_5Ex));
+        assert_eq!(
+            (q.version(), q.td_report_version()),
+            (5, TdReportVersion::V1_5Ex)
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub struct QuoteVerifier {
 }
 
 impl QuoteVerifier {
-    pub fn new(collateral: Arc<dyn CollateralSource>, tcb: TcbPolicy, allow_simulated: bool) -> Self {
+    pub fn new(
+        collateral: Arc<dyn CollateralSource>,
+        tcb: TcbPolicy,
+        allow_simulated: bool,
+    ) -> Self {
         Self {
             collateral,
             tcb,
@@ -58,7 +62,8 @@ impl QuoteVerifier {
 
     /// Parses and verifies raw quote bytes at `now` (unix seconds).
     pub fn verify_bytes(&self, bytes: &[u8], now: u64) -> Result<VerifiedQuote, VerifyError> {
-        let quote = Quote::parse(bytes).map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
+        let quote =
+            Quote::parse(bytes).map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
         self.verify(quote, None, now)
     }
 
@@ -149,7 +154,11 @@ mod tests {
 
     fn verifier_for(collateral: &str) -> QuoteVerifier {
         let c = Collateral::from_json(&vector(collateral)).unwrap();
-        QuoteVerifier::new(Arc::new(FileSource::from_collateral(c)), TcbPolicy::default(), false)
+        QuoteVerifier::new(
+            Arc::new(FileSource::from_collateral(c)),
+            TcbPolicy::default(),
+            false,
+        )
     }
 
     fn at(rfc3339: &str) -> u64 {
@@ -172,7 +181,10 @@ mod tests {
     #[test]
     fn real_v5_td15ex_quote_is_up_to_date() {
         let v = verifier_for("dcap-qvl_tdx_quote_td15ex_collateral.json")
-            .verify_bytes(&vector("dcap-qvl_tdx_quote_td15ex"), at("2026-10-10T00:00:00Z"))
+            .verify_bytes(
+                &vector("dcap-qvl_tdx_quote_td15ex"),
+                at("2026-10-10T00:00:00Z"),
+            )
             .unwrap();
         assert_eq!(v.tcb_status, TcbStatus::UpToDate);
     }
@@ -214,10 +226,16 @@ mod tests {
     #[test]
     fn outdated_platform_has_no_matching_tcb_level() {
         let err = verifier_for("dcap-qvl_tdx_quote_outdated_collateral.json")
-            .verify_bytes(&vector("dcap-qvl_tdx_quote_outdated"), at("2026-02-20T00:00:00Z"))
+            .verify_bytes(
+                &vector("dcap-qvl_tdx_quote_outdated"),
+                at("2026-02-20T00:00:00Z"),
+            )
             .unwrap_err();
         assert_eq!(err.step, Step::TcbStatus);
-        assert!(err.to_string().contains("No matching TCB level found"), "{err}");
+        assert!(
+            err.to_string().contains("No matching TCB level found"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -226,7 +244,10 @@ mod tests {
         let q = vector("go-tdx-guest_tdx_prod_quote_SPR_E4.dat");
         let err = v.verify_bytes(&q, at("2023-06-20T00:00:00Z")).unwrap_err();
         assert_eq!(err.step, Step::TcbStatus, "{err}");
-        assert!(err.to_string().contains("No matching TCB level found"), "{err}");
+        assert!(
+            err.to_string().contains("No matching TCB level found"),
+            "{err}"
+        );
         let err = v.verify_bytes(&q, at("2023-07-20T00:00:00Z")).unwrap_err();
         assert!(err.to_string().contains("TCBInfo expired"), "{err}");
     }
@@ -234,7 +255,8 @@ mod tests {
     #[test]
     fn wrong_collateral_is_rejected() {
         // Collateral for another FMSPC, handed in directly.
-        let other = Collateral::from_json(&vector("dcap-qvl_tdx_quote_outdated_collateral.json")).unwrap();
+        let other =
+            Collateral::from_json(&vector("dcap-qvl_tdx_quote_outdated_collateral.json")).unwrap();
         let q = Quote::parse(&vector("dcap-qvl_tdx_quote")).unwrap();
         let err = verifier_for("dcap-qvl_tdx_quote_collateral.json")
             .verify(q, Some(&other), at("2026-02-20T00:00:00Z"))

@@ -170,7 +170,11 @@ mod tests {
 
     #[test]
     fn names_roundtrip() {
-        for s in [TcbStatus::UpToDate, TcbStatus::TDRelaunchAdvised, TcbStatus::Revoked] {
+        for s in [
+            TcbStatus::UpToDate,
+            TcbStatus::TDRelaunchAdvised,
+            TcbStatus::Revoked,
+        ] {
             assert_eq!(s.as_str().parse::<TcbStatus>().unwrap(), s);
         }
         assert!("Fine".parse::<TcbStatus>().is_err());

@@ -10,7 +10,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 
 use crate::cache::CachingVerifier;
 use crate::types::{AppId, Fingerprint};
@@ -76,15 +78,17 @@ fn chain_error(e: webpki::Error) -> rustls::Error {
         W::CertNotValidYet { .. } => CertificateError::NotValidYet,
         W::UnknownIssuer => CertificateError::UnknownIssuer,
         W::InvalidSignatureForPublicKey => CertificateError::BadSignature,
-        W::RequiredEkuNotFoundContext(_) => {
-            CertificateError::InvalidPurpose
-        }
+        W::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
         other_err => CertificateError::Other(OtherError(Arc::new(other_err))),
     })
 }
 
 impl RaTlsCheck {
-    pub fn new(verifier: Arc<CachingVerifier>, trust: ChainTrust, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        verifier: Arc<CachingVerifier>,
+        trust: ChainTrust,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         Self {
             verifier,
             trust,
@@ -145,21 +149,36 @@ impl RaTlsCheck {
     }
 
     /// The verified attestation of a peer whose handshake completed.
-    pub fn attestation_of(&self, peer_chain: &[CertificateDer<'_>]) -> Option<Arc<VerifiedAttestation>> {
+    pub fn attestation_of(
+        &self,
+        peer_chain: &[CertificateDer<'_>],
+    ) -> Option<Arc<VerifiedAttestation>> {
         let leaf = peer_chain.first()?;
         self.verifier.lookup(&Fingerprint::of(leaf))
     }
 
-    fn tls12(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn tls12(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
-    fn tls13(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn tls13(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -178,16 +197,30 @@ impl ServerCertVerifier for RaTlsServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The name is not what makes an RA-TLS peer trustworthy: its attested app id is,
         // and callers pin that with `expect_app`.
-        self.0
-            .check(end_entity, intermediates, now, webpki::KeyUsage::server_auth())?;
+        self.0.check(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.tls12(m, c, d)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.tls13(m, c, d)
     }
 
@@ -211,16 +244,30 @@ impl ClientCertVerifier for RaTlsClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .check(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        self.0.check(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.tls12(m, c, d)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0.tls13(m, c, d)
     }
 

@@ -163,7 +163,9 @@ mod tests {
 
     #[test]
     fn app_id_accepts_prefix_and_upper_case() {
-        let id: AppId = "0xABCDEF0123456789abcdef0123456789ABCDEF01".parse().unwrap();
+        let id: AppId = "0xABCDEF0123456789abcdef0123456789ABCDEF01"
+            .parse()
+            .unwrap();
         assert_eq!(id.to_hex(), "abcdef0123456789abcdef0123456789abcdef01");
     }
 

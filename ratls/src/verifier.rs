@@ -139,8 +139,8 @@ impl AttestationVerifier {
                 cert.not_before, cert.not_after
             ))));
         }
-        let quote =
-            Quote::parse(&cert.quote).map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
+        let quote = Quote::parse(&cert.quote)
+            .map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
         let verified = self.quotes.verify(quote, None, now)?;
         check_key_binding(&cert, &verified.quote)?;
         check_claims(&cert, &verified)?;
@@ -174,7 +174,8 @@ impl AttestationVerifier {
 
 fn check_key_binding(cert: &ParsedRaTlsCert, quote: &Quote) -> Result<(), VerifyError> {
     let fail = |r: Reason| VerifyError::new(Step::KeyBinding, r);
-    let claims = ClaimsBuffer::parse(&cert.claims_buffer).map_err(|e| fail(Reason::Evidence(e.0)))?;
+    let claims =
+        ClaimsBuffer::parse(&cert.claims_buffer).map_err(|e| fail(Reason::Evidence(e.0)))?;
     let expected = claims.hash_alg.digest(&cert.spki_der);
     if expected != claims.pubkey_hash {
         return Err(fail(Reason::PubkeyHashMismatch {
@@ -199,7 +200,11 @@ fn check_claims(cert: &ParsedRaTlsCert, verified: &VerifiedQuote) -> Result<(), 
             Step::QuoteSignature,
             Reason::SimulatedFlagMismatch {
                 claimed: claims.simulated,
-                actual: if verified.simulated { "simulated" } else { "real TDX" },
+                actual: if verified.simulated {
+                    "simulated"
+                } else {
+                    "real TDX"
+                },
             },
         ));
     }
@@ -214,7 +219,9 @@ fn check_claims(cert: &ParsedRaTlsCert, verified: &VerifiedQuote) -> Result<(), 
         match (it.next(), it.next()) {
             (Some(p), None) => Ok(p),
             (None, _) => Err(replay(Reason::EventLog(format!("no {name} event")))),
-            (Some(_), Some(_)) => Err(replay(Reason::EventLog(format!("more than one {name} event")))),
+            (Some(_), Some(_)) => Err(replay(Reason::EventLog(format!(
+                "more than one {name} event"
+            )))),
         }
     };
     let pairs: [(&'static str, &[u8]); 3] = [

@@ -2,7 +2,9 @@
 //! names its step, and rustls handshakes succeed only when attestation verifies.
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use teegate_ratls as ratls;
 
 use ratls::cert::{issue, CertAuthority, CertProfile, Identity, RaTlsCert};
 use ratls::collateral::SourceChain;
@@ -29,9 +31,11 @@ fn identity() -> Identity {
 /// Boots a measurer the way the sidecar does: the four boot events, in order.
 fn booted(provider: Arc<dyn QuoteProvider>, id: &Identity) -> Measurer {
     let m = Measurer::new(provider);
-    m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec()).unwrap();
+    m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+        .unwrap();
     m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
-    m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec()).unwrap();
+    m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+        .unwrap();
     m.emit(names::KEY_PROVIDER, b"kms".to_vec()).unwrap();
     m
 }
@@ -42,7 +46,13 @@ fn profile() -> CertProfile {
 
 fn sim_cert(issuer: Option<&CertAuthority>) -> RaTlsCert {
     let id = identity();
-    issue(&booted(Arc::new(SimulatedProvider::new()), &id), &id, &profile(), issuer).unwrap()
+    issue(
+        &booted(Arc::new(SimulatedProvider::new()), &id),
+        &id,
+        &profile(),
+        issuer,
+    )
+    .unwrap()
 }
 
 fn dev_policy() -> Policy {
@@ -114,7 +124,9 @@ fn good_simulated_cert_verifies_with_its_claims() {
 #[test]
 fn simulated_quote_is_rejected_unless_allowed() {
     let cert = sim_cert(None);
-    let err = verifier(Policy::any_measurements()).verify(&cert.cert_der).unwrap_err();
+    let err = verifier(Policy::any_measurements())
+        .verify(&cert.cert_der)
+        .unwrap_err();
     assert_eq!(err.step, Step::QuoteSignature);
     assert_eq!(err.reason, Reason::SimulatedNotAllowed);
     assert!(err.to_string().contains("SIMULATED"));
@@ -125,7 +137,9 @@ fn tampered_quote_fails_quote_signature() {
     let id = identity();
     let mut f = Faulty::new();
     f.flip_quote_byte = Some(48 + 200); // inside the TD report (MRTD region)
-    let err = verifier(dev_policy()).verify(&faulty_cert(f, &id).cert_der).unwrap_err();
+    let err = verifier(dev_policy())
+        .verify(&faulty_cert(f, &id).cert_der)
+        .unwrap_err();
     assert_eq!(err.step, Step::QuoteSignature, "{err}");
 }
 
@@ -134,9 +148,14 @@ fn quote_bound_to_other_key_fails_key_binding() {
     let id = identity();
     let mut f = Faulty::new();
     f.report_data = Some(ReportData([0x42; 64]));
-    let err = verifier(dev_policy()).verify(&faulty_cert(f, &id).cert_der).unwrap_err();
+    let err = verifier(dev_policy())
+        .verify(&faulty_cert(f, &id).cert_der)
+        .unwrap_err();
     assert_eq!(err.step, Step::KeyBinding, "{err}");
-    assert!(matches!(err.reason, Reason::ReportDataMismatch { .. }), "{err}");
+    assert!(
+        matches!(err.reason, Reason::ReportDataMismatch { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,7 +163,9 @@ fn event_log_that_does_not_replay_is_rejected() {
     let id = identity();
     let mut f = Faulty::new();
     f.drop_extensions = true;
-    let err = verifier(dev_policy()).verify(&faulty_cert(f, &id).cert_der).unwrap_err();
+    let err = verifier(dev_policy())
+        .verify(&faulty_cert(f, &id).cert_der)
+        .unwrap_err();
     assert_eq!(err.step, Step::EventLogReplay, "{err}");
     match err.reason {
         Reason::Rtmr3Mismatch { replayed, quoted } => {
@@ -164,7 +185,16 @@ fn claims_that_disagree_with_the_log_are_rejected() {
     let cert = issue(&m, &lying, &profile(), None).unwrap();
     let err = verifier(dev_policy()).verify(&cert.cert_der).unwrap_err();
     assert_eq!(err.step, Step::EventLogReplay);
-    assert!(matches!(err.reason, Reason::ClaimMismatch { claim: "app-id", .. }), "{err}");
+    assert!(
+        matches!(
+            err.reason,
+            Reason::ClaimMismatch {
+                claim: "app-id",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -197,7 +227,9 @@ fn policy_allowlists_are_enforced() {
 
 #[test]
 fn garbage_and_plain_certificates_fail_to_parse() {
-    let err = verifier(dev_policy()).verify(b"not a certificate").unwrap_err();
+    let err = verifier(dev_policy())
+        .verify(b"not a certificate")
+        .unwrap_err();
     assert_eq!(err.step, Step::Parse);
     let plain = rcgen::generate_simple_self_signed(vec!["x.test".into()]).unwrap();
     let err = verifier(dev_policy()).verify(plain.cert.der()).unwrap_err();
@@ -234,10 +266,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn check(policy: Policy, trust: ChainTrust) -> RaTlsCheck {
-    RaTlsCheck::new(Arc::new(CachingVerifier::new(verifier(policy), 64)), trust, provider())
+    RaTlsCheck::new(
+        Arc::new(CachingVerifier::new(verifier(policy), 64)),
+        trust,
+        provider(),
+    )
 }
 
-fn plain_cert() -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+fn plain_cert() -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
     let c = rcgen::generate_simple_self_signed(vec!["app.teegate.test".into()]).unwrap();
     (
         vec![c.cert.der().clone()],
@@ -245,14 +284,22 @@ fn plain_cert() -> (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki
     )
 }
 
-type Chain = (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
+type Chain = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
 
 fn ratls_chain(c: &RaTlsCert) -> Chain {
     (c.rustls_chain(), c.rustls_key())
 }
 
 /// Runs one handshake plus an echo; returns whether both sides succeeded.
-async fn handshake(server_cert: Chain, client_verifier: Option<RaTlsClientVerifier>, client_cert: Option<Chain>, server_check: RaTlsServerVerifier) -> Result<(), String> {
+async fn handshake(
+    server_cert: Chain,
+    client_verifier: Option<RaTlsClientVerifier>,
+    client_cert: Option<Chain>,
+    server_check: RaTlsServerVerifier,
+) -> Result<(), String> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -276,9 +323,14 @@ async fn handshake(server_cert: Chain, client_verifier: Option<RaTlsClientVerifi
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut tls = acceptor.accept(tcp).await.map_err(|e| format!("server: {e}"))?;
+        let mut tls = acceptor
+            .accept(tcp)
+            .await
+            .map_err(|e| format!("server: {e}"))?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("server read: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("server read: {e}"))?;
         tls.write_all(&buf).await.map_err(|e| e.to_string())?;
         tls.shutdown().await.map_err(|e| e.to_string())
     });
@@ -286,16 +338,23 @@ async fn handshake(server_cert: Chain, client_verifier: Option<RaTlsClientVerifi
     let client = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let name = ServerName::try_from("app.teegate.test").unwrap();
-        let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("client: {e}"))?;
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("client: {e}"))?;
         tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
-        tls.read_exact(&mut buf).await.map_err(|e| format!("client read: {e}"))?;
+        tls.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("client read: {e}"))?;
         if &buf != b"ping" {
             return Err("echo mismatch".into());
         }
         Ok::<_, String>(())
     };
-    let client_result = tokio::time::timeout(Duration::from_secs(10), client).await.map_err(|_| "client timed out".to_string())?;
+    let client_result = tokio::time::timeout(Duration::from_secs(10), client)
+        .await
+        .map_err(|_| "client timed out".to_string())?;
     let server_result = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .map_err(|_| "server timed out".to_string())?
@@ -317,16 +376,25 @@ async fn client_refuses_plain_and_unverifiable_servers() {
     assert!(err.contains("client"), "{err}");
 
     let strict = RaTlsServerVerifier(check(Policy::any_measurements(), ChainTrust::SelfSigned));
-    let err = handshake(ratls_chain(&sim_cert(None)), None, None, strict).await.unwrap_err();
+    let err = handshake(ratls_chain(&sim_cert(None)), None, None, strict)
+        .await
+        .unwrap_err();
     assert!(err.contains("client"), "{err}");
 }
 
 #[tokio::test]
 async fn client_pins_app_id() {
-    let wrong = RaTlsServerVerifier(check(dev_policy(), ChainTrust::SelfSigned).expect_app(AppId([1; 20])));
-    assert!(handshake(ratls_chain(&sim_cert(None)), None, None, wrong).await.is_err());
-    let right = RaTlsServerVerifier(check(dev_policy(), ChainTrust::SelfSigned).expect_app(identity().app_id));
-    handshake(ratls_chain(&sim_cert(None)), None, None, right).await.unwrap();
+    let wrong =
+        RaTlsServerVerifier(check(dev_policy(), ChainTrust::SelfSigned).expect_app(AppId([1; 20])));
+    assert!(handshake(ratls_chain(&sim_cert(None)), None, None, wrong)
+        .await
+        .is_err());
+    let right = RaTlsServerVerifier(
+        check(dev_policy(), ChainTrust::SelfSigned).expect_app(identity().app_id),
+    );
+    handshake(ratls_chain(&sim_cert(None)), None, None, right)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -334,10 +402,20 @@ async fn ca_signed_chain_must_reach_the_configured_root() {
     let ca = CertAuthority::generate("test app CA", Some(0)).unwrap();
     let other = CertAuthority::generate("other CA", Some(0)).unwrap();
     let cert = sim_cert(Some(&ca));
-    let trusted = RaTlsServerVerifier(check(dev_policy(), ChainTrust::roots(&[ca.cert_der().to_vec()]).unwrap()));
-    handshake(ratls_chain(&cert), None, None, trusted).await.unwrap();
-    let untrusted = RaTlsServerVerifier(check(dev_policy(), ChainTrust::roots(&[other.cert_der().to_vec()]).unwrap()));
-    let err = handshake(ratls_chain(&cert), None, None, untrusted).await.unwrap_err();
+    let trusted = RaTlsServerVerifier(check(
+        dev_policy(),
+        ChainTrust::roots(&[ca.cert_der().to_vec()]).unwrap(),
+    ));
+    handshake(ratls_chain(&cert), None, None, trusted)
+        .await
+        .unwrap();
+    let untrusted = RaTlsServerVerifier(check(
+        dev_policy(),
+        ChainTrust::roots(&[other.cert_der().to_vec()]).unwrap(),
+    ));
+    let err = handshake(ratls_chain(&cert), None, None, untrusted)
+        .await
+        .unwrap_err();
     assert!(err.contains("client"), "{err}");
 }
 
@@ -345,15 +423,49 @@ async fn ca_signed_chain_must_reach_the_configured_root() {
 async fn mutual_ratls_requires_an_attested_client() {
     let server_cert = sim_cert(None);
     let server_check = || RaTlsServerVerifier(check(dev_policy(), ChainTrust::SelfSigned));
-    let client_verifier = || Some(RaTlsClientVerifier(check(dev_policy(), ChainTrust::SelfSigned)));
+    let client_verifier = || {
+        Some(RaTlsClientVerifier(check(
+            dev_policy(),
+            ChainTrust::SelfSigned,
+        )))
+    };
 
-    handshake(ratls_chain(&server_cert), client_verifier(), Some(ratls_chain(&sim_cert(None))), server_check())
-        .await
-        .unwrap();
-    let err = handshake(ratls_chain(&server_cert), client_verifier(), None, server_check()).await.unwrap_err();
+    handshake(
+        ratls_chain(&server_cert),
+        client_verifier(),
+        Some(ratls_chain(&sim_cert(None))),
+        server_check(),
+    )
+    .await
+    .unwrap();
+    let err = handshake(
+        ratls_chain(&server_cert),
+        client_verifier(),
+        None,
+        server_check(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("server") || err.contains("read"), "{err}");
-    let err = handshake(ratls_chain(&server_cert), client_verifier(), Some(plain_cert()), server_check()).await.unwrap_err();
+    let err = handshake(
+        ratls_chain(&server_cert),
+        client_verifier(),
+        Some(plain_cert()),
+        server_check(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("server") || err.contains("read"), "{err}");
-    let strict_server = Some(RaTlsClientVerifier(check(Policy::any_measurements(), ChainTrust::SelfSigned)));
-    assert!(handshake(ratls_chain(&server_cert), strict_server, Some(ratls_chain(&sim_cert(None))), server_check()).await.is_err());
+    let strict_server = Some(RaTlsClientVerifier(check(
+        Policy::any_measurements(),
+        ChainTrust::SelfSigned,
+    )));
+    assert!(handshake(
+        ratls_chain(&server_cert),
+        strict_server,
+        Some(ratls_chain(&sim_cert(None))),
+        server_check()
+    )
+    .await
+    .is_err());
 }

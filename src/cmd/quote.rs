@@ -37,7 +37,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(t) => input::parse_time(t)?,
         None => ratls::verifier::unix_now(),
     };
-    let tcb = TcbPolicy::allowing(std::iter::once(TcbStatus::UpToDate).chain(args.allow_status.iter().copied()))?;
+    let tcb = TcbPolicy::allowing(
+        std::iter::once(TcbStatus::UpToDate).chain(args.allow_status.iter().copied()),
+    )?;
     let quote = match Quote::parse(&bytes) {
         Ok(q) => q,
         Err(e) => {
@@ -50,7 +52,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let simulated_root = quote.chain_root().ok().as_deref() == Some(ratls::sim::SimulatedPki::well_known().root_ca_der());
+    let simulated_root = quote.chain_root().ok().as_deref()
+        == Some(ratls::sim::SimulatedPki::well_known().root_ca_der());
     let verifier = QuoteVerifier::new(args.collateral.source()?, tcb, args.allow_simulated);
     let result = verifier.verify(quote.clone(), None, now);
     let rtmrs = quote.rtmrs();
@@ -79,19 +82,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 out["error"] = json!(e.reason.to_string());
             }
         }
-        println!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encoding JSON")?
+        );
     } else {
         if simulated_root {
             println!("*** SIMULATED TDX QUOTE: not from real hardware ***");
         }
-        println!("quote version   {} (TD report {})", quote.version(), quote.td_report_version());
+        println!(
+            "quote version   {} (TD report {})",
+            quote.version(),
+            quote.td_report_version()
+        );
         println!("MRTD            {}", quote.mrtd());
         for (i, r) in rtmrs.iter().enumerate() {
             println!("RTMR{i}           {r}");
         }
         println!("report_data     {}", quote.report_data());
         println!("FMSPC           {}", fmspc.as_deref().unwrap_or("?"));
-        println!("debug TD        {}", if quote.is_debug() { "YES" } else { "no" });
+        println!(
+            "debug TD        {}",
+            if quote.is_debug() { "YES" } else { "no" }
+        );
         match &result {
             Ok(v) => {
                 println!("TCB status      {}", v.tcb_status);

@@ -50,7 +50,10 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
         Ok(p) => p,
         Err(e) => {
             if args.json {
-                println!("{}", json!({ "ok": false, "step": e.step, "error": e.reason.to_string() }));
+                println!(
+                    "{}",
+                    json!({ "ok": false, "step": e.step, "error": e.reason.to_string() })
+                );
             }
             eprintln!("certificate rejected: {e}");
             return Ok(ExitCode::from(1));
@@ -58,7 +61,9 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
     };
     let mut policy = Policy::any_measurements();
     policy.allow_simulated = args.allow_simulated;
-    policy.tcb = TcbPolicy::allowing(std::iter::once(TcbStatus::UpToDate).chain(args.allow_status.iter().copied()))?;
+    policy.tcb = TcbPolicy::allowing(
+        std::iter::once(TcbStatus::UpToDate).chain(args.allow_status.iter().copied()),
+    )?;
     let mut verifier = AttestationVerifier::new(args.collateral.source()?, policy);
     if let Some(at) = &args.at {
         verifier = verifier.at_time(input::parse_time(at)?);
@@ -102,15 +107,30 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
                 out["error"] = json!(e.reason.to_string());
             }
         }
-        println!("{}", serde_json::to_string_pretty(&out).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encoding JSON")?
+        );
     } else {
         if claims.simulated {
             println!("*** SIMULATED TDX: this certificate claims a simulated quote ***");
         }
         println!("fingerprint     {}", parsed.fingerprint);
         println!("subject         {}", parsed.subject);
-        println!("issuer          {}{}", parsed.issuer, if parsed.self_issued { " (self-signed)" } else { "" });
-        println!("valid           {} .. {}", input::format_time(parsed.not_before), input::format_time(parsed.not_after));
+        println!(
+            "issuer          {}{}",
+            parsed.issuer,
+            if parsed.self_issued {
+                " (self-signed)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "valid           {} .. {}",
+            input::format_time(parsed.not_before),
+            input::format_time(parsed.not_after)
+        );
         println!("names           {}", parsed.dns_names.join(", "));
         println!("app id          {}", claims.app_id);
         println!("compose hash    {}", claims.compose_hash);
@@ -121,12 +141,24 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
                 println!("RTMR{i}           {r}");
             }
         }
-        println!("event log       {} event(s), replays to {}", claims.event_log.len(), replayed);
+        println!(
+            "event log       {} event(s), replays to {}",
+            claims.event_log.len(),
+            replayed
+        );
         for step in claims.event_log.replay_steps() {
-            println!("  {:<14} {}", step.event.name, hex::encode(&step.event.payload));
+            println!(
+                "  {:<14} {}",
+                step.event.name,
+                hex::encode(&step.event.payload)
+            );
         }
         match &result {
-            Ok(v) => println!("verification    OK (TCB {}{})", v.tcb_status(), if v.is_simulated() { ", SIMULATED" } else { "" }),
+            Ok(v) => println!(
+                "verification    OK (TCB {}{})",
+                v.tcb_status(),
+                if v.is_simulated() { ", SIMULATED" } else { "" }
+            ),
             Err(_) => println!("verification    FAILED"),
         }
     }

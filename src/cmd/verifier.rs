@@ -21,7 +21,9 @@ impl CollateralArgs {
     pub fn source(&self) -> Result<Arc<dyn CollateralSource>> {
         let mut chain = SourceChain::new();
         if !self.files.is_empty() {
-            chain = chain.with(Arc::new(FileSource::load(&self.files).context("loading collateral")?));
+            chain = chain.with(Arc::new(
+                FileSource::load(&self.files).context("loading collateral")?,
+            ));
         }
         if let Some(url) = &self.pccs {
             chain = chain.with(Arc::new(PccsClient::new(url, Duration::from_secs(20))?));

@@ -38,7 +38,10 @@ impl AppClaims {
 
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, ClaimsError> {
         if bytes.len() > MAX_CLAIMS_LEN {
-            return Err(ClaimsError(format!("{} bytes is over the limit", bytes.len())));
+            return Err(ClaimsError(format!(
+                "{} bytes is over the limit",
+                bytes.len()
+            )));
         }
         let claims: AppClaims =
             ciborium::from_reader(bytes).map_err(|e| ClaimsError(e.to_string()))?;
@@ -58,7 +61,8 @@ mod tests {
     #[test]
     fn cbor_roundtrip() {
         let mut log = EventLog::new();
-        log.push(Event::new("app-id", vec![9; 20]).unwrap()).unwrap();
+        log.push(Event::new("app-id", vec![9; 20]).unwrap())
+            .unwrap();
         let c = AppClaims {
             app_id: AppId([9; 20]),
             compose_hash: ComposeHash([8; 32]),

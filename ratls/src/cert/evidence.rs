@@ -58,7 +58,10 @@ fn to_cbor(value: &Value) -> Vec<u8> {
 
 fn from_cbor(bytes: &[u8]) -> Result<Value, EvidenceError> {
     if bytes.len() > MAX_EVIDENCE_LEN {
-        return Err(err(format!("{} bytes of CBOR is over the limit", bytes.len())));
+        return Err(err(format!(
+            "{} bytes of CBOR is over the limit",
+            bytes.len()
+        )));
     }
     ciborium::from_reader(bytes).map_err(|e| err(format!("invalid CBOR: {e}")))
 }
@@ -174,7 +177,10 @@ mod tests {
     #[test]
     fn evidence_roundtrip() {
         let ev = encode(b"quote", b"claims");
-        assert_eq!(decode(&ev).unwrap(), (b"quote".to_vec(), b"claims".to_vec()));
+        assert_eq!(
+            decode(&ev).unwrap(),
+            (b"quote".to_vec(), b"claims".to_vec())
+        );
     }
 
     #[test]

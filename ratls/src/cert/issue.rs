@@ -125,7 +125,10 @@ pub struct RaTlsCert {
 impl fmt::Debug for RaTlsCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RaTlsCert")
-            .field("fingerprint", &crate::types::Fingerprint::of(&self.cert_der))
+            .field(
+                "fingerprint",
+                &crate::types::Fingerprint::of(&self.cert_der),
+            )
             .field("chain_len", &self.chain.len())
             .finish_non_exhaustive()
     }
@@ -193,7 +196,10 @@ fn replace_once(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
     if from.len() != to.len() || from.is_empty() {
         return None;
     }
-    let mut hits = haystack.windows(from.len()).enumerate().filter(|(_, w)| *w == from);
+    let mut hits = haystack
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from);
     let (at, _) = hits.next()?;
     if hits.next().is_some() {
         return None;
@@ -211,13 +217,16 @@ pub fn issue(
     issuer: Option<&CertAuthority>,
 ) -> Result<RaTlsCert, IssueError> {
     if profile.names.is_empty() {
-        return Err(IssueError::Invalid("at least one DNS name is needed".into()));
+        return Err(IssueError::Invalid(
+            "at least one DNS name is needed".into(),
+        ));
     }
     if profile.validity.is_zero() {
         return Err(IssueError::Invalid("validity must be positive".into()));
     }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let claims_buffer = evidence::claims_buffer(&key.subject_public_key_info(), profile.nonce.as_deref());
+    let claims_buffer =
+        evidence::claims_buffer(&key.subject_public_key_info(), profile.nonce.as_deref());
     let (quote, event_log) = measurer.quote(&evidence::report_data_for(&claims_buffer))?;
     let claims = AppClaims {
         app_id: identity.app_id,
@@ -234,13 +243,20 @@ pub fn issue(
     params.not_after = now + profile.validity;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if profile.server_auth {
-        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
     if profile.client_auth {
-        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
     params.custom_extensions = vec![
-        CustomExtension::from_oid_content(oid::EVIDENCE_OID, evidence::encode(&quote, &claims_buffer)),
+        CustomExtension::from_oid_content(
+            oid::EVIDENCE_OID,
+            evidence::encode(&quote, &claims_buffer),
+        ),
         CustomExtension::from_oid_content(oid::PLACEHOLDER_ARCS, claims.to_cbor()),
     ];
 
@@ -248,17 +264,25 @@ pub fn issue(
     let to = oid::oid_tlv(&oid::claims_oid_content());
     let (cert, chain) = match issuer {
         Some(ca) => {
-            let signer = OidPatchingSigner { key: &ca.key, from: &from, to: &to };
+            let signer = OidPatchingSigner {
+                key: &ca.key,
+                from: &from,
+                to: &to,
+            };
             let issuer = Issuer::from_ca_cert_der(&ca.cert_der, signer)?;
             (params.signed_by(&key, &issuer)?, vec![ca.cert_der.to_vec()])
         }
         None => {
-            let signer = OidPatchingSigner { key: &key, from: &from, to: &to };
+            let signer = OidPatchingSigner {
+                key: &key,
+                from: &from,
+                to: &to,
+            };
             (params.self_signed(&signer)?, Vec::new())
         }
     };
-    let cert_der =
-        replace_once(cert.der(), &from, &to).ok_or(IssueError::Rcgen(rcgen::Error::RemoteKeyError))?;
+    let cert_der = replace_once(cert.der(), &from, &to)
+        .ok_or(IssueError::Rcgen(rcgen::Error::RemoteKeyError))?;
     Ok(RaTlsCert {
         cert_der,
         chain,

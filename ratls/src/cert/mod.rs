@@ -7,6 +7,6 @@ pub mod oid;
 mod verify;
 
 pub use claims::AppClaims;
+pub use issue::pem_encode;
 pub use issue::{issue, CertAuthority, CertProfile, Identity, IssueError, RaTlsCert};
 pub use verify::{parse_ratls_cert, ParsedRaTlsCert};
-pub use issue::pem_encode;

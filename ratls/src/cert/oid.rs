@@ -89,9 +89,15 @@ mod tests {
     #[test]
     fn real_oid_parses_back_to_its_dotted_form() {
         assert_eq!(dotted(&claims_oid_content()).unwrap(), CLAIMS_OID_STR);
-        assert_eq!(dotted(&[0x67, 0x81, 0x05, 0x05, 0x04, 0x09]).unwrap(), "2.23.133.5.4.9");
+        assert_eq!(
+            dotted(&[0x67, 0x81, 0x05, 0x05, 0x04, 0x09]).unwrap(),
+            "2.23.133.5.4.9"
+        );
         assert!(dotted(&[0x69, 0x81]).is_none());
-        assert_eq!(CLAIMS_UUID.to_string(), CLAIMS_OID_STR.trim_start_matches("2.25."));
+        assert_eq!(
+            CLAIMS_UUID.to_string(),
+            CLAIMS_OID_STR.trim_start_matches("2.25.")
+        );
     }
 
     #[test]

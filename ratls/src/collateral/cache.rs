@@ -40,7 +40,7 @@ impl CachedSource {
         self.dir.join(format!("{key}.json"))
     }
 
-    fn from_disk(&self, key: &str) -> Option<Collateral> {
+    fn read_disk(&self, key: &str) -> Option<Collateral> {
         let bytes = std::fs::read(self.path(key)).ok()?;
         match Collateral::from_json(&bytes) {
             Ok(c) => Some(c),
@@ -71,7 +71,7 @@ impl CollateralSource for CachedSource {
         if let Some(c) = self.memory().get(&key).filter(|c| c.is_current(now)) {
             return Ok(c.clone());
         }
-        if let Some(c) = self.from_disk(&key).filter(|c| c.is_current(now)) {
+        if let Some(c) = self.read_disk(&key).filter(|c| c.is_current(now)) {
             self.memory().insert(key, c.clone());
             return Ok(c);
         }
@@ -84,7 +84,11 @@ impl CollateralSource for CachedSource {
     }
 
     fn describe(&self) -> String {
-        format!("cache {} over {}", self.dir.display(), self.inner.describe())
+        format!(
+            "cache {} over {}",
+            self.dir.display(),
+            self.inner.describe()
+        )
     }
 }
 
@@ -111,7 +115,10 @@ mod tests {
     fn fetches_once_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let c = Collateral::from_json(&vector("dcap-qvl_tdx_quote_collateral.json")).unwrap();
-        let inner = Arc::new(Counting(FileSource::from_collateral(c.clone()), AtomicUsize::new(0)));
+        let inner = Arc::new(Counting(
+            FileSource::from_collateral(c.clone()),
+            AtomicUsize::new(0),
+        ));
         let q = Quote::parse(&vector("dcap-qvl_tdx_quote")).unwrap();
         let now = 1_750_377_600;
         let cache = CachedSource::new(dir.path().to_path_buf(), inner.clone()).unwrap();

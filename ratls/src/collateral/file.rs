@@ -104,8 +104,8 @@ mod tests {
 
     #[test]
     fn unknown_fmspc_is_not_found() {
-        let src =
-            FileSource::load(&[vector_path("dcap-qvl_tdx_quote_outdated_collateral.json")]).unwrap();
+        let src = FileSource::load(&[vector_path("dcap-qvl_tdx_quote_outdated_collateral.json")])
+            .unwrap();
         let q = Quote::parse(&vector("dcap-qvl_tdx_quote")).unwrap();
         let err = src.collateral_for(&q, 0).unwrap_err();
         assert!(err.to_string().contains("B0C06F000000"), "{err}");

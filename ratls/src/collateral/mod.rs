@@ -73,8 +73,8 @@ impl Collateral {
                 bytes.len()
             )));
         }
-        let c: QuoteCollateralV3 = serde_json::from_slice(bytes)
-            .map_err(|e| CollateralError::Malformed(e.to_string()))?;
+        let c: QuoteCollateralV3 =
+            serde_json::from_slice(bytes).map_err(|e| CollateralError::Malformed(e.to_string()))?;
         let c = Self(c);
         c.window()?;
         Ok(c)

@@ -38,6 +38,15 @@ impl SimulatedPki {
 }
 impl Default for SimTdReport {
     fn default() -> Self {
-        Self { mr_td: [0; 48], mr_config_id: [0; 48], mr_owner: [0; 48], mr_owner_config: [0; 48], rt_mr: [[0; 48]; 4], report_data: [0; 64], td_attributes: [0; 8], xfam: [0; 8] }
+        Self {
+            mr_td: [0; 48],
+            mr_config_id: [0; 48],
+            mr_owner: [0; 48],
+            mr_owner_config: [0; 48],
+            rt_mr: [[0; 48]; 4],
+            report_data: [0; 64],
+            td_attributes: [0; 8],
+            xfam: [0; 8],
+        }
     }
 }
