@@ -184,6 +184,132 @@ mod tests {
         assert!(url_decode("%zz").is_err());
     }
 
+    /// A minimal PCCS on loopback serving the vector collateral the way a PCCS does.
+    fn serve_pccs(c: &QuoteCollateralV3) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let enc = |s: &str| s.replace('\n', "%0A").replace(' ', "%20");
+        let routes: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+            (
+                "/sgx/certification/v4/pckcrl",
+                vec![(
+                    "SGX-PCK-CRL-Issuer-Chain".into(),
+                    enc(&c.pck_crl_issuer_chain),
+                )],
+                c.pck_crl.clone(),
+            ),
+            (
+                "/tdx/certification/v4/tcb",
+                vec![(
+                    "TCB-Info-Issuer-Chain".into(),
+                    enc(&c.tcb_info_issuer_chain),
+                )],
+                format!(
+                    "{{\"tcbInfo\":{},\"signature\":\"{}\"}}",
+                    c.tcb_info,
+                    hex::encode(&c.tcb_info_signature)
+                )
+                .into_bytes(),
+            ),
+            (
+                "/tdx/certification/v4/qe/identity",
+                vec![(
+                    "SGX-Enclave-Identity-Issuer-Chain".into(),
+                    enc(&c.qe_identity_issuer_chain),
+                )],
+                format!(
+                    "{{\"enclaveIdentity\":{},\"signature\":\"{}\"}}",
+                    c.qe_identity,
+                    hex::encode(&c.qe_identity_signature)
+                )
+                .into_bytes(),
+            ),
+            (
+                "/sgx/certification/v4/rootcacrl",
+                vec![],
+                hex::encode(&c.root_ca_crl).into_bytes(),
+            ),
+        ];
+        let handle = std::thread::spawn(move || {
+            let mut served = 0;
+            for _ in 0..routes.len() {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    break;
+                };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let route = routes
+                    .iter()
+                    .find(|(p, _, _)| path.split('?').next() == Some(*p));
+                let (status, headers, body) = match route {
+                    Some((_, h, b)) => ("200 OK", h.clone(), b.clone()),
+                    None => ("404 Not Found", vec![], b"not found".to_vec()),
+                };
+                let mut head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&body).unwrap();
+                served += 1;
+            }
+            served
+        });
+        (base, handle)
+    }
+
+    #[test]
+    fn fetches_collateral_a_quote_verifies_with() {
+        let bytes = super::super::tests::vector("dcap-qvl_tdx_quote_collateral.json");
+        let original = Collateral::from_json(&bytes).unwrap();
+        let (base, server) = serve_pccs(&original.0);
+        let client = PccsClient::new(
+            &format!("{base}/sgx/certification/v4"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let quote = Quote::parse(&super::super::tests::vector("dcap-qvl_tdx_quote")).unwrap();
+        let fetched = client.collateral_for(&quote, 0).unwrap();
+        assert_eq!(server.join().unwrap(), 4);
+        assert_eq!(fetched, original);
+        let v = crate::QuoteVerifier::new(
+            std::sync::Arc::new(super::super::FileSource::from_collateral(fetched)),
+            crate::TcbPolicy::default(),
+            false,
+        );
+        assert_eq!(
+            v.verify(quote, None, 1_750_377_600).unwrap().tcb_status,
+            crate::TcbStatus::UpToDate
+        );
+    }
+
+    #[test]
+    fn unreachable_pccs_is_a_clear_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = PccsClient::new(&format!("http://{addr}"), Duration::from_secs(2)).unwrap();
+        let err = client.fetch("B0C06F000000", "platform").unwrap_err();
+        assert!(err.to_string().contains("PCCS request failed"), "{err}");
+    }
+
     #[test]
     fn refuses_non_http_urls() {
         assert!(PccsClient::new("ftp://x", Duration::from_secs(1)).is_err());

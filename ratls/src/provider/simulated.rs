@@ -7,7 +7,7 @@ use sha2::{Digest, Sha384};
 
 use super::{ProviderError, ProviderKind, QuoteProvider};
 use crate::eventlog::extend;
-use crate::sim::{SimTdReport, SimulatedPki};
+use crate::sim::{SimTdReport, SimulatedPki, TD_ATTRIBUTES_DEBUG};
 use crate::types::{Measurement, ReportData};
 
 /// Keeps RTMRs in memory and signs quotes with the simulated attestation key.
@@ -71,13 +71,15 @@ impl QuoteProvider for SimulatedProvider {
 
     fn quote(&self, report_data: &ReportData) -> Result<Vec<u8>, ProviderError> {
         let rtmrs = self.rtmrs();
-        let td = SimTdReport {
+        let mut td = SimTdReport {
             mr_td: self.mrtd.0,
             rt_mr: [rtmrs[0].0, rtmrs[1].0, rtmrs[2].0, rtmrs[3].0],
             report_data: report_data.0,
-            td_attributes: [u8::from(self.debug), 0, 0, 0, 0, 0, 0, 0],
             ..SimTdReport::default()
         };
+        if self.debug {
+            td.td_attributes[0] |= TD_ATTRIBUTES_DEBUG[0];
+        }
         Ok(SimulatedPki::well_known().quote(&td))
     }
 

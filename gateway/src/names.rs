@@ -1,0 +1,226 @@
+//! The content-addressed name grammar: `<app-id|instance-id>[-<port>][s|g].<base-domain>`.
+//! The id is 40 hex characters (an optional `0x` prefix is accepted, case is ignored), the
+//! port is the container port (80 when absent, 1-65535, no leading zeros), `s` asks for TLS
+//! passthrough to the CVM and `g` for an HTTP/2 (gRPC) upstream.
+
+use std::fmt;
+
+/// How the gateway carries a connection to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Terminate TLS here, proxy HTTP/1.1 or HTTP/2 to the instance over RA-TLS.
+    Terminate,
+    /// Relay the client's TLS bytes untouched; the client sees the RA-TLS certificate.
+    Passthrough,
+    /// Terminate TLS here, HTTP/2 upstream (gRPC).
+    Grpc,
+}
+
+/// A parsed app name: which id, which container port, which mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// An app id or an instance id; the routing table tells which.
+    pub id: [u8; 20],
+    pub port: u16,
+    pub mode: Mode,
+}
+
+impl Target {
+    pub fn id_hex(&self) -> String {
+        hex::encode(self.id)
+    }
+}
+
+/// Why a host is not one of our app names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameError {
+    /// Not under the base domain (may be a custom domain).
+    NotOurDomain,
+    /// The base domain itself (the attestation web UI lives there).
+    BaseDomain,
+    /// Under the base domain but not a valid app label.
+    BadLabel(&'static str),
+    /// Longer than DNS allows.
+    TooLong,
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameError::NotOurDomain => f.write_str("not under the base domain"),
+            NameError::BaseDomain => f.write_str("the base domain itself"),
+            NameError::BadLabel(why) => write!(f, "not an app name: {why}"),
+            NameError::TooLong => f.write_str("name longer than 253 characters"),
+        }
+    }
+}
+
+impl std::error::Error for NameError {}
+
+const MAX_NAME_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// Lower-cases a Host header or SNI value and strips a trailing dot and `:port`.
+pub fn normalize_host(host: &str) -> Result<String, NameError> {
+    let host = host.trim();
+    let host = match host.rsplit_once(':') {
+        // Only strip a numeric port; IPv6 literals are not app names anyway.
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Parses `host` (already normalised or not) against `base_domain` (lowercase).
+pub fn parse(host: &str, base_domain: &str) -> Result<Target, NameError> {
+    let host = normalize_host(host)?;
+    if host == base_domain {
+        return Err(NameError::BaseDomain);
+    }
+    let label = host
+        .strip_suffix(base_domain)
+        .and_then(|h| h.strip_suffix('.'))
+        .ok_or(NameError::NotOurDomain)?;
+    if label.contains('.') {
+        return Err(NameError::BadLabel("more than one label before the base domain"));
+    }
+    parse_label(label)
+}
+
+/// Parses the first label alone: `<id>[-<port>][s|g]`.
+pub fn parse_label(label: &str) -> Result<Target, NameError> {
+    if label.is_empty() {
+        return Err(NameError::BadLabel("empty label"));
+    }
+    if label.len() > MAX_LABEL_LEN {
+        return Err(NameError::BadLabel("label longer than 63 characters"));
+    }
+    let label = label.to_ascii_lowercase();
+    let rest = label.strip_prefix("0x").unwrap_or(&label);
+    if rest.len() < 40 {
+        return Err(NameError::BadLabel("id must be 40 hex characters"));
+    }
+    let (id_hex, rest) = rest.split_at(40);
+    let mut id = [0u8; 20];
+    hex::decode_to_slice(id_hex, &mut id).map_err(|_| NameError::BadLabel("id is not hex"))?;
+    let (rest, mode) = match rest.as_bytes().last() {
+        Some(b's') => (&rest[..rest.len() - 1], Mode::Passthrough),
+        Some(b'g') => (&rest[..rest.len() - 1], Mode::Grpc),
+        _ => (rest, Mode::Terminate),
+    };
+    let port = match rest {
+        "" => 80,
+        _ => {
+            let digits = rest
+                .strip_prefix('-')
+                .ok_or(NameError::BadLabel("unexpected characters after the id"))?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(NameError::BadLabel("port must be 1-65535"));
+            }
+            if digits.starts_with('0') {
+                return Err(NameError::BadLabel("port must not have leading zeros"));
+            }
+            match digits.parse::<u32>() {
+                Ok(p @ 1..=65535) => p as u16,
+                _ => return Err(NameError::BadLabel("port must be 1-65535")),
+            }
+        }
+    };
+    Ok(Target { id, port, mode })
+}
+
+/// The name a sidecar's RA-TLS front expects in SNI for `(id, port)`.
+pub fn upstream_sni(app_id_hex: &str, port: u16, base_domain: &str) -> String {
+    format!("{app_id_hex}-{port}.{base_domain}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "apps.example.com";
+    const ID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn ok(host: &str) -> Target {
+        parse(host, BASE).unwrap_or_else(|e| panic!("{host}: {e}"))
+    }
+
+    fn bad(host: &str) -> NameError {
+        parse(host, BASE).expect_err(host)
+    }
+
+    #[test]
+    fn plain_app_name_defaults_to_port_80() {
+        let t = ok(&format!("{ID}.{BASE}"));
+        assert_eq!((t.id_hex().as_str(), t.port, t.mode), (ID, 80, Mode::Terminate));
+    }
+
+    #[test]
+    fn accepts_upper_case_prefix_trailing_dot_and_port() {
+        let t = ok(&format!("0X{}.APPS.Example.COM.:443", ID.to_uppercase()));
+        assert_eq!(t.id_hex(), ID);
+        let t = ok(&format!("0x{ID}-8080.{BASE}"));
+        assert_eq!(t.port, 8080);
+    }
+
+    #[test]
+    fn ports_and_suffixes() {
+        assert_eq!(ok(&format!("{ID}-1.{BASE}")).port, 1);
+        assert_eq!(ok(&format!("{ID}-65535.{BASE}")).port, 65535);
+        let t = ok(&format!("{ID}-8443s.{BASE}"));
+        assert_eq!((t.port, t.mode), (8443, Mode::Passthrough));
+        let t = ok(&format!("{ID}s.{BASE}"));
+        assert_eq!((t.port, t.mode), (80, Mode::Passthrough));
+        let t = ok(&format!("{ID}-50051g.{BASE}"));
+        assert_eq!((t.port, t.mode), (50051, Mode::Grpc));
+        assert_eq!(ok(&format!("{ID}g.{BASE}")).mode, Mode::Grpc);
+    }
+
+    #[test]
+    fn rejects_bad_ports() {
+        for p in ["0", "65536", "99999", "080", "", "12a", "-5", "123456"] {
+            assert!(matches!(bad(&format!("{ID}-{p}.{BASE}")), NameError::BadLabel(_)), "port {p:?}");
+        }
+        assert!(matches!(bad(&format!("{ID}-80x.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!("{ID}-80sg.{BASE}")), NameError::BadLabel(_)));
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert!(matches!(bad(&format!("{}.{BASE}", &ID[..39])), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!("{}z.{BASE}", &ID[..39])), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!("{ID}0.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!("0x.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!("www.{BASE}")), NameError::BadLabel(_)));
+    }
+
+    #[test]
+    fn names_that_are_not_ours() {
+        assert_eq!(bad("example.org"), NameError::NotOurDomain);
+        assert_eq!(bad(&format!("{ID}.evil{BASE}")), NameError::NotOurDomain);
+        assert_eq!(bad(&format!("{ID}.{BASE}.evil.com")), NameError::NotOurDomain);
+        assert_eq!(bad(BASE), NameError::BaseDomain);
+        assert!(matches!(bad(&format!("a.{ID}.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(bad(&format!(".{BASE}")), NameError::BadLabel(_)));
+    }
+
+    #[test]
+    fn over_long_names_and_labels() {
+        let long = format!("{}.{BASE}", "a".repeat(250));
+        assert_eq!(bad(&long), NameError::TooLong);
+        let label = format!("{ID}-{}", "1".repeat(30));
+        assert!(matches!(bad(&format!("{label}.{BASE}")), NameError::BadLabel(_)));
+    }
+
+    #[test]
+    fn upstream_sni_round_trips() {
+        let sni = upstream_sni(ID, 8080, BASE);
+        let t = ok(&sni);
+        assert_eq!((t.id_hex().as_str(), t.port), (ID, 8080));
+    }
+}
