@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (TLS termination, attested routing, registration API).
+    Gateway(cmd::gateway::Args),
     /// Parse and verify a TDX quote.
     Quote(cmd::quote::Args),
     /// RA-TLS certificate tools.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Gateway(args) => cmd::gateway::run(args),
         Command::Quote(args) => cmd::quote::run(args),
         Command::Ratls(c) => cmd::ratls::run(c),
     };

@@ -1,1 +1,44 @@
-//! placeholder
+//! # gateway: TLS termination and attested routing to confidential VMs
+//!
+//! Requests enter on port 443 as TLS connections; they leave over RA-TLS to the CVM
+//! instance that runs the app named in the host. Instances enter the routing table only
+//! through the registration API, from verified attestation claims.
+//!
+//! ```text
+//!  :443 ─▶ FrontDoor ─┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
+//!                     └─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
+//!                            route (names) → pick (Registry) → connect → fingerprint check
+//!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
+//!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
+//!  :80 ─▶ redirect to https
+//! ```
+//!
+//! [`api`] holds the wire types and builds without the server (`default-features = false`).
+
+pub mod api;
+pub mod names;
+
+#[cfg(feature = "server")]
+mod admin;
+#[cfg(feature = "server")]
+pub mod attest;
+#[cfg(feature = "server")]
+pub mod certs;
+#[cfg(feature = "server")]
+pub mod frontdoor;
+#[cfg(feature = "server")]
+mod http_util;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+mod pages;
+#[cfg(feature = "server")]
+pub mod proxy;
+#[cfg(feature = "server")]
+pub mod registration;
+#[cfg(feature = "server")]
+pub mod registry;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;

@@ -107,13 +107,13 @@ impl RaTlsCheck {
         &self.verifier
     }
 
-    fn check(
+    fn check_chain(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: webpki::KeyUsage,
-    ) -> Result<Arc<VerifiedAttestation>, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(chain_error)?;
         let self_anchor;
         let anchors: &[TrustAnchor<'_>] = match &self.trust {
@@ -133,6 +133,17 @@ impl RaTlsCheck {
             None,
         )
         .map_err(chain_error)?;
+        Ok(())
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<Arc<VerifiedAttestation>, rustls::Error> {
+        self.check_chain(end_entity, intermediates, now, usage)?;
         let verified = self.verifier.verify(end_entity).map_err(|e| {
             tracing::warn!(error = %e, "RA-TLS peer rejected");
             other(e)
@@ -143,6 +154,32 @@ impl RaTlsCheck {
                     expected,
                     found: *verified.app_id(),
                 }));
+            }
+        }
+        Ok(verified)
+    }
+
+    /// Full attestation of a peer whose handshake passed [`DeferredClientVerifier`]; the
+    /// error names the failed step so a server can answer with it.
+    pub fn verify_peer(
+        &self,
+        peer_chain: &[CertificateDer<'_>],
+    ) -> Result<Arc<VerifiedAttestation>, crate::error::VerifyError> {
+        let leaf = peer_chain.first().ok_or_else(|| {
+            crate::error::VerifyError::parse(crate::error::Reason::Certificate(
+                "no client certificate".into(),
+            ))
+        })?;
+        let verified = self.verifier.verify(leaf)?;
+        if let Some(expected) = self.expected_app {
+            if *verified.app_id() != expected {
+                return Err(crate::error::VerifyError::new(
+                    crate::error::Step::Policy,
+                    crate::error::Reason::NotAllowed {
+                        what: "app id",
+                        value: verified.app_id().to_hex(),
+                    },
+                ));
             }
         }
         Ok(verified)
@@ -250,6 +287,53 @@ impl ClientCertVerifier for RaTlsClientVerifier {
             now,
             webpki::KeyUsage::client_auth(),
         )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(m, c, d)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.schemes()
+    }
+}
+
+/// For TLS servers that answer attestation failures in the application protocol (with a
+/// message naming the failed step) rather than with a bare TLS alert: the handshake
+/// requires a client certificate and checks its chain and key possession; the server must
+/// then call [`RaTlsCheck::verify_peer`] before acting, and only a `VerifiedAttestation`
+/// it returns can authorise anything.
+#[derive(Debug, Clone)]
+pub struct DeferredClientVerifier(pub RaTlsCheck);
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .check_chain(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
         Ok(ClientCertVerified::assertion())
     }
 

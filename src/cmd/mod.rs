@@ -1,3 +1,4 @@
+pub mod gateway;
 pub mod quote;
 pub mod ratls;
 mod verifier;

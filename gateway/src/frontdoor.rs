@@ -1,0 +1,251 @@
+//! Port 443: every connection starts here. The ClientHello is peeked (bounded in time and
+//! size) to read its SNI; `…s.` names are relayed byte for byte to the instance's RA-TLS
+//! front, so the client sees and can pin that certificate; everything else gets a TLS
+//! handshake here and goes to the HTTP proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::names::{self, Mode};
+use crate::proxy::{now_ms, GatewayProxy};
+use crate::registry::{Balance, Registry};
+
+/// TLS record header: type, version, length.
+const RECORD_HEADER: usize = 5;
+const HANDSHAKE: u8 = 0x16;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloError {
+    NotTls,
+    TooLarge,
+    Timeout,
+    Io(String),
+    Malformed(String),
+}
+
+impl HelloError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            HelloError::NotTls => "not-tls",
+            HelloError::TooLarge => "client-hello-too-large",
+            HelloError::Timeout => "client-hello-timeout",
+            HelloError::Io(_) => "client-hello-io",
+            HelloError::Malformed(_) => "client-hello-malformed",
+        }
+    }
+}
+
+/// Given the bytes peeked so far, how many bytes are needed before the ClientHello can be
+/// parsed again: records are taken whole.
+fn bytes_needed(buf: &[u8]) -> Result<usize, HelloError> {
+    let mut pos = 0;
+    while pos + RECORD_HEADER <= buf.len() {
+        if buf[pos] != HANDSHAKE {
+            return Err(HelloError::NotTls);
+        }
+        let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
+        pos += RECORD_HEADER + len;
+    }
+    Ok(if pos <= buf.len() { pos.max(buf.len()) } else { pos })
+}
+
+/// The server name of a complete ClientHello in `buf`, `Ok(None)` if more records are needed.
+pub fn parse_sni(buf: &[u8]) -> Result<Option<Option<String>>, HelloError> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rd = buf;
+    while !rd.is_empty() {
+        match acceptor.read_tls(&mut rd) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(HelloError::Malformed(e.to_string())),
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Ok(Some(accepted.client_hello().server_name().map(str::to_string))),
+        Ok(None) => Ok(None),
+        Err((e, _)) => Err(HelloError::Malformed(e.to_string())),
+    }
+}
+
+/// Peeks the ClientHello without consuming it; returns its SNI (if any).
+pub async fn peek_sni(stream: &mut Stream, timeout: Duration, max: usize) -> Result<Option<String>, HelloError> {
+    let deadline = Instant::now() + timeout;
+    let mut want = RECORD_HEADER;
+    // Each round peeks at least one more record, and the size bound stops the loop.
+    loop {
+        if want > max {
+            return Err(HelloError::TooLarge);
+        }
+        let mut buf = vec![0u8; want];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.try_peek(&mut buf)).await {
+            Err(_) => return Err(HelloError::Timeout),
+            Ok(Err(e)) => return Err(HelloError::Io(e.to_string())),
+            Ok(Ok(false)) => return Ok(None),
+            Ok(Ok(true)) => {}
+        }
+        let needed = bytes_needed(&buf)?;
+        if needed > buf.len() {
+            want = needed;
+            continue;
+        }
+        match parse_sni(&buf)? {
+            Some(sni) => return Ok(sni),
+            None => want = buf.len() + RECORD_HEADER,
+        }
+    }
+}
+
+pub struct FrontDoor {
+    pub proxy: Arc<HttpProxy<GatewayProxy>>,
+    pub acceptor: Acceptor,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub base_domain: String,
+    pub balance: Balance,
+    pub hello_timeout: Duration,
+    pub hello_max: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub connections: Arc<Semaphore>,
+}
+
+struct Gauge<'a>(&'a Metrics);
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.active_connections.dec();
+    }
+}
+
+impl FrontDoor {
+    async fn passthrough(&self, mut client: Stream, target: names::Target) {
+        let m = &self.metrics.passthrough;
+        let Some(resolved) = self.registry.resolve(&target.id) else {
+            m.with_label_values(&["unknown-app"]).inc();
+            return;
+        };
+        let inst = match self.registry.pick(resolved, target.port, &[], self.balance, now_ms()) {
+            Ok(i) => i,
+            Err(_) => {
+                m.with_label_values(&["no-healthy-instance"]).inc();
+                return;
+            }
+        };
+        let _guard = inst.begin();
+        let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(inst.record.front_addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                self.registry.mark_down(&inst.record.instance_id, now_ms() + 10_000);
+                m.with_label_values(&["connect-failed"]).inc();
+                return;
+            }
+        };
+        m.with_label_values(&["relayed"]).inc();
+        let mut upstream = upstream;
+        let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        // The relay ends when either side closes; an idle bound stops abandoned pairs.
+        let _ = tokio::time::timeout(self.idle_timeout * 10, relay).await;
+    }
+}
+
+#[async_trait]
+impl ServerApp for FrontDoor {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            self.metrics.tls_handshakes.with_label_values(&["connection-limit"]).inc();
+            return None;
+        };
+        self.metrics.active_connections.inc();
+        let _gauge = Gauge(&self.metrics);
+        let sni = match peek_sni(&mut stream, self.hello_timeout, self.hello_max).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.tls_handshakes.with_label_values(&[e.label()]).inc();
+                tracing::debug!(error = ?e, "dropping connection before TLS");
+                return None;
+            }
+        };
+        if let Some(target) = sni.as_deref().and_then(|s| names::parse(s, &self.base_domain).ok()) {
+            if target.mode == Mode::Passthrough {
+                self.passthrough(stream, target).await;
+                return None;
+            }
+        }
+        // The listener hands us its TCP stream boxed; TLS wants the concrete type back.
+        let l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => *l4,
+            Err(_) => {
+                tracing::error!("front door received a stream that is not TCP; dropping");
+                return None;
+            }
+        };
+        let handshake = pingora_core::protocols::tls::server::handshake(&self.acceptor, l4);
+        let tls = match tokio::time::timeout(self.hello_timeout, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.metrics.tls_handshakes.with_label_values(&["handshake-failed"]).inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                self.metrics.tls_handshakes.with_label_values(&["handshake-timeout"]).inc();
+                return None;
+            }
+        };
+        self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+        let mut next: Option<Stream> = Some(Box::new(tls));
+        // Keep-alive: the proxy hands the stream back after each request.
+        while let Some(s) = next {
+            if *shutdown.borrow() {
+                break;
+            }
+            next = self.proxy.process_new(s, shutdown).await;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_hello(sni: &str) -> Vec<u8> {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_sni_from_a_real_client_hello() {
+        let hello = client_hello("abc.apps.test");
+        assert_eq!(bytes_needed(&hello).unwrap(), hello.len());
+        assert_eq!(parse_sni(&hello).unwrap(), Some(Some("abc.apps.test".into())));
+    }
+
+    #[test]
+    fn partial_records_ask_for_more_and_non_tls_is_refused() {
+        let hello = client_hello("abc.apps.test");
+        assert_eq!(bytes_needed(&hello[..5]).unwrap(), hello.len());
+        assert_eq!(bytes_needed(b"GET / HTTP/1.1\r\n"), Err(HelloError::NotTls));
+        assert!(parse_sni(&[0x16, 3, 1, 0, 4, 1, 0, 0, 0]).is_err());
+    }
+}

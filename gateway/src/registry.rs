@@ -1,0 +1,356 @@
+//! The in-memory routing table: app id → instances, instance id → instance, certificate
+//! fingerprint → instance. Filled from verified registrations only; read on every request.
+//! Also holds passive health (an instance that failed to connect is skipped until its
+//! back-off passes) and the in-flight count used by least-connections balancing.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use ratls::{AppId, Fingerprint, InstanceId};
+
+use crate::api::{AppInfo, InstanceInfo};
+use crate::store::InstanceRecord;
+
+/// How to choose among an app's healthy instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+}
+
+/// One routable instance.
+#[derive(Debug)]
+pub struct Instance {
+    pub record: InstanceRecord,
+    down_until_ms: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Instance {
+    fn new(record: InstanceRecord) -> Self {
+        Self {
+            record,
+            down_until_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_up(&self, now_ms: u64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against this instance until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn info(&self, now_ms: u64) -> InstanceInfo {
+        let r = &self.record;
+        InstanceInfo {
+            instance_id: r.instance_id.to_hex(),
+            app_id: r.app_id.to_hex(),
+            compose_hash: r.compose_hash.to_hex(),
+            front_addr: r.front_addr,
+            ports: r.ports.clone(),
+            fingerprints: r.fingerprints.iter().map(|f| f.to_hex()).collect(),
+            tcb_status: r.tcb_status.clone(),
+            simulated: r.simulated,
+            mrtd: r.mrtd.to_hex(),
+            lease_expires_unix: r.lease_expires,
+            healthy: self.is_up(now_ms),
+        }
+    }
+}
+
+/// Decrements the in-flight count on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<Instance>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no instance could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// No app or instance with this id is registered.
+    Unknown,
+    /// Registered, but every instance is down (or already tried for this request).
+    AllDown,
+}
+
+/// What an id in a host name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    App(AppId),
+    /// An instance id pins that one instance of its app.
+    Instance(AppId, InstanceId),
+}
+
+#[derive(Default)]
+pub struct Registry {
+    apps: DashMap<AppId, Vec<Arc<Instance>>>,
+    instances: DashMap<InstanceId, Arc<Instance>>,
+    fingerprints: DashMap<Fingerprint, InstanceId>,
+    next: AtomicUsize,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces an instance (a renewal keeps its health state).
+    pub fn upsert(&self, record: InstanceRecord) {
+        let id = record.instance_id;
+        let old = self.instances.get(&id).map(|e| e.value().clone());
+        let fresh = Arc::new(Instance::new(record));
+        if let Some(old) = &old {
+            fresh
+                .down_until_ms
+                .store(old.down_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            for fp in &old.record.fingerprints {
+                self.fingerprints.remove_if(fp, |_, owner| *owner == id);
+            }
+            if old.record.app_id != fresh.record.app_id {
+                self.detach(&old.record.app_id, &id);
+            }
+        }
+        for fp in &fresh.record.fingerprints {
+            self.fingerprints.insert(*fp, id);
+        }
+        let mut list = self.apps.entry(fresh.record.app_id).or_default();
+        list.retain(|i| i.record.instance_id != id);
+        list.push(fresh.clone());
+        drop(list);
+        self.instances.insert(id, fresh);
+    }
+
+    fn detach(&self, app: &AppId, id: &InstanceId) {
+        if let Some(mut list) = self.apps.get_mut(app) {
+            list.retain(|i| i.record.instance_id != *id);
+        }
+        self.apps.remove_if(app, |_, list| list.is_empty());
+    }
+
+    pub fn remove(&self, id: &InstanceId) -> Option<Arc<Instance>> {
+        let (_, inst) = self.instances.remove(id)?;
+        for fp in &inst.record.fingerprints {
+            self.fingerprints.remove_if(fp, |_, owner| owner == id);
+        }
+        self.detach(&inst.record.app_id, id);
+        Some(inst)
+    }
+
+    /// Drops instances whose lease ended before `now` (unix seconds); returns their ids.
+    pub fn expire(&self, now: u64) -> Vec<InstanceId> {
+        let lapsed: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|e| e.record.lease_expires <= now)
+            .map(|e| *e.key())
+            .collect();
+        for id in &lapsed {
+            self.remove(id);
+        }
+        lapsed
+    }
+
+    pub fn resolve(&self, id: &[u8; 20]) -> Option<Resolved> {
+        let app = AppId(*id);
+        if self.apps.contains_key(&app) {
+            return Some(Resolved::App(app));
+        }
+        let inst = InstanceId(*id);
+        self.instances
+            .get(&inst)
+            .map(|i| Resolved::Instance(i.record.app_id, inst))
+    }
+
+    /// Chooses an instance serving `port`, skipping down ones and those in `tried`.
+    pub fn pick(
+        &self,
+        target: Resolved,
+        port: u16,
+        tried: &[InstanceId],
+        balance: Balance,
+        now_ms: u64,
+    ) -> Result<Arc<Instance>, PickError> {
+        let usable = |i: &Arc<Instance>| {
+            i.is_up(now_ms) && !tried.contains(&i.record.instance_id) && i.record.ports.contains(&port)
+        };
+        match target {
+            Resolved::Instance(_, id) => {
+                let inst = self.instances.get(&id).ok_or(PickError::Unknown)?.clone();
+                if usable(&inst) {
+                    Ok(inst)
+                } else {
+                    Err(PickError::AllDown)
+                }
+            }
+            Resolved::App(app) => {
+                let list = self.apps.get(&app).ok_or(PickError::Unknown)?;
+                let candidates: Vec<&Arc<Instance>> = list.iter().filter(|i| usable(i)).collect();
+                if candidates.is_empty() {
+                    return Err(PickError::AllDown);
+                }
+                let chosen = match balance {
+                    Balance::RoundRobin => {
+                        let n = self.next.fetch_add(1, Ordering::Relaxed);
+                        candidates[n % candidates.len()]
+                    }
+                    Balance::LeastConnections => {
+                        // Ties rotate so equal instances share the load.
+                        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                        let rotated = candidates[start..].iter().chain(&candidates[..start]);
+                        rotated.min_by_key(|i| i.in_flight()).copied().unwrap_or(candidates[0])
+                    }
+                };
+                Ok(chosen.clone())
+            }
+        }
+    }
+
+    pub fn mark_down(&self, id: &InstanceId, until_ms: u64) {
+        if let Some(i) = self.instances.get(id) {
+            i.down_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+        }
+    }
+
+    pub fn mark_up(&self, id: &InstanceId) {
+        if let Some(i) = self.instances.get(id) {
+            i.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The instance a verified certificate belongs to.
+    pub fn owner_of(&self, fp: &Fingerprint) -> Option<InstanceId> {
+        self.fingerprints.get(fp).map(|e| *e.value())
+    }
+
+    pub fn instance(&self, id: &InstanceId) -> Option<Arc<Instance>> {
+        self.instances.get(id).map(|e| e.value().clone())
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn apps(&self, now_ms: u64) -> Vec<AppInfo> {
+        let mut out: Vec<AppInfo> = self
+            .apps
+            .iter()
+            .map(|e| AppInfo {
+                app_id: e.key().to_hex(),
+                instances: e.value().iter().map(|i| i.info(now_ms)).collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        out
+    }
+
+    pub fn app(&self, app: &AppId, now_ms: u64) -> Option<AppInfo> {
+        self.apps.get(app).map(|list| AppInfo {
+            app_id: app.to_hex(),
+            instances: list.iter().map(|i| i.info(now_ms)).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(app: u8, inst: u8, ports: &[u16]) -> InstanceRecord {
+        InstanceRecord {
+            app_id: AppId([app; 20]),
+            instance_id: InstanceId([inst; 20]),
+            compose_hash: ratls::ComposeHash([app; 32]),
+            front_addr: format!("10.0.0.{inst}:8443").parse().unwrap(),
+            ports: ports.to_vec(),
+            fingerprints: vec![Fingerprint([inst; 32])],
+            certs: vec![],
+            tcb_status: "UpToDate".into(),
+            simulated: true,
+            mrtd: ratls::Measurement::ZERO,
+            lease_expires: 100,
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_and_skips_down_and_tried() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]));
+        r.upsert(rec(1, 2, &[80]));
+        let t = r.resolve(&[1; 20]).unwrap();
+        let a = r.pick(t, 80, &[], Balance::RoundRobin, 0).unwrap();
+        let b = r.pick(t, 80, &[], Balance::RoundRobin, 0).unwrap();
+        assert_ne!(a.record.instance_id, b.record.instance_id);
+        r.mark_down(&InstanceId([1; 20]), 1000);
+        for _ in 0..4 {
+            assert_eq!(r.pick(t, 80, &[], Balance::RoundRobin, 500).unwrap().record.instance_id, InstanceId([2; 20]));
+        }
+        assert_eq!(r.pick(t, 80, &[InstanceId([2; 20])], Balance::RoundRobin, 500).unwrap_err(), PickError::AllDown);
+        assert_eq!(r.pick(t, 80, &[], Balance::RoundRobin, 1000).unwrap().record.instance_id.0.len(), 20);
+    }
+
+    #[test]
+    fn least_connections_prefers_idle_instance() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]));
+        r.upsert(rec(1, 2, &[80]));
+        let busy = r.instance(&InstanceId([1; 20])).unwrap();
+        let _g1 = busy.begin();
+        let _g2 = busy.begin();
+        let t = r.resolve(&[1; 20]).unwrap();
+        for _ in 0..4 {
+            assert_eq!(r.pick(t, 80, &[], Balance::LeastConnections, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+        }
+        drop(_g1);
+        drop(_g2);
+        assert_eq!(busy.in_flight(), 0);
+    }
+
+    #[test]
+    fn instance_id_pins_and_ports_filter() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]));
+        r.upsert(rec(1, 2, &[80, 8080]));
+        let pinned = r.resolve(&[1; 20].map(|_| 1u8)).unwrap();
+        assert_eq!(pinned, Resolved::App(AppId([1; 20])));
+        let t = r.resolve(&[2; 20]).unwrap();
+        assert_eq!(t, Resolved::Instance(AppId([1; 20]), InstanceId([2; 20])));
+        assert_eq!(r.pick(t, 8080, &[], Balance::RoundRobin, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+        let app = r.resolve(&[1; 20]).unwrap();
+        for _ in 0..3 {
+            assert_eq!(r.pick(app, 8080, &[], Balance::RoundRobin, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+        }
+        assert_eq!(r.pick(app, 9999, &[], Balance::RoundRobin, 0).unwrap_err(), PickError::AllDown);
+        assert!(r.resolve(&[9; 20]).is_none());
+    }
+
+    #[test]
+    fn fingerprints_follow_upserts_removals_and_expiry() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]));
+        assert_eq!(r.owner_of(&Fingerprint([1; 32])), Some(InstanceId([1; 20])));
+        let mut renewed = rec(1, 1, &[80]);
+        renewed.fingerprints = vec![Fingerprint([7; 32])];
+        r.upsert(renewed);
+        assert_eq!(r.owner_of(&Fingerprint([1; 32])), None);
+        assert_eq!(r.owner_of(&Fingerprint([7; 32])), Some(InstanceId([1; 20])));
+        assert_eq!(r.expire(99), vec![]);
+        assert_eq!(r.expire(100), vec![InstanceId([1; 20])]);
+        assert!(r.resolve(&[1; 20]).is_none());
+        assert_eq!(r.owner_of(&Fingerprint([7; 32])), None);
+        assert_eq!(r.instance_count(), 0);
+    }
+}

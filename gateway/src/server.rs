@@ -1,0 +1,330 @@
+//! Wiring: from a validated `GatewayConfig` to a running gateway. Everything that can
+//! fail (config, data directory, certificates, ports) fails before any listener opens.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use config::{GatewayConfig, StoreConfig, TlsMode};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{BackgroundService, GenBackgroundService};
+use pingora_core::services::listening::Service;
+use ratls::tls::{ChainTrust, DeferredClientVerifier, RaTlsCheck};
+use ratls::CachingVerifier;
+use rustls::crypto::CryptoProvider;
+use tokio::sync::Semaphore;
+
+use crate::admin::{self, Admin};
+use crate::certs::{self, CertResolver, DevCa};
+use crate::frontdoor::FrontDoor;
+use crate::metrics::Metrics;
+use crate::proxy::{GatewayProxy, ProxySettings};
+use crate::registration::Registrar;
+use crate::registry::{Balance, Registry};
+use crate::store::{EmbeddedStore, Store};
+use crate::{attest, http_util};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr} ({what}): {message}")]
+    Listen { addr: SocketAddr, what: &'static str, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    #[error(transparent)]
+    Attest(#[from] attest::AttestConfigError),
+}
+
+/// What a running gateway tells its operator at start.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub https: SocketAddr,
+    pub registration: SocketAddr,
+    pub admin: SocketAddr,
+    pub dev_ca: Option<std::path::PathBuf>,
+}
+
+/// Re-verifies stored registrations, so only still-valid instances come back after a restart.
+async fn restore(store: &dyn Store, verifier: &CachingVerifier, registry: &Registry) -> Result<usize, GatewayError> {
+    let now = ratls::verifier::unix_now();
+    let mut restored = 0;
+    for record in store.instances().await? {
+        if record.lease_expires <= now {
+            store.delete_instance(&record.instance_id).await?;
+            continue;
+        }
+        let still_valid = record.certs.iter().all(|h| {
+            hex::decode(h)
+                .ok()
+                .and_then(|der| verifier.verify(&der).ok())
+                .is_some_and(|v| *v.instance_id() == record.instance_id && *v.app_id() == record.app_id)
+        });
+        if still_valid {
+            registry.upsert(record);
+            restored += 1;
+        } else {
+            tracing::warn!(instance = %record.instance_id, "stored registration no longer verifies; dropped");
+            store.delete_instance(&record.instance_id).await?;
+        }
+    }
+    Ok(restored)
+}
+
+fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen { addr, what, message: e.to_string() })?;
+    l.set_nonblocking(true).map_err(|e| GatewayError::Listen { addr, what, message: e.to_string() })?;
+    Ok(l)
+}
+
+type Handler = Arc<dyn Fn(http::Request<hyper::body::Incoming>, http_util::Peer) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<http_util::Body>> + Send>> + Send + Sync>;
+
+/// A hyper listener run as a pingora background service.
+struct HttpListener {
+    name: &'static str,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: Handler,
+}
+
+#[async_trait]
+impl BackgroundService for HttpListener {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(service = self.name, error = %e, "listener failed");
+                return;
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let handler = self.handler.clone();
+        let serve = http_util::serve(listener, self.tls.clone(), rx, move |req, peer| handler(req, peer));
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => {}
+            _ = shutdown.changed() => {
+                let _ = tx.send(true);
+            }
+        }
+    }
+}
+
+/// Drops registrations whose lease ran out, every second.
+struct LeaseReaper {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for LeaseReaper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            for id in self.registry.expire(ratls::verifier::unix_now()) {
+                tracing::info!(instance = %id, "registration lease expired");
+                if let Err(e) = self.store.delete_instance(&id).await {
+                    tracing::warn!(error = %e, "could not delete expired registration");
+                }
+            }
+            self.metrics.registered_instances.set(self.registry.instance_count() as i64);
+        }
+    }
+}
+
+/// Builds and runs the gateway until `shutdown` fires. `on_start` sees where it listens.
+pub fn run(
+    cfg: GatewayConfig,
+    shutdown: Box<dyn ShutdownSignalWatch>,
+    on_start: impl FnOnce(&StartInfo),
+) -> Result<(), GatewayError> {
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    // Several rustls backends may be compiled in; pick ours for anything using the default.
+    let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    let base = cfg.base_domain.as_str().to_ascii_lowercase();
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::new());
+    let verifier = Arc::new(CachingVerifier::new(attest::verifier(&cfg.verifier)?, ratls::cache::DEFAULT_CACHE_ENTRIES));
+    if cfg.verifier.allow_simulated {
+        tracing::warn!("verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)");
+    }
+    let store: Arc<dyn Store> = match &cfg.store {
+        StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&cfg.data_dir)?),
+        StoreConfig::Etcd(_) => return Err(GatewayError::Config("store.etcd is not supported by this build yet; use store = \"embedded\"".into())),
+    };
+
+    let resolver = Arc::new(CertResolver::new(&base, provider.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| GatewayError::Config(e.to_string()))?;
+    let mut dev_ca_path = None;
+    rt.block_on(async {
+        let restored = restore(store.as_ref(), &verifier, &registry).await?;
+        tracing::info!(restored, "registrations restored from the store");
+        let wildcard = format!("*.{base}");
+        let stored = store.certs().await?;
+        for record in &stored {
+            resolver.install(record)?;
+            metrics.cert_not_after.with_label_values(&[&record.name]).set(record.not_after as i64);
+        }
+        let now = ratls::verifier::unix_now();
+        let have_wildcard = stored.iter().any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
+        let record = match cfg.tls.mode {
+            TlsMode::SelfSigned => {
+                let ca = DevCa::load_or_create(&cfg.data_dir)?;
+                dev_ca_path = Some(ca.cert_path.clone());
+                (!have_wildcard).then(|| ca.issue_wildcard(&base)).transpose()?
+            }
+            TlsMode::Files => {
+                let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) else {
+                    return Err(GatewayError::Config("tls.cert_file and tls.key_file are required with tls.mode = \"files\"".into()));
+                };
+                Some(certs::from_files(&wildcard, c, k)?)
+            }
+            TlsMode::Acme if have_wildcard => None,
+            TlsMode::Acme => {
+                return Err(GatewayError::Config(
+                    "tls.mode = \"acme\" is not available in this build yet; use \"self_signed\" or \"files\"".into(),
+                ))
+            }
+        };
+        if let Some(record) = record {
+            resolver.install(&record)?;
+            metrics.cert_not_after.with_label_values(&[&record.name]).set(record.not_after as i64);
+            store.put_cert(&record).await?;
+        }
+        Ok::<(), GatewayError>(())
+    })?;
+    drop(rt);
+
+    let registration_listener = bind(cfg.listen_registration, "registration")?;
+    let admin_listener = bind(cfg.listen_admin, "admin")?;
+    let http_listener = bind(cfg.listen_http, "http")?;
+    let https_check = bind(cfg.listen_https, "https")?;
+    let https_addr = https_check.local_addr().unwrap_or(cfg.listen_https);
+    drop(https_check);
+
+    let info = StartInfo {
+        https: https_addr,
+        registration: registration_listener.local_addr().unwrap_or(cfg.listen_registration),
+        admin: admin_listener.local_addr().unwrap_or(cfg.listen_admin),
+        dev_ca: dev_ca_path,
+    };
+
+    let conf = ServerConf {
+        threads: usize::from(cfg.workers),
+        grace_period_seconds: Some(cfg.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(cfg.grace_period_secs),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let settings = ProxySettings {
+        base_domain: base.clone(),
+        balance: match cfg.upstream.balance {
+            config::Balance::RoundRobin => Balance::RoundRobin,
+            config::Balance::LeastConnections => Balance::LeastConnections,
+        },
+        down_backoff: Duration::from_secs(cfg.upstream.down_backoff_secs),
+        retries: usize::from(cfg.upstream.retries),
+        connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+        idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
+        request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
+        access_log: cfg.access_log,
+    };
+    let proxy = Arc::new(pingora_proxy::http_proxy(
+        &conf,
+        GatewayProxy { registry: registry.clone(), metrics: metrics.clone(), settings: settings.clone() },
+    ));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| GatewayError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
+    let front = FrontDoor {
+        proxy,
+        acceptor,
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        base_domain: base.clone(),
+        balance: settings.balance,
+        hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
+        hello_max: cfg.limits.client_hello_max_bytes as usize,
+        idle_timeout: settings.idle_timeout,
+        connect_timeout: settings.connect_timeout,
+        connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+    };
+    let mut https = Service::new("teegate https".to_string(), front);
+    https.add_tcp(&https_addr.to_string());
+    https.threads = Some(usize::from(cfg.workers));
+    server.add_service(https);
+
+    let check = RaTlsCheck::new(verifier.clone(), ChainTrust::SelfSigned, provider.clone());
+    let reg_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| GatewayError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(check.clone())))
+        .with_cert_resolver(resolver.clone());
+    let registrar = Arc::new(Registrar {
+        check,
+        verifier: verifier.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        lease: Duration::from_secs(cfg.registration.lease_secs),
+        allow_loopback: cfg.registration.allow_loopback,
+    });
+    if cfg.registration.allow_loopback {
+        tracing::warn!("registration.allow_loopback = true: instances on loopback addresses are accepted (development only)");
+    }
+    let reg_handler: Handler = Arc::new(move |req, peer| Box::pin(registrar.clone().handle(req, peer)));
+    server.add_service(GenBackgroundService::new(
+        "teegate registration".into(),
+        Arc::new(HttpListener {
+            name: "registration",
+            listener: std::sync::Mutex::new(Some(registration_listener)),
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(reg_tls))),
+            handler: reg_handler,
+        }),
+    ));
+
+    let admin = Arc::new(Admin {
+        token: cfg.admin_token.as_ref().map(|t| t.expose().to_string()),
+        registry: registry.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin_handler: Handler = Arc::new(move |req, peer| Box::pin(admin.clone().handle(req, peer)));
+    server.add_service(GenBackgroundService::new(
+        "teegate admin".into(),
+        Arc::new(HttpListener { name: "admin", listener: std::sync::Mutex::new(Some(admin_listener)), tls: None, handler: admin_handler }),
+    ));
+    let https_port = https_addr.port();
+    let redirect_handler: Handler = Arc::new(move |req, peer| Box::pin(admin::redirect(req, peer, https_port)));
+    server.add_service(GenBackgroundService::new(
+        "teegate http redirect".into(),
+        Arc::new(HttpListener { name: "http", listener: std::sync::Mutex::new(Some(http_listener)), tls: None, handler: redirect_handler }),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "teegate lease reaper".into(),
+        Arc::new(LeaseReaper { registry, store, metrics }),
+    ));
+
+    on_start(&info);
+    server.run(RunArgs { shutdown_signal: shutdown });
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The embedded store: one JSON file in the data directory, rewritten atomically
+//! (write to a temporary file, fsync, rename) on every change, so a crash leaves either
+//! the old or the new state, never half of one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, Mutex};
+
+use super::{CertRecord, InstanceRecord, Store, StoreError, StoreEvent};
+
+const FILE_NAME: &str = "state.json";
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    instances: BTreeMap<String, InstanceRecord>,
+    certs: BTreeMap<String, CertRecord>,
+}
+
+pub struct EmbeddedStore {
+    path: PathBuf,
+    state: Mutex<State>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join(FILE_NAME);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(io(e)),
+        };
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            path,
+            state: Mutex::new(state),
+            events,
+        })
+    }
+
+    fn persist(&self, state: &State) -> Result<(), StoreError> {
+        let io = |e: std::io::Error| StoreError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        };
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let tmp = self.path.with_extension("json.tmp");
+        // The file holds private keys of served certificates: owner-only.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+
+    fn emit(&self, e: StoreEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(e);
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        state
+            .instances
+            .insert(record.instance_id.to_hex(), record.clone());
+        self.persist(&state)?;
+        self.emit(StoreEvent::InstancePut(Box::new(record.clone())));
+        Ok(())
+    }
+
+    async fn delete_instance(&self, id: &ratls::InstanceId) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        if state.instances.remove(&id.to_hex()).is_some() {
+            self.persist(&state)?;
+            self.emit(StoreEvent::InstanceDeleted(*id));
+        }
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        Ok(self.state.lock().await.instances.values().cloned().collect())
+    }
+
+    async fn put_cert(&self, record: &CertRecord) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        state.certs.insert(record.name.clone(), record.clone());
+        self.persist(&state)?;
+        self.emit(StoreEvent::CertPut(record.name.clone()));
+        Ok(())
+    }
+
+    async fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
+        Ok(self.state.lock().await.certs.values().cloned().collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> InstanceRecord {
+        InstanceRecord {
+            app_id: ratls::AppId([n; 20]),
+            instance_id: ratls::InstanceId([n; 20]),
+            compose_hash: ratls::ComposeHash([n; 32]),
+            front_addr: "10.0.0.1:8443".parse().unwrap(),
+            ports: vec![80],
+            fingerprints: vec![ratls::Fingerprint([n; 32])],
+            certs: vec![],
+            tcb_status: "UpToDate".into(),
+            simulated: true,
+            mrtd: ratls::Measurement([n; 48]),
+            lease_expires: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut events = store.subscribe();
+        store.put_instance(&record(1)).await.unwrap();
+        store.put_instance(&record(2)).await.unwrap();
+        store.delete_instance(&ratls::InstanceId([2; 20])).await.unwrap();
+        store
+            .put_cert(&CertRecord {
+                name: "*.x.test".into(),
+                cert_chain_pem: "c".into(),
+                key_pem: "k".into(),
+                not_after: 9,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(events.recv().await.unwrap(), StoreEvent::InstancePut(_)));
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.instances().await.unwrap(), vec![record(1)]);
+        assert_eq!(reopened.certs().await.unwrap()[0].name, "*.x.test");
+    }
+
+    #[tokio::test]
+    async fn corrupt_state_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
+        let err = EmbeddedStore::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}
