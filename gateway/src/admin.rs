@@ -26,9 +26,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    fn authorized(&self, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    fn authorized(&self, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
         let Some(token) = &self.token else {
-            return Err(error(StatusCode::NOT_FOUND, "admin API is off: no admin_token is configured"));
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                "admin API is off: no admin_token is configured",
+            )));
         };
         let given = req
             .headers()
@@ -37,22 +40,31 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong admin token")),
-            None => Err(error(StatusCode::UNAUTHORIZED, "admin API needs Authorization: Bearer <token>")),
+            Some(_) => Err(Box::new(error(StatusCode::FORBIDDEN, "wrong admin token"))),
+            None => Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "admin API needs Authorization: Bearer <token>",
+            ))),
         }
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Peer) -> Response<Body> {
         let path = req.uri().path().to_string();
         if path == "/metrics" && req.method() == Method::GET {
-            self.metrics.registered_instances.set(self.registry.instance_count() as i64);
-            return text(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render());
+            self.metrics
+                .registered_instances
+                .set(self.registry.instance_count() as i64);
+            return text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            );
         }
         if !path.starts_with("/v1/") {
             return error(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
         }
         if let Err(resp) = self.authorized(&req) {
-            return resp;
+            return *resp;
         }
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
         match (req.method().clone(), parts.as_slice()) {
@@ -60,24 +72,36 @@ impl Admin {
             (Method::GET, ["apps", id]) => match id.parse::<ratls::AppId>() {
                 Ok(app) => match self.registry.app(&app, now_ms()) {
                     Some(info) => json(StatusCode::OK, &info),
-                    None => error(StatusCode::NOT_FOUND, format!("app {app} is not registered")),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        format!("app {app} is not registered"),
+                    ),
                 },
                 Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
             },
             (Method::DELETE, ["instances", id]) => match id.parse::<ratls::InstanceId>() {
                 Ok(inst) => {
                     if self.registry.remove(&inst).is_none() {
-                        return error(StatusCode::NOT_FOUND, format!("instance {inst} is not registered"));
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            format!("instance {inst} is not registered"),
+                        );
                     }
                     if let Err(e) = self.store.delete_instance(&inst).await {
                         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
                     }
                     tracing::info!(instance = %inst, "instance removed by admin");
-                    json(StatusCode::OK, &serde_json::json!({ "deleted": inst.to_hex() }))
+                    json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "deleted": inst.to_hex() }),
+                    )
                 }
                 Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
             },
-            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint {} {path}", req.method())),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint {} {path}", req.method()),
+            ),
         }
     }
 }
@@ -89,14 +113,30 @@ pub async fn redirect(req: Request<Incoming>, _peer: Peer, https_port: u16) -> R
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string());
-    let Some(host) = host.filter(|h| !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')) else {
+    let Some(host) = host.filter(|h| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    }) else {
         return error(StatusCode::BAD_REQUEST, "a valid Host header is needed");
     };
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
     Response::builder()
         .status(StatusCode::MOVED_PERMANENTLY)
-        .header(http::header::LOCATION, format!("https://{host}{port}{path}"))
+        .header(
+            http::header::LOCATION,
+            format!("https://{host}{port}{path}"),
+        )
         .body(Body::default())
         .unwrap_or_default()
 }

@@ -26,7 +26,11 @@ pub fn policy(cfg: &config::VerifierConfig) -> Result<Policy, AttestConfigError>
     let statuses = cfg
         .tcb_statuses
         .iter()
-        .map(|s| s.as_str().parse::<TcbStatus>().map_err(|e| AttestConfigError::Tcb(e.to_string())))
+        .map(|s| {
+            s.as_str()
+                .parse::<TcbStatus>()
+                .map_err(|e| AttestConfigError::Tcb(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Policy {
         tcb: TcbPolicy::allowing(statuses).map_err(|e| AttestConfigError::Tcb(e.to_string()))?,
@@ -40,15 +44,20 @@ pub fn policy(cfg: &config::VerifierConfig) -> Result<Policy, AttestConfigError>
     })
 }
 
-pub fn collateral(cfg: &config::CollateralConfig) -> Result<Arc<dyn CollateralSource>, AttestConfigError> {
+pub fn collateral(
+    cfg: &config::CollateralConfig,
+) -> Result<Arc<dyn CollateralSource>, AttestConfigError> {
     let mut chain = SourceChain::new();
     if !cfg.files.is_empty() {
         chain = chain.with(Arc::new(FileSource::load(&cfg.files)?));
     }
     if let Some(url) = &cfg.pccs_url {
-        let pccs: Arc<dyn CollateralSource> = Arc::new(PccsClient::new(&url.to_string(), Duration::from_secs(20))?);
+        let pccs: Arc<dyn CollateralSource> =
+            Arc::new(PccsClient::new(&url.to_string(), Duration::from_secs(20))?);
         let source = match &cfg.cache_dir {
-            Some(dir) => Arc::new(CachedSource::new(dir.clone(), pccs)?) as Arc<dyn CollateralSource>,
+            Some(dir) => {
+                Arc::new(CachedSource::new(dir.clone(), pccs)?) as Arc<dyn CollateralSource>
+            }
             None => pccs,
         };
         chain = chain.with(source);
@@ -57,5 +66,8 @@ pub fn collateral(cfg: &config::CollateralConfig) -> Result<Arc<dyn CollateralSo
 }
 
 pub fn verifier(cfg: &config::VerifierConfig) -> Result<AttestationVerifier, AttestConfigError> {
-    Ok(AttestationVerifier::new(collateral(&cfg.collateral)?, policy(cfg)?))
+    Ok(AttestationVerifier::new(
+        collateral(&cfg.collateral)?,
+        policy(cfg)?,
+    ))
 }

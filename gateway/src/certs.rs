@@ -186,13 +186,19 @@ impl DevCa {
         let cert_path = dir.join("dev-ca.pem");
         let key_path = dir.join("dev-ca.key");
         if cert_path.exists() && key_path.exists() {
-            let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| io_err(&cert_path, e))?;
+            let cert_pem =
+                std::fs::read_to_string(&cert_path).map_err(|e| io_err(&cert_path, e))?;
             let key_pem = std::fs::read_to_string(&key_path).map_err(|e| io_err(&key_path, e))?;
             let key = KeyPair::from_pem(&key_pem).map_err(|e| io_err(&key_path, e))?;
-            return Ok(Self { cert_pem, cert_path, key });
+            return Ok(Self {
+                cert_pem,
+                cert_path,
+                key,
+            });
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| io_err(dir, e))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| io_err(dir, e))?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| io_err(dir, e))?;
         params.distinguished_name = dn("teegate development CA (self-signed, not for production)");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -217,7 +223,8 @@ impl DevCa {
             message: e.to_string(),
         };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
-        let mut params = CertificateParams::new(vec![name.clone(), base.to_string()]).map_err(fail)?;
+        let mut params =
+            CertificateParams::new(vec![name.clone(), base.to_string()]).map_err(fail)?;
         params.distinguished_name = dn(&name);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
@@ -296,7 +303,10 @@ mod tests {
         let a = DevCa::load_or_create(dir.path()).unwrap();
         let b = DevCa::load_or_create(dir.path()).unwrap();
         assert_eq!(a.cert_pem, b.cert_pem);
-        let mode = std::fs::metadata(dir.path().join("dev-ca.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("dev-ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0);
     }
 

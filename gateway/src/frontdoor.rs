@@ -57,7 +57,11 @@ fn bytes_needed(buf: &[u8]) -> Result<usize, HelloError> {
         let len = usize::from(u16::from_be_bytes([buf[pos + 3], buf[pos + 4]]));
         pos += RECORD_HEADER + len;
     }
-    Ok(if pos <= buf.len() { pos.max(buf.len()) } else { pos })
+    Ok(if pos <= buf.len() {
+        pos.max(buf.len())
+    } else {
+        pos
+    })
 }
 
 /// The server name of a complete ClientHello in `buf`, `Ok(None)` if more records are needed.
@@ -72,14 +76,20 @@ pub fn parse_sni(buf: &[u8]) -> Result<Option<Option<String>>, HelloError> {
         }
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => Ok(Some(accepted.client_hello().server_name().map(str::to_string))),
+        Ok(Some(accepted)) => Ok(Some(
+            accepted.client_hello().server_name().map(str::to_string),
+        )),
         Ok(None) => Ok(None),
         Err((e, _)) => Err(HelloError::Malformed(e.to_string())),
     }
 }
 
 /// Peeks the ClientHello without consuming it; returns its SNI (if any).
-pub async fn peek_sni(stream: &mut Stream, timeout: Duration, max: usize) -> Result<Option<String>, HelloError> {
+pub async fn peek_sni(
+    stream: &mut Stream,
+    timeout: Duration,
+    max: usize,
+) -> Result<Option<String>, HelloError> {
     let deadline = Instant::now() + timeout;
     let mut want = RECORD_HEADER;
     // Each round peeks at least one more record, and the size bound stops the loop.
@@ -136,7 +146,10 @@ impl FrontDoor {
             m.with_label_values(&["unknown-app"]).inc();
             return;
         };
-        let inst = match self.registry.pick(resolved, target.port, &[], self.balance, now_ms()) {
+        let inst = match self
+            .registry
+            .pick(resolved, target.port, &[], self.balance, now_ms())
+        {
             Ok(i) => i,
             Err(_) => {
                 m.with_label_values(&["no-healthy-instance"]).inc();
@@ -144,10 +157,16 @@ impl FrontDoor {
             }
         };
         let _guard = inst.begin();
-        let upstream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(inst.record.front_addr)).await {
+        let upstream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(inst.record.front_addr),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             _ => {
-                self.registry.mark_down(&inst.record.instance_id, now_ms() + 10_000);
+                self.registry
+                    .mark_down(&inst.record.instance_id, now_ms() + 10_000);
                 m.with_label_values(&["connect-failed"]).inc();
                 return;
             }
@@ -162,9 +181,16 @@ impl FrontDoor {
 
 #[async_trait]
 impl ServerApp for FrontDoor {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
-            self.metrics.tls_handshakes.with_label_values(&["connection-limit"]).inc();
+            self.metrics
+                .tls_handshakes
+                .with_label_values(&["connection-limit"])
+                .inc();
             return None;
         };
         self.metrics.active_connections.inc();
@@ -172,12 +198,18 @@ impl ServerApp for FrontDoor {
         let sni = match peek_sni(&mut stream, self.hello_timeout, self.hello_max).await {
             Ok(s) => s,
             Err(e) => {
-                self.metrics.tls_handshakes.with_label_values(&[e.label()]).inc();
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&[e.label()])
+                    .inc();
                 tracing::debug!(error = ?e, "dropping connection before TLS");
                 return None;
             }
         };
-        if let Some(target) = sni.as_deref().and_then(|s| names::parse(s, &self.base_domain).ok()) {
+        if let Some(target) = sni
+            .as_deref()
+            .and_then(|s| names::parse(s, &self.base_domain).ok())
+        {
             if target.mode == Mode::Passthrough {
                 self.passthrough(stream, target).await;
                 return None;
@@ -195,12 +227,18 @@ impl ServerApp for FrontDoor {
         let tls = match tokio::time::timeout(self.hello_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.metrics.tls_handshakes.with_label_values(&["handshake-failed"]).inc();
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&["handshake-failed"])
+                    .inc();
                 tracing::debug!(error = %e, "TLS handshake failed");
                 return None;
             }
             Err(_) => {
-                self.metrics.tls_handshakes.with_label_values(&["handshake-timeout"]).inc();
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&["handshake-timeout"])
+                    .inc();
                 return None;
             }
         };
@@ -222,11 +260,13 @@ mod tests {
     use super::*;
 
     fn client_hello(sni: &str) -> Vec<u8> {
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
         let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
         let mut out = Vec::new();
@@ -238,7 +278,10 @@ mod tests {
     fn reads_sni_from_a_real_client_hello() {
         let hello = client_hello("abc.apps.test");
         assert_eq!(bytes_needed(&hello).unwrap(), hello.len());
-        assert_eq!(parse_sni(&hello).unwrap(), Some(Some("abc.apps.test".into())));
+        assert_eq!(
+            parse_sni(&hello).unwrap(),
+            Some(Some("abc.apps.test".into()))
+        );
     }
 
     #[test]

@@ -33,7 +33,12 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body
 }
 
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, &crate::api::ErrorBody { error: message.into() })
+    json(
+        status,
+        &crate::api::ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 pub fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
@@ -83,7 +88,9 @@ pub async fn serve<H, F>(
             let _permit = permit;
             match tls {
                 Some(acceptor) => {
-                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                    else {
                         return;
                     };
                     let certs = stream
@@ -92,11 +99,17 @@ pub async fn serve<H, F>(
                         .peer_certificates()
                         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
                         .unwrap_or_default();
-                    let peer = Peer { addr, certs: Arc::new(certs) };
+                    let peer = Peer {
+                        addr,
+                        certs: Arc::new(certs),
+                    };
                     serve_conn(TokioIo::new(stream), peer, handler).await;
                 }
                 None => {
-                    let peer = Peer { addr, certs: Arc::new(Vec::new()) };
+                    let peer = Peer {
+                        addr,
+                        certs: Arc::new(Vec::new()),
+                    };
                     serve_conn(TokioIo::new(tcp), peer, handler).await;
                 }
             }

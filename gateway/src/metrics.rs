@@ -19,7 +19,8 @@ pub struct Metrics {
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     // Names are fixed and unique here, so registration cannot collide.
     let _ = r.register(Box::new(c.clone()));
     c
@@ -28,24 +29,67 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = counter(&registry, "teegate_requests_total", "HTTP requests by app and status", &["app", "status"]);
+        let requests = counter(
+            &registry,
+            "teegate_requests_total",
+            "HTTP requests by app and status",
+            &["app", "status"],
+        );
         let request_duration = Histogram::with_opts(
-            HistogramOpts::new("teegate_request_duration_seconds", "Time from request to response end")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "teegate_request_duration_seconds",
+                "Time from request to response end",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
         )
         .unwrap_or_else(|e| panic!("histogram: {e}"));
         let _ = registry.register(Box::new(request_duration.clone()));
-        let tls_handshakes = counter(&registry, "teegate_tls_handshakes_total", "Downstream TLS handshakes by result (ok or failure reason)", &["result"]);
-        let upstream_failures = counter(&registry, "teegate_upstream_failures_total", "Upstream connect and verification failures by reason", &["reason"]);
-        let active_connections = IntGauge::new("teegate_active_connections", "Open downstream connections").unwrap_or_else(|e| panic!("{e}"));
+        let tls_handshakes = counter(
+            &registry,
+            "teegate_tls_handshakes_total",
+            "Downstream TLS handshakes by result (ok or failure reason)",
+            &["result"],
+        );
+        let upstream_failures = counter(
+            &registry,
+            "teegate_upstream_failures_total",
+            "Upstream connect and verification failures by reason",
+            &["reason"],
+        );
+        let active_connections =
+            IntGauge::new("teegate_active_connections", "Open downstream connections")
+                .unwrap_or_else(|e| panic!("{e}"));
         let _ = registry.register(Box::new(active_connections.clone()));
-        let registered_instances = IntGauge::new("teegate_registered_instances", "Instances with a live registration").unwrap_or_else(|e| panic!("{e}"));
+        let registered_instances = IntGauge::new(
+            "teegate_registered_instances",
+            "Instances with a live registration",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let _ = registry.register(Box::new(registered_instances.clone()));
-        let cert_not_after = IntGaugeVec::new(Opts::new("teegate_cert_not_after_seconds", "Expiry (unix seconds) of each served certificate"), &["name"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cert_not_after = IntGaugeVec::new(
+            Opts::new(
+                "teegate_cert_not_after_seconds",
+                "Expiry (unix seconds) of each served certificate",
+            ),
+            &["name"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let _ = registry.register(Box::new(cert_not_after.clone()));
-        let registrations = counter(&registry, "teegate_registrations_total", "Registration attempts by result", &["result"]);
-        let passthrough = counter(&registry, "teegate_passthrough_connections_total", "TLS passthrough connections by result", &["result"]);
+        let registrations = counter(
+            &registry,
+            "teegate_registrations_total",
+            "Registration attempts by result",
+            &["result"],
+        );
+        let passthrough = counter(
+            &registry,
+            "teegate_passthrough_connections_total",
+            "TLS passthrough connections by result",
+            &["result"],
+        );
         Self {
             registry,
             requests,

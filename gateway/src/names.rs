@@ -87,7 +87,9 @@ pub fn parse(host: &str, base_domain: &str) -> Result<Target, NameError> {
         .and_then(|h| h.strip_suffix('.'))
         .ok_or(NameError::NotOurDomain)?;
     if label.contains('.') {
-        return Err(NameError::BadLabel("more than one label before the base domain"));
+        return Err(NameError::BadLabel(
+            "more than one label before the base domain",
+        ));
     }
     parse_label(label)
 }
@@ -119,7 +121,8 @@ pub fn parse_label(label: &str) -> Result<Target, NameError> {
             let digits = rest
                 .strip_prefix('-')
                 .ok_or(NameError::BadLabel("unexpected characters after the id"))?;
-            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return Err(NameError::BadLabel("port must be 1-65535"));
             }
             if digits.starts_with('0') {
@@ -157,7 +160,10 @@ mod tests {
     #[test]
     fn plain_app_name_defaults_to_port_80() {
         let t = ok(&format!("{ID}.{BASE}"));
-        assert_eq!((t.id_hex().as_str(), t.port, t.mode), (ID, 80, Mode::Terminate));
+        assert_eq!(
+            (t.id_hex().as_str(), t.port, t.mode),
+            (ID, 80, Mode::Terminate)
+        );
     }
 
     #[test]
@@ -184,28 +190,55 @@ mod tests {
     #[test]
     fn rejects_bad_ports() {
         for p in ["0", "65536", "99999", "080", "", "12a", "-5", "123456"] {
-            assert!(matches!(bad(&format!("{ID}-{p}.{BASE}")), NameError::BadLabel(_)), "port {p:?}");
+            assert!(
+                matches!(bad(&format!("{ID}-{p}.{BASE}")), NameError::BadLabel(_)),
+                "port {p:?}"
+            );
         }
-        assert!(matches!(bad(&format!("{ID}-80x.{BASE}")), NameError::BadLabel(_)));
-        assert!(matches!(bad(&format!("{ID}-80sg.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(
+            bad(&format!("{ID}-80x.{BASE}")),
+            NameError::BadLabel(_)
+        ));
+        assert!(matches!(
+            bad(&format!("{ID}-80sg.{BASE}")),
+            NameError::BadLabel(_)
+        ));
     }
 
     #[test]
     fn rejects_bad_ids() {
-        assert!(matches!(bad(&format!("{}.{BASE}", &ID[..39])), NameError::BadLabel(_)));
-        assert!(matches!(bad(&format!("{}z.{BASE}", &ID[..39])), NameError::BadLabel(_)));
-        assert!(matches!(bad(&format!("{ID}0.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(
+            bad(&format!("{}.{BASE}", &ID[..39])),
+            NameError::BadLabel(_)
+        ));
+        assert!(matches!(
+            bad(&format!("{}z.{BASE}", &ID[..39])),
+            NameError::BadLabel(_)
+        ));
+        assert!(matches!(
+            bad(&format!("{ID}0.{BASE}")),
+            NameError::BadLabel(_)
+        ));
         assert!(matches!(bad(&format!("0x.{BASE}")), NameError::BadLabel(_)));
-        assert!(matches!(bad(&format!("www.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(
+            bad(&format!("www.{BASE}")),
+            NameError::BadLabel(_)
+        ));
     }
 
     #[test]
     fn names_that_are_not_ours() {
         assert_eq!(bad("example.org"), NameError::NotOurDomain);
         assert_eq!(bad(&format!("{ID}.evil{BASE}")), NameError::NotOurDomain);
-        assert_eq!(bad(&format!("{ID}.{BASE}.evil.com")), NameError::NotOurDomain);
+        assert_eq!(
+            bad(&format!("{ID}.{BASE}.evil.com")),
+            NameError::NotOurDomain
+        );
         assert_eq!(bad(BASE), NameError::BaseDomain);
-        assert!(matches!(bad(&format!("a.{ID}.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(
+            bad(&format!("a.{ID}.{BASE}")),
+            NameError::BadLabel(_)
+        ));
         assert!(matches!(bad(&format!(".{BASE}")), NameError::BadLabel(_)));
     }
 
@@ -214,7 +247,10 @@ mod tests {
         let long = format!("{}.{BASE}", "a".repeat(250));
         assert_eq!(bad(&long), NameError::TooLong);
         let label = format!("{ID}-{}", "1".repeat(30));
-        assert!(matches!(bad(&format!("{label}.{BASE}")), NameError::BadLabel(_)));
+        assert!(matches!(
+            bad(&format!("{label}.{BASE}")),
+            NameError::BadLabel(_)
+        ));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Ctx {
     in_flight: Option<InFlight>,
     started: Option<Instant>,
     refusal: Option<&'static str>,
+    /// The upstream presented a certificate that was not verified: never retried.
+    upstream_refused: bool,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -111,12 +113,24 @@ impl ProxyHttp for GatewayProxy {
             Ok(t) => t,
             Err(NameError::BaseDomain) => {
                 Self::refuse(ctx, "base-domain");
-                respond(session, 404, "Not Found", "Nothing is served at the base domain yet.").await?;
+                respond(
+                    session,
+                    404,
+                    "Not Found",
+                    "Nothing is served at the base domain yet.",
+                )
+                .await?;
                 return Ok(true);
             }
             Err(NameError::NotOurDomain) => {
                 Self::refuse(ctx, "unknown-host");
-                respond(session, 404, "Not Found", "This gateway serves no site by that name.").await?;
+                respond(
+                    session,
+                    404,
+                    "Not Found",
+                    "This gateway serves no site by that name.",
+                )
+                .await?;
                 return Ok(true);
             }
             Err(e) => {
@@ -129,12 +143,21 @@ impl ProxyHttp for GatewayProxy {
             // Passthrough is decided before TLS; reaching HTTP means the client reused a
             // connection made for another name.
             Self::refuse(ctx, "misdirected");
-            respond(session, 421, "Misdirected Request", "Open a new connection for passthrough names.").await?;
+            respond(
+                session,
+                421,
+                "Misdirected Request",
+                "Open a new connection for passthrough names.",
+            )
+            .await?;
             return Ok(true);
         }
         let Some(resolved) = self.registry.resolve(&target.id) else {
             Self::refuse(ctx, "unknown-app");
-            let detail = format!("App {} is not registered with this gateway.", target.id_hex());
+            let detail = format!(
+                "App {} is not registered with this gateway.",
+                target.id_hex()
+            );
             respond(session, 404, "App Not Registered", &detail).await?;
             return Ok(true);
         };
@@ -147,11 +170,22 @@ impl ProxyHttp for GatewayProxy {
         let (Some(target), Some(resolved)) = (ctx.target, ctx.resolved) else {
             return Error::e_explain(ErrorType::InternalError, "no route decided");
         };
-        let inst = match self.registry.pick(resolved, target.port, &ctx.tried, self.settings.balance, now_ms()) {
+        let inst = match self.registry.pick(
+            resolved,
+            target.port,
+            &ctx.tried,
+            self.settings.balance,
+            now_ms(),
+        ) {
             Ok(i) => i,
-            Err(PickError::Unknown) => return Error::e_explain(ErrorType::HTTPStatus(404), "app not registered"),
+            Err(PickError::Unknown) => {
+                return Error::e_explain(ErrorType::HTTPStatus(404), "app not registered")
+            }
             Err(PickError::AllDown) => {
-                return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy instance serves this app and port")
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(503),
+                    "no healthy instance serves this app and port",
+                )
             }
         };
         ctx.tried.push(inst.record.instance_id);
@@ -169,7 +203,11 @@ impl ProxyHttp for GatewayProxy {
         peer.options.idle_timeout = Some(self.settings.idle_timeout);
         peer.options.read_timeout = Some(self.settings.request_timeout);
         peer.options.write_timeout = Some(self.settings.request_timeout);
-        peer.options.alpn = if target.mode == Mode::Grpc { ALPN::H2 } else { ALPN::H1 };
+        peer.options.alpn = if target.mode == Mode::Grpc {
+            ALPN::H2
+        } else {
+            ALPN::H1
+        };
         ctx.current = Some(inst);
         Ok(Box::new(peer))
     }
@@ -192,28 +230,50 @@ impl ProxyHttp for GatewayProxy {
         if owner.is_some() && owner == expected {
             return Ok(());
         }
+        if let Some(inst) = &ctx.current {
+            self.registry.mark_down(
+                &inst.record.instance_id,
+                now_ms() + self.settings.down_backoff.as_millis() as u64,
+            );
+        }
+        ctx.upstream_refused = true;
         let reason = match (presented, owner) {
             (None, _) => "no-certificate",
             (Some(_), None) => "unverified-certificate",
             (Some(_), Some(_)) => "other-instance-certificate",
         };
-        self.metrics.upstream_failures.with_label_values(&[reason]).inc();
+        self.metrics
+            .upstream_failures
+            .with_label_values(&[reason])
+            .inc();
         tracing::warn!(
             reason,
             instance = ?expected.map(|i| i.to_hex()),
             presented = ?presented.map(|f| f.to_hex()),
             "upstream presented a certificate the gateway did not verify; refusing"
         );
-        Error::e_explain(ErrorType::HandshakeError, format!("upstream certificate refused: {reason}"))
+        Error::e_explain(
+            ErrorType::HandshakeError,
+            format!("upstream certificate refused: {reason}"),
+        )
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(inst) = &ctx.current {
             let until = now_ms() + self.settings.down_backoff.as_millis() as u64;
             self.registry.mark_down(&inst.record.instance_id, until);
             tracing::warn!(instance = %inst.record.instance_id, error = %e, "upstream connect failed; instance marked down");
         }
-        self.metrics.upstream_failures.with_label_values(&["connect"]).inc();
+        self.metrics
+            .upstream_failures
+            .with_label_values(&["connect"])
+            .inc();
         ctx.in_flight = None;
         if ctx.tried.len() <= self.settings.retries {
             e.set_retry(true);
@@ -221,12 +281,62 @@ impl ProxyHttp for GatewayProxy {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, _ctx: &mut Ctx) -> Result<()> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let idempotent = matches!(
+            session.req_header().method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+        let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
+        // A pooled connection that died says little about the instance; a fresh one that
+        // fails mid-request does.
+        if !client_reused {
+            if let Some(inst) = &ctx.current {
+                self.registry.mark_down(
+                    &inst.record.instance_id,
+                    now_ms() + self.settings.down_backoff.as_millis() as u64,
+                );
+            }
+        }
+        ctx.in_flight = None;
+        e.set_retry(
+            replayable && !ctx.upstream_refused && ctx.tried.len() <= self.settings.retries,
+        );
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
         // Never trust forwarding headers from the client: overwrite them.
-        for h in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+        for h in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-real-ip",
+        ] {
             req.remove_header(h);
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
             req.insert_header("x-forwarded-for", ip)?;
         }
         req.insert_header("x-forwarded-proto", "https")?;
@@ -235,6 +345,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
+            _ if ctx.upstream_refused => 502,
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
                 pingora_core::ErrorSource::Upstream => 502,
@@ -244,10 +355,23 @@ impl ProxyHttp for GatewayProxy {
         };
         if code > 0 {
             let (title, detail) = match code {
-                404 => ("App Not Registered", "This app is not registered with this gateway.".to_string()),
-                503 => ("Service Unavailable", "No healthy instance of this app is available right now.".to_string()),
-                502 => ("Bad Gateway", "The app's instance could not be reached or did not prove its identity.".to_string()),
-                _ => ("Error", "The gateway could not complete this request.".to_string()),
+                404 => (
+                    "App Not Registered",
+                    "This app is not registered with this gateway.".to_string(),
+                ),
+                503 => (
+                    "Service Unavailable",
+                    "No healthy instance of this app is available right now.".to_string(),
+                ),
+                502 => (
+                    "Bad Gateway",
+                    "The app's instance could not be reached or did not prove its identity."
+                        .to_string(),
+                ),
+                _ => (
+                    "Error",
+                    "The gateway could not complete this request.".to_string(),
+                ),
             };
             if let Err(err) = respond(session, code, title, &detail).await {
                 tracing::debug!(error = %err, "could not send error page");
@@ -262,9 +386,15 @@ impl ProxyHttp for GatewayProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let app = Self::app_label(ctx);
-        self.metrics.requests.with_label_values(&[&app, &status.to_string()]).inc();
+        self.metrics
+            .requests
+            .with_label_values(&[&app, &status.to_string()])
+            .inc();
         let elapsed = ctx.started.map(|s| s.elapsed()).unwrap_or_default();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if self.settings.access_log {

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use ratls::tls::RaTlsCheck;
 use ratls::{CachingVerifier, Fingerprint, VerifiedAttestation};
 
-use crate::api::{RegisterRequest, RegisterResponse, MAX_FRONT_CERTS, MAX_PORTS, MAX_REGISTER_BODY};
+use crate::api::{
+    RegisterRequest, RegisterResponse, MAX_FRONT_CERTS, MAX_PORTS, MAX_REGISTER_BODY,
+};
 use crate::http_util::{error, json, read_body, Body, Peer};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -30,27 +32,41 @@ pub struct Registrar {
 /// Addresses a registration may not point the gateway at (unless in development).
 pub fn is_refused_addr(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+        }
         IpAddr::V6(v6) => {
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_refused_addr(IpAddr::V4(v4)))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_refused_addr(IpAddr::V4(v4)))
         }
     }
 }
 
 impl Registrar {
     fn refuse(&self, status: StatusCode, reason: &'static str, message: String) -> Response<Body> {
-        self.metrics.registrations.with_label_values(&[reason]).inc();
+        self.metrics
+            .registrations
+            .with_label_values(&[reason])
+            .inc();
         tracing::warn!(reason, %message, "registration refused");
         error(status, message)
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         if req.uri().path() != "/v1/register" {
-            return error(StatusCode::NOT_FOUND, format!("no such endpoint {}", req.uri().path()));
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint {}", req.uri().path()),
+            );
         }
         if req.method() != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
@@ -65,7 +81,13 @@ impl Registrar {
         };
         let request: RegisterRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad-json", format!("invalid registration: {e}")),
+            Err(e) => {
+                return self.refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad-json",
+                    format!("invalid registration: {e}"),
+                )
+            }
         };
         match self.register(&attestation, &peer, request).await {
             Ok(resp) => {
@@ -84,27 +106,40 @@ impl Registrar {
     ) -> Result<RegisterResponse, (StatusCode, &'static str, String)> {
         let bad = |reason, m: String| (StatusCode::BAD_REQUEST, reason, m);
         if req.ports.is_empty() || req.ports.len() > MAX_PORTS || req.ports.contains(&0) {
-            return Err(bad("ports", format!("ports must list 1 to {MAX_PORTS} ports in 1-65535")));
+            return Err(bad(
+                "ports",
+                format!("ports must list 1 to {MAX_PORTS} ports in 1-65535"),
+            ));
         }
         if req.front_certs.len() > MAX_FRONT_CERTS {
-            return Err(bad("front-certs", format!("at most {MAX_FRONT_CERTS} front certificates")));
+            return Err(bad(
+                "front-certs",
+                format!("at most {MAX_FRONT_CERTS} front certificates"),
+            ));
         }
         if !self.allow_loopback && is_refused_addr(req.front_addr.ip()) {
             return Err((
                 StatusCode::FORBIDDEN,
                 "address",
-                format!("front address {} is loopback, link-local or unspecified; refused", req.front_addr),
+                format!(
+                    "front address {} is loopback, link-local or unspecified; refused",
+                    req.front_addr
+                ),
             ));
         }
         let client_cert = peer.certs.first().map(|c| c.to_vec()).unwrap_or_default();
         let mut certs = vec![client_cert];
         let mut fingerprints = vec![*attestation.fingerprint()];
         for (i, hex_der) in req.front_certs.iter().enumerate() {
-            let der = hex::decode(hex_der).map_err(|e| bad("front-certs", format!("front_certs[{i}] is not hex: {e}")))?;
-            let v = self
-                .verifier
-                .verify(&der)
-                .map_err(|e| (StatusCode::FORBIDDEN, "front-cert-attestation", format!("front_certs[{i}]: {e}")))?;
+            let der = hex::decode(hex_der)
+                .map_err(|e| bad("front-certs", format!("front_certs[{i}] is not hex: {e}")))?;
+            let v = self.verifier.verify(&der).map_err(|e| {
+                (
+                    StatusCode::FORBIDDEN,
+                    "front-cert-attestation",
+                    format!("front_certs[{i}]: {e}"),
+                )
+            })?;
             if v.app_id() != attestation.app_id() || v.instance_id() != attestation.instance_id() {
                 return Err((
                     StatusCode::FORBIDDEN,
@@ -131,12 +166,17 @@ impl Registrar {
             mrtd: *attestation.mrtd(),
             lease_expires: now + self.lease.as_secs(),
         };
-        self.store
-            .put_instance(&record)
-            .await
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, "store", format!("could not record the registration: {e}")))?;
+        self.store.put_instance(&record).await.map_err(|e| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store",
+                format!("could not record the registration: {e}"),
+            )
+        })?;
         self.registry.upsert(record.clone());
-        self.metrics.registered_instances.set(self.registry.instance_count() as i64);
+        self.metrics
+            .registered_instances
+            .set(self.registry.instance_count() as i64);
         tracing::info!(
             app = %record.app_id, instance = %record.instance_id, front = %record.front_addr,
             simulated = record.simulated, "instance registered"
@@ -156,7 +196,15 @@ mod tests {
 
     #[test]
     fn refuses_loopback_link_local_and_unspecified() {
-        for a in ["127.0.0.1", "::1", "169.254.1.1", "0.0.0.0", "fe80::1", "::ffff:127.0.0.1", "224.0.0.1"] {
+        for a in [
+            "127.0.0.1",
+            "::1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
             assert!(is_refused_addr(a.parse().unwrap()), "{a}");
         }
         for a in ["10.0.0.5", "192.168.1.2", "203.0.113.9", "2001:db8::1"] {

@@ -185,7 +185,9 @@ impl Registry {
         now_ms: u64,
     ) -> Result<Arc<Instance>, PickError> {
         let usable = |i: &Arc<Instance>| {
-            i.is_up(now_ms) && !tried.contains(&i.record.instance_id) && i.record.ports.contains(&port)
+            i.is_up(now_ms)
+                && !tried.contains(&i.record.instance_id)
+                && i.record.ports.contains(&port)
         };
         match target {
             Resolved::Instance(_, id) => {
@@ -211,7 +213,10 @@ impl Registry {
                         // Ties rotate so equal instances share the load.
                         let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
                         let rotated = candidates[start..].iter().chain(&candidates[..start]);
-                        rotated.min_by_key(|i| i.in_flight()).copied().unwrap_or(candidates[0])
+                        rotated
+                            .min_by_key(|i| i.in_flight())
+                            .copied()
+                            .unwrap_or(candidates[0])
                     }
                 };
                 Ok(chosen.clone())
@@ -296,10 +301,28 @@ mod tests {
         assert_ne!(a.record.instance_id, b.record.instance_id);
         r.mark_down(&InstanceId([1; 20]), 1000);
         for _ in 0..4 {
-            assert_eq!(r.pick(t, 80, &[], Balance::RoundRobin, 500).unwrap().record.instance_id, InstanceId([2; 20]));
+            assert_eq!(
+                r.pick(t, 80, &[], Balance::RoundRobin, 500)
+                    .unwrap()
+                    .record
+                    .instance_id,
+                InstanceId([2; 20])
+            );
         }
-        assert_eq!(r.pick(t, 80, &[InstanceId([2; 20])], Balance::RoundRobin, 500).unwrap_err(), PickError::AllDown);
-        assert_eq!(r.pick(t, 80, &[], Balance::RoundRobin, 1000).unwrap().record.instance_id.0.len(), 20);
+        assert_eq!(
+            r.pick(t, 80, &[InstanceId([2; 20])], Balance::RoundRobin, 500)
+                .unwrap_err(),
+            PickError::AllDown
+        );
+        assert_eq!(
+            r.pick(t, 80, &[], Balance::RoundRobin, 1000)
+                .unwrap()
+                .record
+                .instance_id
+                .0
+                .len(),
+            20
+        );
     }
 
     #[test]
@@ -312,7 +335,13 @@ mod tests {
         let _g2 = busy.begin();
         let t = r.resolve(&[1; 20]).unwrap();
         for _ in 0..4 {
-            assert_eq!(r.pick(t, 80, &[], Balance::LeastConnections, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+            assert_eq!(
+                r.pick(t, 80, &[], Balance::LeastConnections, 0)
+                    .unwrap()
+                    .record
+                    .instance_id,
+                InstanceId([2; 20])
+            );
         }
         drop(_g1);
         drop(_g2);
@@ -328,12 +357,27 @@ mod tests {
         assert_eq!(pinned, Resolved::App(AppId([1; 20])));
         let t = r.resolve(&[2; 20]).unwrap();
         assert_eq!(t, Resolved::Instance(AppId([1; 20]), InstanceId([2; 20])));
-        assert_eq!(r.pick(t, 8080, &[], Balance::RoundRobin, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+        assert_eq!(
+            r.pick(t, 8080, &[], Balance::RoundRobin, 0)
+                .unwrap()
+                .record
+                .instance_id,
+            InstanceId([2; 20])
+        );
         let app = r.resolve(&[1; 20]).unwrap();
         for _ in 0..3 {
-            assert_eq!(r.pick(app, 8080, &[], Balance::RoundRobin, 0).unwrap().record.instance_id, InstanceId([2; 20]));
+            assert_eq!(
+                r.pick(app, 8080, &[], Balance::RoundRobin, 0)
+                    .unwrap()
+                    .record
+                    .instance_id,
+                InstanceId([2; 20])
+            );
         }
-        assert_eq!(r.pick(app, 9999, &[], Balance::RoundRobin, 0).unwrap_err(), PickError::AllDown);
+        assert_eq!(
+            r.pick(app, 9999, &[], Balance::RoundRobin, 0).unwrap_err(),
+            PickError::AllDown
+        );
         assert!(r.resolve(&[9; 20]).is_none());
     }
 

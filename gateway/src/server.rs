@@ -31,7 +31,11 @@ pub enum GatewayError {
     #[error("{0}")]
     Config(String),
     #[error("cannot listen on {addr} ({what}): {message}")]
-    Listen { addr: SocketAddr, what: &'static str, message: String },
+    Listen {
+        addr: SocketAddr,
+        what: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -50,7 +54,11 @@ pub struct StartInfo {
 }
 
 /// Re-verifies stored registrations, so only still-valid instances come back after a restart.
-async fn restore(store: &dyn Store, verifier: &CachingVerifier, registry: &Registry) -> Result<usize, GatewayError> {
+async fn restore(
+    store: &dyn Store,
+    verifier: &CachingVerifier,
+    registry: &Registry,
+) -> Result<usize, GatewayError> {
     let now = ratls::verifier::unix_now();
     let mut restored = 0;
     for record in store.instances().await? {
@@ -62,7 +70,9 @@ async fn restore(store: &dyn Store, verifier: &CachingVerifier, registry: &Regis
             hex::decode(h)
                 .ok()
                 .and_then(|der| verifier.verify(&der).ok())
-                .is_some_and(|v| *v.instance_id() == record.instance_id && *v.app_id() == record.app_id)
+                .is_some_and(|v| {
+                    *v.instance_id() == record.instance_id && *v.app_id() == record.app_id
+                })
         });
         if still_valid {
             registry.upsert(record);
@@ -76,12 +86,28 @@ async fn restore(store: &dyn Store, verifier: &CachingVerifier, registry: &Regis
 }
 
 fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen { addr, what, message: e.to_string() })?;
-    l.set_nonblocking(true).map_err(|e| GatewayError::Listen { addr, what, message: e.to_string() })?;
+    let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen {
+        addr,
+        what,
+        message: e.to_string(),
+    })?;
+    l.set_nonblocking(true).map_err(|e| GatewayError::Listen {
+        addr,
+        what,
+        message: e.to_string(),
+    })?;
     Ok(l)
 }
 
-type Handler = Arc<dyn Fn(http::Request<hyper::body::Incoming>, http_util::Peer) -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<http_util::Body>> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(
+            http::Request<hyper::body::Incoming>,
+            http_util::Peer,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = http::Response<http_util::Body>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// A hyper listener run as a pingora background service.
 struct HttpListener {
@@ -94,7 +120,12 @@ struct HttpListener {
 #[async_trait]
 impl BackgroundService for HttpListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(std_listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
             return;
         };
         let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -106,7 +137,9 @@ impl BackgroundService for HttpListener {
         };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let handler = self.handler.clone();
-        let serve = http_util::serve(listener, self.tls.clone(), rx, move |req, peer| handler(req, peer));
+        let serve = http_util::serve(listener, self.tls.clone(), rx, move |req, peer| {
+            handler(req, peer)
+        });
         tokio::pin!(serve);
         tokio::select! {
             _ = &mut serve => {}
@@ -139,7 +172,9 @@ impl BackgroundService for LeaseReaper {
                     tracing::warn!(error = %e, "could not delete expired registration");
                 }
             }
-            self.metrics.registered_instances.set(self.registry.instance_count() as i64);
+            self.metrics
+                .registered_instances
+                .set(self.registry.instance_count() as i64);
         }
     }
 }
@@ -156,17 +191,29 @@ pub fn run(
     let base = cfg.base_domain.as_str().to_ascii_lowercase();
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new());
-    let verifier = Arc::new(CachingVerifier::new(attest::verifier(&cfg.verifier)?, ratls::cache::DEFAULT_CACHE_ENTRIES));
+    let verifier = Arc::new(CachingVerifier::new(
+        attest::verifier(&cfg.verifier)?,
+        ratls::cache::DEFAULT_CACHE_ENTRIES,
+    ));
     if cfg.verifier.allow_simulated {
-        tracing::warn!("verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)");
+        tracing::warn!(
+            "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
+        );
     }
     let store: Arc<dyn Store> = match &cfg.store {
         StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&cfg.data_dir)?),
-        StoreConfig::Etcd(_) => return Err(GatewayError::Config("store.etcd is not supported by this build yet; use store = \"embedded\"".into())),
+        StoreConfig::Etcd(_) => {
+            return Err(GatewayError::Config(
+                "store.etcd is not supported by this build yet; use store = \"embedded\"".into(),
+            ))
+        }
     };
 
     let resolver = Arc::new(CertResolver::new(&base, provider.clone()));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| GatewayError::Config(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
     let mut dev_ca_path = None;
     rt.block_on(async {
         let restored = restore(store.as_ref(), &verifier, &registry).await?;
@@ -216,7 +263,9 @@ pub fn run(
 
     let info = StartInfo {
         https: https_addr,
-        registration: registration_listener.local_addr().unwrap_or(cfg.listen_registration),
+        registration: registration_listener
+            .local_addr()
+            .unwrap_or(cfg.listen_registration),
         admin: admin_listener.local_addr().unwrap_or(cfg.listen_admin),
         dev_ca: dev_ca_path,
     };
@@ -246,7 +295,11 @@ pub fn run(
     };
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &conf,
-        GatewayProxy { registry: registry.clone(), metrics: metrics.clone(), settings: settings.clone() },
+        GatewayProxy {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            settings: settings.clone(),
+        },
     ));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -291,7 +344,8 @@ pub fn run(
     if cfg.registration.allow_loopback {
         tracing::warn!("registration.allow_loopback = true: instances on loopback addresses are accepted (development only)");
     }
-    let reg_handler: Handler = Arc::new(move |req, peer| Box::pin(registrar.clone().handle(req, peer)));
+    let reg_handler: Handler =
+        Arc::new(move |req, peer| Box::pin(registrar.clone().handle(req, peer)));
     server.add_service(GenBackgroundService::new(
         "teegate registration".into(),
         Arc::new(HttpListener {
@@ -308,23 +362,41 @@ pub fn run(
         store: store.clone(),
         metrics: metrics.clone(),
     });
-    let admin_handler: Handler = Arc::new(move |req, peer| Box::pin(admin.clone().handle(req, peer)));
+    let admin_handler: Handler =
+        Arc::new(move |req, peer| Box::pin(admin.clone().handle(req, peer)));
     server.add_service(GenBackgroundService::new(
         "teegate admin".into(),
-        Arc::new(HttpListener { name: "admin", listener: std::sync::Mutex::new(Some(admin_listener)), tls: None, handler: admin_handler }),
+        Arc::new(HttpListener {
+            name: "admin",
+            listener: std::sync::Mutex::new(Some(admin_listener)),
+            tls: None,
+            handler: admin_handler,
+        }),
     ));
     let https_port = https_addr.port();
-    let redirect_handler: Handler = Arc::new(move |req, peer| Box::pin(admin::redirect(req, peer, https_port)));
+    let redirect_handler: Handler =
+        Arc::new(move |req, peer| Box::pin(admin::redirect(req, peer, https_port)));
     server.add_service(GenBackgroundService::new(
         "teegate http redirect".into(),
-        Arc::new(HttpListener { name: "http", listener: std::sync::Mutex::new(Some(http_listener)), tls: None, handler: redirect_handler }),
+        Arc::new(HttpListener {
+            name: "http",
+            listener: std::sync::Mutex::new(Some(http_listener)),
+            tls: None,
+            handler: redirect_handler,
+        }),
     ));
     server.add_service(GenBackgroundService::new(
         "teegate lease reaper".into(),
-        Arc::new(LeaseReaper { registry, store, metrics }),
+        Arc::new(LeaseReaper {
+            registry,
+            store,
+            metrics,
+        }),
     ));
 
     on_start(&info);
-    server.run(RunArgs { shutdown_signal: shutdown });
+    server.run(RunArgs {
+        shutdown_signal: shutdown,
+    });
     Ok(())
 }

@@ -332,8 +332,12 @@ impl ClientCertVerifier for DeferredClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .check_chain(end_entity, intermediates, now, webpki::KeyUsage::client_auth())?;
+        self.0.check_chain(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 

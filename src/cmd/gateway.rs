@@ -15,7 +15,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let cfg: config::GatewayConfig = config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let cfg: config::GatewayConfig =
+        config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     let base = cfg.base_domain.as_str().to_string();
     gateway::server::run(cfg, Box::new(UnixShutdownSignalWatch), |info| {
         eprintln!("teegate gateway for *.{base}");
@@ -23,7 +24,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("  registration {}", info.registration);
         eprintln!("  admin        {}", info.admin);
         if let Some(ca) = &info.dev_ca {
-            eprintln!("  self-signed development CA: {} (trust it with curl --cacert)", ca.display());
+            eprintln!(
+                "  self-signed development CA: {} (trust it with curl --cacert)",
+                ca.display()
+            );
         }
         eprintln!("ready");
     })

@@ -103,7 +103,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        Ok(self.state.lock().await.instances.values().cloned().collect())
+        Ok(self
+            .state
+            .lock()
+            .await
+            .instances
+            .values()
+            .cloned()
+            .collect())
     }
 
     async fn put_cert(&self, record: &CertRecord) -> Result<(), StoreError> {
@@ -150,7 +157,10 @@ mod tests {
         let mut events = store.subscribe();
         store.put_instance(&record(1)).await.unwrap();
         store.put_instance(&record(2)).await.unwrap();
-        store.delete_instance(&ratls::InstanceId([2; 20])).await.unwrap();
+        store
+            .delete_instance(&ratls::InstanceId([2; 20]))
+            .await
+            .unwrap();
         store
             .put_cert(&CertRecord {
                 name: "*.x.test".into(),
@@ -160,7 +170,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(matches!(events.recv().await.unwrap(), StoreEvent::InstancePut(_)));
+        assert!(matches!(
+            events.recv().await.unwrap(),
+            StoreEvent::InstancePut(_)
+        ));
         drop(store);
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.instances().await.unwrap(), vec![record(1)]);

@@ -190,7 +190,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let enc = |s: &str| s.replace('\n', "%0A").replace(' ', "%20");
-        let routes: Vec<(&str, Vec<(String, String)>, Vec<u8>)> = vec![
+        type Route = (&'static str, Vec<(String, String)>, Vec<u8>);
+        let routes: Vec<Route> = vec![
             (
                 "/sgx/certification/v4/pckcrl",
                 vec![(

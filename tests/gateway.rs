@@ -1,0 +1,462 @@
+//! The gateway end to end on loopback: a real `teegate gateway` process, simulated CVM
+//! instances with RA-TLS fronts that register over mutual RA-TLS, and real HTTPS clients.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratls::tls::{ChainTrust, RaTlsCheck, RaTlsServerVerifier};
+use ratls::{AttestationVerifier, CachingVerifier, Policy};
+use support::*;
+
+const COMPOSE: &[u8] = b"{\"name\":\"web\"}";
+
+fn app_host(id: &ratls::cert::Identity, suffix: &str) -> String {
+    format!("{}{suffix}.{BASE}", id.app_id)
+}
+
+async fn registered_instance(
+    gw: &Gateway,
+    compose: &[u8],
+    n: u8,
+    ports: &[u16],
+) -> (ratls::cert::Identity, Front) {
+    let id = identity(compose, n);
+    let cert = ratls_cert(&id);
+    let front = start_front(&cert, &id.instance_id.to_hex()).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front.addr, ports),
+    )
+    .await;
+    assert_eq!(status, 200, "registration failed: {body}");
+    (id, front)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_app_port_and_instance_with_forwarding_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80, 8080]).await;
+    let hosts = vec![
+        app_host(&id, ""),
+        app_host(&id, "-8080"),
+        format!("{}.{BASE}", id.instance_id),
+        format!("{}.{BASE}", "ab".repeat(20)),
+    ];
+    let c = client(&gw, &hosts, false);
+
+    let r = c
+        .get(format!("https://{}/hello", hosts[0]))
+        .header("X-Forwarded-For", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&format!("instance={}", id.instance_id)),
+        "{body}"
+    );
+    assert!(body.contains("port=80 path=/hello"), "{body}");
+    assert!(
+        body.contains("xff=127.0.0.1 proto=https"),
+        "client-sent X-Forwarded-For must be overwritten: {body}"
+    );
+
+    let body = c
+        .get(format!("https://{}/", hosts[1]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("port=8080"), "{body}");
+
+    let body = c
+        .get(format!("https://{}/pinned", hosts[2]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains(&format!("instance={}", id.instance_id)),
+        "{body}"
+    );
+
+    let r = c
+        .get(format!("https://{}/", hosts[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("is not registered"), "{body}");
+    assert!(body.contains(&"ab".repeat(20)), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_names_use_http2_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[50051]).await;
+    let host = app_host(&id, "-50051g");
+    let c = client(&gw, std::slice::from_ref(&host), true);
+    let r = c
+        .post(format!("https://{host}/helloworld.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("port=50051 path=/helloworld.Greeter/SayHello"),
+        "{body}"
+    );
+    assert!(
+        body.contains("version=HTTP/2.0"),
+        "upstream must be h2 for g names: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_shows_the_instance_ratls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let mut policy = Policy::any_measurements();
+    policy.allow_simulated = true;
+    let verifier = Arc::new(CachingVerifier::new(
+        AttestationVerifier::new(Arc::new(ratls::collateral::SourceChain::new()), policy),
+        8,
+    ));
+    let check = RaTlsCheck::new(verifier, ChainTrust::SelfSigned, provider()).expect_app(id.app_id);
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RaTlsServerVerifier(check.clone())))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(app_host(&id, "s")).unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("RA-TLS handshake through passthrough");
+    let peer = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    let att = check.attestation_of(&peer).expect("verified attestation");
+    assert_eq!(att.instance_id(), &id.instance_id);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /direct HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).contains("path=/direct"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_with_an_unverified_certificate_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let registered = ratls_cert(&id);
+    // The front serves a different (also valid) RA-TLS certificate than the one registered.
+    let served = ratls_cert(&id);
+    let front = start_front(&served, "impostor").await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &registered,
+        &register_body(front.addr, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let host = app_host(&id, "");
+    let r = client(&gw, std::slice::from_ref(&host), false)
+        .get(format!("https://{host}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "gateway log:\n{}", gw.proc.log());
+    let body = r.text().await.unwrap();
+    assert!(
+        !body.contains("impostor"),
+        "nothing from the unverified upstream may leak: {body}"
+    );
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert!(
+        metrics.contains("teegate_upstream_failures_total{reason=\"unverified-certificate\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refusals_name_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let cert = ratls_cert(&id);
+
+    // Loopback front with allow_loopback = false is tested on a strict gateway below; here
+    // malformed bodies and bad ports.
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &serde_json::json!({"front_addr": "10.1.1.1:443"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid registration"), "{body}");
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body("10.1.1.1:443".parse().unwrap(), &[0]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A plain (non-RA-TLS) client certificate.
+    let plain = rcgen::generate_simple_self_signed(vec!["x.test".into()]).unwrap();
+    let fake = PlainCert(plain);
+    let (status, body) = register_plain(&gw, &fake).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("parse"), "{body}");
+
+    // A strict gateway: no simulated quotes, no loopback fronts.
+    let strict_dir = tempfile::tempdir().unwrap();
+    let strict = start_gateway_in(
+        strict_dir.path(),
+        GatewayPorts::new(),
+        "[registration]\nallow_loopback = false\n[verifier]\nallow_simulated = false\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
+    );
+    let (status, body) = register(
+        strict.ports.registration,
+        &strict.dev_ca_pem(),
+        &cert,
+        &register_body("10.1.1.1:443".parse().unwrap(), &[80]),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("quote-signature") && body.contains("SIMULATED"),
+        "{body}"
+    );
+
+    let loose_dir = tempfile::tempdir().unwrap();
+    let no_loopback = start_gateway_in(
+        loose_dir.path(),
+        GatewayPorts::new(),
+        "[registration]\nallow_loopback = false\n",
+    );
+    let (status, body) = register(
+        no_loopback.ports.registration,
+        &no_loopback.dev_ca_pem(),
+        &cert,
+        &register_body("127.0.0.1:9".parse().unwrap(), &[80]),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("loopback"), "{body}");
+}
+
+struct PlainCert(rcgen::CertifiedKey<rcgen::KeyPair>);
+
+async fn register_plain(gw: &Gateway, plain: &PlainCert) -> (u16, String) {
+    // Wrap the plain certificate in the RaTlsCert-shaped API the helper expects.
+    let der = plain.0.cert.der().to_vec();
+    let key = plain.0.signing_key.serialize_der();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem::parse_many(gw.dev_ca_pem()).unwrap() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![der.into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.ports.registration))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(format!("gateway.{BASE}")).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let json = b"{\"front_addr\":\"10.0.0.1:1\",\"ports\":[80]}";
+    let head = format!(
+        "POST /v1/register HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        json.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(json).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_requires_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    assert_eq!(
+        http_get(gw.ports.admin, "/v1/apps", None, "GET").await.0,
+        401
+    );
+    assert_eq!(
+        http_get(
+            gw.ports.admin,
+            "/v1/apps",
+            Some("wrong-token-0123456789"),
+            "GET"
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, body) = http_get(
+        gw.ports.admin,
+        "/v1/apps",
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&id.app_id.to_hex()), "{body}");
+    let path = format!("/v1/instances/{}", id.instance_id);
+    assert_eq!(
+        http_get(
+            gw.ports.admin,
+            &path,
+            Some("test-admin-token-0123456789"),
+            "DELETE"
+        )
+        .await
+        .0,
+        200
+    );
+    let host = app_host(&id, "");
+    let r = client(&gw, std::slice::from_ref(&host), false)
+        .get(format!("https://{host}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_retries_on_the_other_instance_and_marks_the_dead_one_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, front1) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let (_, _front2) = registered_instance(&gw, COMPOSE, 2, &[80]).await;
+    let host = app_host(&id, "");
+    let c = client(&gw, std::slice::from_ref(&host), false);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..60 {
+        if i == 20 {
+            front1.kill();
+        }
+        let r = c.get(format!("https://{host}/{i}")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "request {i} failed during failover; gateway log:\n{}",
+            gw.proc.log()
+        );
+        seen.insert(
+            r.text()
+                .await
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both instances served before the kill: {seen:?}"
+    );
+    let (_, apps) = http_get(
+        gw.ports.admin,
+        "/v1/apps",
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    let apps: serde_json::Value = serde_json::from_str(&apps).unwrap();
+    let inst = apps[0]["instances"].as_array().unwrap();
+    let dead = inst
+        .iter()
+        .find(|i| i["instance_id"] == id.instance_id.to_hex())
+        .unwrap();
+    assert_eq!(dead["healthy"], false, "{apps}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_certificates_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = GatewayPorts::new();
+    let mut gw = start_gateway_in(dir.path(), ports, "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let ca_before = gw.dev_ca_pem();
+    let cert_before = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(
+        gw.proc.stop(Duration::from_secs(10)).is_some(),
+        "gateway did not stop on SIGTERM"
+    );
+    let ports = GatewayPorts {
+        https: gw.ports.https,
+        http: gw.ports.http,
+        registration: gw.ports.registration,
+        admin: gw.ports.admin,
+    };
+    let gw2 = start_gateway_in(dir.path(), ports, "");
+    assert_eq!(gw2.dev_ca_pem(), ca_before);
+    let host = app_host(&id, "");
+    let body = client(&gw2, std::slice::from_ref(&host), false)
+        .get(format!("https://{host}/again"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("path=/again"), "{body}");
+    let cert_after = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    let wildcard = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap()["certs"].clone();
+    assert_eq!(
+        wildcard(&cert_before),
+        wildcard(&cert_after),
+        "the wildcard certificate is reused, not re-issued"
+    );
+}

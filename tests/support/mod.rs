@@ -1,0 +1,463 @@
+//! Shared helpers for the end-to-end tests: start real processes on loopback ports, make
+//! simulated CVM instances (RA-TLS front + registration), and clients that trust the
+//! gateway's development CA. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ratls::cert::{issue, CertProfile, Identity, RaTlsCert};
+use ratls::eventlog::names;
+use ratls::provider::{Measurer, QuoteProvider, SimulatedProvider};
+use ratls::{ComposeHash, InstanceId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const BASE: &str = "apps.teegate.test";
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process that is killed (SIGKILL) when dropped, unless stopped first.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// SIGTERM, then wait (bounded); returns the exit status.
+    pub fn stop(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `teegate <args>` and waits (bounded) until stderr shows `ready_line`.
+pub fn spawn_teegate(args: &[&str], ready_line: &str, timeout: Duration) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teegate"))
+        .args(args)
+        .env("TEEGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn teegate");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = lines.clone();
+    let ready = ready_line.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(&ready) {
+                let _ = tx.send(());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let proc = Proc {
+        child: Some(child),
+        stderr: lines,
+    };
+    if rx.recv_timeout(timeout).is_err() {
+        panic!(
+            "teegate {args:?} did not become ready in {timeout:?}; stderr:\n{}",
+            proc.log()
+        );
+    }
+    proc
+}
+
+// ---------------------------------------------------------------- gateway
+
+pub struct GatewayPorts {
+    pub https: u16,
+    pub http: u16,
+    pub registration: u16,
+    pub admin: u16,
+}
+
+impl GatewayPorts {
+    pub fn new() -> Self {
+        Self {
+            https: free_port(),
+            http: free_port(),
+            registration: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub ports: GatewayPorts,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    pub fn dev_ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dev-ca.pem")).expect("dev CA")
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.https))
+    }
+}
+
+pub fn gateway_config(dir: &Path, ports: &GatewayPorts, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"base_domain = "{BASE}"
+listen_https = "127.0.0.1:{https}"
+listen_http = "127.0.0.1:{http}"
+listen_registration = "127.0.0.1:{reg}"
+listen_admin = "127.0.0.1:{admin}"
+data_dir = "{dir}"
+grace_period_secs = 1
+workers = 2
+admin_token = "test-admin-token-0123456789"
+{extra}
+"#,
+        https = ports.https,
+        http = ports.http,
+        reg = ports.registration,
+        admin = ports.admin,
+        dir = dir.display(),
+    );
+    let text = if text.contains("[tls]") {
+        text
+    } else {
+        format!("{text}\n[tls]\nmode = \"self_signed\"\n")
+    };
+    let text = if text.contains("[registration]") {
+        text
+    } else {
+        format!("{text}\n[registration]\nallow_loopback = true\nlease_secs = 30\n")
+    };
+    let text = if text.contains("[verifier]") {
+        text
+    } else {
+        format!("{text}\n[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n")
+    };
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn start_gateway_in(dir: &Path, ports: GatewayPorts, extra: &str) -> Gateway {
+    let cfg = gateway_config(dir, &ports, extra);
+    let proc = spawn_teegate(
+        &["gateway", "--config", cfg.to_str().unwrap()],
+        "ready",
+        Duration::from_secs(30),
+    );
+    wait_for_port(ports.https, Duration::from_secs(10));
+    Gateway {
+        proc,
+        ports,
+        dir: dir.to_path_buf(),
+    }
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} did not open within {within:?}");
+}
+
+/// An HTTPS client trusting the gateway's dev CA, resolving app names to the gateway.
+pub fn client(gw: &Gateway, hosts: &[String], h2: bool) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem::parse_many(gw.dev_ca_pem()).unwrap() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
+            .unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(10))
+        .no_proxy();
+    if h2 {
+        b = b.http2_prior_knowledge();
+    }
+    for h in hosts {
+        b = b.resolve(h, gw.https_addr());
+    }
+    b.build().unwrap()
+}
+
+// ---------------------------------------------------------------- simulated instances
+
+pub fn identity(compose: &[u8], instance: u8) -> Identity {
+    let compose_hash = ComposeHash::of(compose);
+    Identity {
+        app_id: compose_hash.default_app_id(),
+        compose_hash,
+        instance_id: InstanceId([instance; 20]),
+    }
+}
+
+pub fn booted(provider: Arc<dyn QuoteProvider>, id: &Identity) -> Measurer {
+    let m = Measurer::new(provider);
+    m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+        .unwrap();
+    m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
+    m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+        .unwrap();
+    m.emit(names::KEY_PROVIDER, b"kms".to_vec()).unwrap();
+    m
+}
+
+pub fn ratls_cert(id: &Identity) -> RaTlsCert {
+    let m = booted(Arc::new(SimulatedProvider::new()), id);
+    issue(
+        &m,
+        id,
+        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
+        None,
+    )
+    .unwrap()
+}
+
+/// A stand-in CVM front: real TLS with an RA-TLS certificate, HTTP/1.1 and HTTP/2, that
+/// answers `instance=<id> port=<port from SNI> path=<path> xff=<X-Forwarded-For>`.
+pub struct Front {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    kill: tokio::sync::watch::Sender<bool>,
+}
+
+impl Front {
+    /// Stops listening and cuts every open connection, as a dying CVM would.
+    pub fn kill(&self) {
+        let _ = self.kill.send(true);
+        self.task.abort();
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub async fn start_front(cert: &RaTlsCert, instance: &str) -> Front {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.rustls_chain(), cert.rustls_key())
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let instance = instance.to_string();
+    let (kill, killed) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let instance = instance.clone();
+            let mut killed = killed.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = killed.changed() => {}
+                    _ = serve_one(acceptor, tcp, instance) => {}
+                }
+            });
+        }
+    });
+    Front { addr, task, kill }
+}
+
+async fn serve_one(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, instance: String) {
+    {
+        {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+            let port = sni
+                .split('.')
+                .next()
+                .and_then(|l| l.rsplit_once('-'))
+                .map(|(_, p)| p.to_string())
+                .unwrap_or_else(|| "80".into());
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let xff = req
+                        .headers()
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let proto = req
+                        .headers()
+                        .get("x-forwarded-proto")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let body = format!(
+                        "instance={} port={} path={} xff={} proto={} version={:?}",
+                        instance,
+                        port,
+                        req.uri().path(),
+                        xff,
+                        proto,
+                        req.version()
+                    );
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
+        }
+    }
+}
+
+/// Registers over mutual RA-TLS; returns (status, body).
+pub async fn register(
+    gw_reg_port: u16,
+    dev_ca_pem: &str,
+    client_cert: &RaTlsCert,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem::parse_many(dev_ca_pem).unwrap() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(client_cert.rustls_chain(), client_cert.rustls_key())
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(("127.0.0.1", gw_reg_port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(format!("gateway.{BASE}")).unwrap();
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) => return (0, format!("handshake: {e}")),
+    };
+    let json = serde_json::to_vec(body).unwrap();
+    let head = format!(
+        "POST /v1/register HTTP/1.1\r\nHost: gateway.{BASE}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        json.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&json).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn register_body(front: SocketAddr, ports: &[u16]) -> serde_json::Value {
+    serde_json::json!({ "front_addr": front.to_string(), "ports": ports })
+}
+
+/// Plain HTTP GET on loopback (admin listener); returns (status, body).
+pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
