@@ -460,3 +460,164 @@ async fn registrations_and_certificates_survive_a_restart() {
         "the wildcard certificate is reused, not re-issued"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_with_a_tampered_quote_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let cert = tampered_ratls_cert(&id);
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body("10.1.1.1:443".parse().unwrap(), &[80]),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("quote-signature"), "{body}");
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert!(
+        metrics.contains("teegate_registrations_total{result=\"attestation\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("teegate_registered_instances 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_lease_drops_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(
+        dir.path(),
+        GatewayPorts::new(),
+        "[registration]\nallow_loopback = true\nlease_secs = 1\n",
+    );
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let host = app_host(&id, "");
+    let c = client(&gw, std::slice::from_ref(&host), false);
+    assert_eq!(
+        c.get(format!("https://{host}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = c
+            .get(format!("https://{host}/"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance still routed after its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_slow_client_hello_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(
+        dir.path(),
+        GatewayPorts::new(),
+        "[limits]\nmax_header_bytes = 4096\nclient_hello_timeout_ms = 300\n",
+    );
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let host = app_host(&id, "");
+    let c = client(&gw, std::slice::from_ref(&host), false);
+    let r = c
+        .get(format!("https://{host}/"))
+        .header("x-big", "a".repeat(8000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(
+        !r.text().await.unwrap().contains("instance="),
+        "the app must not see the request"
+    );
+
+    // A client that connects and never sends a ClientHello is cut off.
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("gateway must close a silent connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert!(
+        metrics.contains("teegate_tls_handshakes_total{result=\"client-hello-timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_to_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.ports.http))
+        .await
+        .unwrap();
+    tcp.write_all(
+        format!("GET /a?b=c HTTP/1.1\r\nHost: x.{BASE}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out)).await;
+    assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "location: https://x.{BASE}:{}/a?b=c",
+            gw.ports.https
+        )),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reaches_the_app_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    let host = app_host(&id, "");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("{host}:{}:127.0.0.1", gw.ports.https),
+            "--cacert",
+        ])
+        .arg(dir.path().join("dev-ca.pem"))
+        .arg(format!("https://{host}:{}/from-curl", gw.ports.https))
+        .output()
+        .await
+        .expect("curl is installed (scripts/test installs it)");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("path=/from-curl"), "{body}");
+}

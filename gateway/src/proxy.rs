@@ -31,6 +31,10 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub access_log: bool,
+    /// Largest total size of request headers (names + values) accepted.
+    pub max_header_bytes: usize,
+    /// Most requests in flight to one app at once.
+    pub max_in_flight_per_app: u32,
 }
 
 pub struct GatewayProxy {
@@ -104,6 +108,24 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let header_bytes: usize = session
+            .req_header()
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + session.req_header().uri.to_string().len();
+        if header_bytes > self.settings.max_header_bytes {
+            Self::refuse(ctx, "headers-too-large");
+            respond(
+                session,
+                431,
+                "Request Header Fields Too Large",
+                "The request headers exceed this gateway's limit.",
+            )
+            .await?;
+            return Ok(true);
+        }
         let Some(host) = request_host(session) else {
             Self::refuse(ctx, "no-host");
             respond(session, 400, "Bad Request", "The request names no host.").await?;
@@ -161,6 +183,20 @@ impl ProxyHttp for GatewayProxy {
             respond(session, 404, "App Not Registered", &detail).await?;
             return Ok(true);
         };
+        let app = match resolved {
+            Resolved::App(a) | Resolved::Instance(a, _) => a,
+        };
+        if self.registry.app_in_flight(&app) >= self.settings.max_in_flight_per_app {
+            Self::refuse(ctx, "app-connection-limit");
+            respond(
+                session,
+                503,
+                "Service Unavailable",
+                "This app has too many requests in progress; try again shortly.",
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.target = Some(target);
         ctx.resolved = Some(resolved);
         Ok(false)

@@ -224,6 +224,14 @@ impl Registry {
         }
     }
 
+    /// Requests in flight to all of an app's instances.
+    pub fn app_in_flight(&self, app: &AppId) -> u32 {
+        self.apps
+            .get(app)
+            .map(|list| list.iter().map(|i| i.in_flight()).sum())
+            .unwrap_or(0)
+    }
+
     pub fn mark_down(&self, id: &InstanceId, until_ms: u64) {
         if let Some(i) = self.instances.get(id) {
             i.down_until_ms.fetch_max(until_ms, Ordering::Relaxed);

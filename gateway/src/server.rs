@@ -292,6 +292,8 @@ pub fn run(
         idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
         request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
         access_log: cfg.access_log,
+        max_header_bytes: cfg.limits.max_header_bytes as usize,
+        max_in_flight_per_app: cfg.limits.max_connections_per_app,
     };
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &conf,

@@ -461,3 +461,31 @@ pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) 
         .unwrap_or_default();
     (status, body)
 }
+
+/// A simulated TD whose quotes have one byte of the TD report flipped after signing.
+struct Tampering(SimulatedProvider);
+
+impl QuoteProvider for Tampering {
+    fn kind(&self) -> ratls::provider::ProviderKind {
+        ratls::provider::ProviderKind::Simulated
+    }
+    fn quote(&self, rd: &ratls::ReportData) -> Result<Vec<u8>, ratls::provider::ProviderError> {
+        let mut q = self.0.quote(rd)?;
+        q[48 + 200] ^= 1;
+        Ok(q)
+    }
+    fn extend_rtmr3(&self, d: &ratls::Measurement) -> Result<(), ratls::provider::ProviderError> {
+        self.0.extend_rtmr3(d)
+    }
+}
+
+pub fn tampered_ratls_cert(id: &Identity) -> RaTlsCert {
+    let m = booted(Arc::new(Tampering(SimulatedProvider::new())), id);
+    issue(
+        &m,
+        id,
+        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
+        None,
+    )
+    .unwrap()
+}
