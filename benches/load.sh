@@ -37,6 +37,8 @@ HELPER=target/release/examples/bench_instance
 T=$(mktemp -d)
 pids=()
 cleanup() {
+  # Keep the gateway's log for a look after the run.
+  cp "$T/gateway.err" target/bench-gateway.log 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$T/backend.pid" ] && kill "$(cat "$T/backend.pid")" 2>/dev/null || true
   [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null || true
@@ -134,7 +136,7 @@ rtmr2 = "any"
 compose_hashes = "any"
 app_ids = "any"
 CONF
-TEEGATE_LOG=warn "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
+TEEGATE_LOG=${TEEGATE_LOG:-warn} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
 grep -q ready "$T/gateway.err" || { cat "$T/gateway.err" >&2; exit 1; }

@@ -202,7 +202,17 @@ impl Registry {
                 let list = self.apps.get(&app).ok_or(PickError::Unknown)?;
                 let candidates: Vec<&Arc<Instance>> = list.iter().filter(|i| usable(i)).collect();
                 if candidates.is_empty() {
-                    return Err(PickError::AllDown);
+                    // Passive health is advice, not a verdict: when every instance is marked
+                    // down, try the one whose back-off ends first rather than refuse outright
+                    // (as nginx does with a single server).
+                    return list
+                        .iter()
+                        .filter(|i| {
+                            !tried.contains(&i.record.instance_id) && i.record.ports.contains(&port)
+                        })
+                        .min_by_key(|i| i.down_until_ms.load(Ordering::Relaxed))
+                        .cloned()
+                        .ok_or(PickError::AllDown);
                 }
                 let chosen = match balance {
                     Balance::RoundRobin => {
@@ -317,20 +327,18 @@ mod tests {
                 InstanceId([2; 20])
             );
         }
+        // Instance 2 already tried, instance 1 down: the down one is still better than nothing.
+        let fallback = r.pick(t, 80, &[InstanceId([2; 20])], Balance::RoundRobin, 500);
+        assert_eq!(fallback.unwrap().record.instance_id, InstanceId([1; 20]));
+        let both = [InstanceId([1; 20]), InstanceId([2; 20])];
         assert_eq!(
-            r.pick(t, 80, &[InstanceId([2; 20])], Balance::RoundRobin, 500)
-                .unwrap_err(),
+            r.pick(t, 80, &both, Balance::RoundRobin, 500).unwrap_err(),
             PickError::AllDown
         );
-        assert_eq!(
-            r.pick(t, 80, &[], Balance::RoundRobin, 1000)
-                .unwrap()
-                .record
-                .instance_id
-                .0
-                .len(),
-            20
-        );
+        // Everything down: the one whose back-off ends first is tried.
+        r.mark_down(&InstanceId([2; 20]), 2000);
+        let first_back = r.pick(t, 80, &[], Balance::RoundRobin, 500).unwrap();
+        assert_eq!(first_back.record.instance_id, InstanceId([1; 20]));
     }
 
     #[test]
