@@ -621,3 +621,142 @@ async fn curl_reaches_the_app_through_the_gateway() {
     );
     assert!(body.contains("path=/from-curl"), "{body}");
 }
+
+/// A tiny authoritative DNS responder for the custom-domain test: fixed answers, every
+/// question recorded.
+async fn start_dns(
+    answers: Vec<(&'static str, hickory_proto::rr::RData)>,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+    use hickory_proto::rr::{Name, Record};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::response(q.metadata.id, OpCode::Query);
+            resp.metadata.authoritative = true;
+            let mut known_name = false;
+            for query in &q.queries {
+                let name = query.name().to_ascii().to_ascii_lowercase();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{name} {:?}", query.query_type()));
+                for (n, rdata) in &answers {
+                    if *n == name {
+                        known_name = true;
+                        if rdata.record_type() == query.query_type() {
+                            resp.add_answer(Record::from_rdata(
+                                Name::from_ascii(n).unwrap(),
+                                60,
+                                rdata.clone(),
+                            ));
+                        }
+                    }
+                }
+                resp.add_query(query.clone());
+            }
+            if !known_name {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+            }
+            if let Ok(bytes) = resp.to_vec() {
+                let _ = sock.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names() {
+    use hickory_proto::rr::rdata::{A, TXT};
+    use hickory_proto::rr::RData;
+    let id = identity(COMPOSE, 1);
+    let app = id.app_id.to_hex();
+    let (dns, seen) = start_dns(vec![
+        (
+            "_teegate-app.shop.example.",
+            RData::TXT(TXT::new(vec![format!("{app}:8080")])),
+        ),
+        ("shop.example.", RData::A(A::new(203, 0, 113, 10))),
+        (
+            "_teegate-app.internal.example.",
+            RData::TXT(TXT::new(vec![app.clone()])),
+        ),
+        ("internal.example.", RData::A(A::new(10, 0, 0, 5))),
+        (
+            "_teegate-app.junk.example.",
+            RData::TXT(TXT::new(vec!["not-an-app".into()])),
+        ),
+        ("junk.example.", RData::A(A::new(203, 0, 113, 11))),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Certificates for the custom names, from the gateway's own development CA.
+    {
+        use gateway::store::Store;
+        let ca = gateway::certs::DevCa::load_or_create(dir.path()).unwrap();
+        let store = gateway::store::EmbeddedStore::open(dir.path()).unwrap();
+        for name in [
+            "shop.example",
+            "internal.example",
+            "junk.example",
+            "missing.example",
+            "shop.other",
+        ] {
+            store
+                .put_cert(&ca.issue(name, vec![name.to_string()]).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let gw = start_gateway_in(
+        dir.path(),
+        GatewayPorts::new(),
+        &format!("[custom_domains]\nenabled = true\nallow = [\"example\"]\nnameservers = [\"{dns}\"]\ntxt_cache_secs = 60\n"),
+    );
+    let (_, _front) = registered_instance(&gw, COMPOSE, 1, &[80, 8080]).await;
+    let names: Vec<String> = [
+        "shop.example",
+        "internal.example",
+        "junk.example",
+        "missing.example",
+        "shop.other",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let c = client(&gw, &names, false);
+    let get = |host: &str| c.get(format!("https://{host}/custom")).send();
+
+    let r = get("shop.example").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("port=8080 path=/custom"), "{body}");
+    for refused in [
+        "internal.example",
+        "junk.example",
+        "missing.example",
+        "shop.other",
+    ] {
+        assert_eq!(get(refused).await.unwrap().status(), 404, "{refused}");
+    }
+    // Cached: a second request for each name asks DNS nothing new.
+    let before = seen.lock().unwrap().len();
+    assert_eq!(get("shop.example").await.unwrap().status(), 200);
+    assert_eq!(get("missing.example").await.unwrap().status(), 404);
+    assert_eq!(seen.lock().unwrap().len(), before, "answers are cached");
+    let asked = seen.lock().unwrap().join("\n");
+    assert!(
+        !asked.contains("shop.other"),
+        "a name outside the allow rules is never looked up:\n{asked}"
+    );
+}

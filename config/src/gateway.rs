@@ -410,6 +410,8 @@ pub struct CustomDomainsConfig {
     pub txt_cache_secs: u64,
     /// Most cached domains (default 10000).
     pub max_cached: u32,
+    /// DNS servers asked for `_teegate-app` TXT records (default: the system resolver).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 impl Default for CustomDomainsConfig {
@@ -420,6 +422,7 @@ impl Default for CustomDomainsConfig {
             ask_url: None,
             txt_cache_secs: 300,
             max_cached: 10_000,
+            nameservers: Vec::new(),
         }
     }
 }

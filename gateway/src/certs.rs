@@ -218,14 +218,18 @@ impl DevCa {
     /// A certificate for `*.<base>` and `<base>`, valid 90 days, signed by this CA.
     pub fn issue_wildcard(&self, base: &str) -> Result<CertRecord, CertError> {
         let name = format!("*.{base}");
+        self.issue(&name, vec![name.clone(), base.to_string()])
+    }
+
+    /// A certificate stored under `name` for the given DNS names, valid 90 days.
+    pub fn issue(&self, name: &str, dns_names: Vec<String>) -> Result<CertRecord, CertError> {
         let fail = |e: rcgen::Error| CertError::Invalid {
-            name: name.clone(),
+            name: name.to_string(),
             message: e.to_string(),
         };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
-        let mut params =
-            CertificateParams::new(vec![name.clone(), base.to_string()]).map_err(fail)?;
-        params.distinguished_name = dn(&name);
+        let mut params = CertificateParams::new(dns_names).map_err(fail)?;
+        params.distinguished_name = dn(name);
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(90);
@@ -234,7 +238,7 @@ impl DevCa {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key).map_err(fail)?;
         let cert = params.signed_by(&key, &issuer).map_err(fail)?;
         Ok(CertRecord {
-            name,
+            name: name.to_string(),
             cert_chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
             key_pem: key.serialize_pem(),
             not_after: params.not_after.unix_timestamp().max(0) as u64,

@@ -129,6 +129,8 @@ pub struct FrontDoor {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub connections: Arc<Semaphore>,
+    /// Most passthrough connections (and proxied requests) open to one app at once.
+    pub max_per_app: u32,
 }
 
 struct Gauge<'a>(&'a Metrics);
@@ -146,6 +148,13 @@ impl FrontDoor {
             m.with_label_values(&["unknown-app"]).inc();
             return;
         };
+        let app = match resolved {
+            crate::registry::Resolved::App(a) | crate::registry::Resolved::Instance(a, _) => a,
+        };
+        if self.registry.app_in_flight(&app) >= self.max_per_app {
+            m.with_label_values(&["app-connection-limit"]).inc();
+            return;
+        }
         let inst = match self
             .registry
             .pick(resolved, target.port, &[], self.balance, now_ms())

@@ -25,6 +25,8 @@ pub mod attest;
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
+pub mod custom;
+#[cfg(feature = "server")]
 pub mod frontdoor;
 #[cfg(feature = "server")]
 mod http_util;

@@ -14,6 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use ratls::{Fingerprint, InstanceId};
 
+use crate::custom::CustomDomains;
 use crate::metrics::Metrics;
 use crate::names::{self, Mode, NameError, Target};
 use crate::pages;
@@ -41,6 +42,8 @@ pub struct GatewayProxy {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub settings: ProxySettings,
+    /// Present when custom domains are enabled.
+    pub custom: Option<Arc<CustomDomains>>,
 }
 
 #[derive(Default)]
@@ -107,6 +110,15 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Bound how long a client may idle between requests and dawdle within one.
+        session.set_keepalive(Some(self.settings.idle_timeout.as_secs()));
+        session.set_read_timeout(Some(self.settings.request_timeout));
+        session.set_write_timeout(Some(self.settings.request_timeout));
+        session.set_total_drain_timeout(Some(self.settings.request_timeout));
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let header_bytes: usize = session
             .req_header()
@@ -145,15 +157,26 @@ impl ProxyHttp for GatewayProxy {
                 return Ok(true);
             }
             Err(NameError::NotOurDomain) => {
-                Self::refuse(ctx, "unknown-host");
-                respond(
-                    session,
-                    404,
-                    "Not Found",
-                    "This gateway serves no site by that name.",
-                )
-                .await?;
-                return Ok(true);
+                let found = match (&self.custom, names::normalize_host(&host)) {
+                    (Some(custom), Ok(name)) => custom.lookup(&name).await,
+                    (None, _) => Err(crate::custom::CustomError::Disabled),
+                    (Some(_), Err(e)) => Err(crate::custom::CustomError::NotAllowed(e.to_string())),
+                };
+                match found {
+                    Ok(t) => t,
+                    Err(e) => {
+                        Self::refuse(ctx, "unknown-host");
+                        tracing::debug!(host, error = %e, "no route for host");
+                        respond(
+                            session,
+                            404,
+                            "Not Found",
+                            "This gateway serves no site by that name.",
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
+                }
             }
             Err(e) => {
                 Self::refuse(ctx, "bad-name");

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::{self, Admin};
 use crate::certs::{self, CertResolver, DevCa};
+use crate::custom::CustomDomains;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::Metrics;
 use crate::proxy::{GatewayProxy, ProxySettings};
@@ -295,12 +296,20 @@ pub fn run(
         max_header_bytes: cfg.limits.max_header_bytes as usize,
         max_in_flight_per_app: cfg.limits.max_connections_per_app,
     };
+    let custom = if cfg.custom_domains.enabled {
+        Some(Arc::new(
+            CustomDomains::new(&cfg.custom_domains).map_err(GatewayError::Config)?,
+        ))
+    } else {
+        None
+    };
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &conf,
         GatewayProxy {
             registry: registry.clone(),
             metrics: metrics.clone(),
             settings: settings.clone(),
+            custom,
         },
     ));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -322,6 +331,7 @@ pub fn run(
         idle_timeout: settings.idle_timeout,
         connect_timeout: settings.connect_timeout,
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+        max_per_app: cfg.limits.max_connections_per_app,
     };
     let mut https = Service::new("teegate https".to_string(), front);
     https.add_tcp(&https_addr.to_string());
