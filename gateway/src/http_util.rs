@@ -78,7 +78,15 @@ pub async fn serve<H, F>(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((tcp, addr)) = accepted else { continue };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
         };
