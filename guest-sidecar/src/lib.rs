@@ -4,3 +4,6 @@
 //! its containers through the Docker Engine API, serves the guest API on a Unix socket
 //! and the RA-TLS front, and registers with the gateways. Built in its own issue; this
 //! crate holds its place in the workspace until then.
+
+pub mod front;
+pub mod register;
