@@ -6,8 +6,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratls::tls::{ChainTrust, RaTlsCheck, RaTlsServerVerifier};
-use ratls::{AttestationVerifier, CachingVerifier, Policy};
 use support::*;
 
 const COMPOSE: &[u8] = b"{\"name\":\"web\"}";
@@ -133,19 +131,7 @@ async fn passthrough_shows_the_instance_ratls_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
     let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
-    let mut policy = Policy::any_measurements();
-    policy.allow_simulated = true;
-    let verifier = Arc::new(CachingVerifier::new(
-        AttestationVerifier::new(Arc::new(ratls::collateral::SourceChain::new()), policy),
-        8,
-    ));
-    let check = RaTlsCheck::new(verifier, ChainTrust::SelfSigned, provider()).expect_app(id.app_id);
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RaTlsServerVerifier(check.clone())))
-        .with_no_client_auth();
+    let (mut cfg, check) = ratls_client_config(Some(id.app_id));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(gw.https_addr())
@@ -233,8 +219,14 @@ async fn registration_refusals_name_the_reason() {
 
     // A plain (non-RA-TLS) client certificate.
     let plain = rcgen::generate_simple_self_signed(vec!["x.test".into()]).unwrap();
-    let fake = PlainCert(plain);
-    let (status, body) = register_plain(&gw, &fake).await;
+    let (status, body) = register_with(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        vec![plain.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(plain.signing_key.serialize_der().into()),
+        &register_body("10.0.0.1:1".parse().unwrap(), &[80]),
+    )
+    .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("parse"), "{body}");
 
@@ -273,52 +265,6 @@ async fn registration_refusals_name_the_reason() {
     .await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("loopback"), "{body}");
-}
-
-struct PlainCert(rcgen::CertifiedKey<rcgen::KeyPair>);
-
-async fn register_plain(gw: &Gateway, plain: &PlainCert) -> (u16, String) {
-    // Wrap the plain certificate in the RaTlsCert-shaped API the helper expects.
-    let der = plain.0.cert.der().to_vec();
-    let key = plain.0.signing_key.serialize_der();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pem::parse_many(gw.dev_ca_pem()).unwrap() {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
-            .unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![der.into()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
-        )
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.ports.registration))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from(format!("gateway.{BASE}")).unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let json = b"{\"front_addr\":\"10.0.0.1:1\",\"ports\":[80]}";
-    let head = format!(
-        "POST /v1/register HTTP/1.1\r\nHost: g\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        json.len()
-    );
-    tls.write_all(head.as_bytes()).await.unwrap();
-    tls.write_all(json).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,13 +92,7 @@ async fn start_instance(n: u8) -> Instance {
 }
 
 fn registrar(gw: &Gateway) -> Arc<Registrar> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pem::parse_many(gw.dev_ca_pem()).unwrap() {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
-            .unwrap();
-    }
-    Arc::new(Registrar::new(roots))
+    Arc::new(Registrar::new(dev_roots(&gw.dev_ca_pem())))
 }
 
 fn target(gw: &Gateway) -> GatewayTarget {
@@ -146,20 +140,7 @@ async fn registered_front_carries_requests_to_the_named_container_port() {
 }
 
 async fn front_handshake(front: std::net::SocketAddr, sni: &str) -> Result<(), String> {
-    let mut policy = ratls::Policy::any_measurements();
-    policy.allow_simulated = true;
-    let verifier = Arc::new(ratls::CachingVerifier::new(
-        ratls::AttestationVerifier::new(Arc::new(ratls::collateral::SourceChain::new()), policy),
-        8,
-    ));
-    let check =
-        ratls::tls::RaTlsCheck::new(verifier, ratls::tls::ChainTrust::SelfSigned, provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ratls::tls::RaTlsServerVerifier(check)))
-        .with_no_client_auth();
+    let (cfg, _) = ratls_client_config(None);
     let tcp = tokio::net::TcpStream::connect(front)
         .await
         .map_err(|e| e.to_string())?;

@@ -384,24 +384,58 @@ async fn serve_one(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, instance
     }
 }
 
-/// Registers over mutual RA-TLS; returns (status, body).
-pub async fn register(
-    gw_reg_port: u16,
-    dev_ca_pem: &str,
-    client_cert: &RaTlsCert,
-    body: &serde_json::Value,
-) -> (u16, String) {
+/// Roots holding the gateway's development CA.
+pub fn dev_roots(dev_ca_pem: &str) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for c in pem::parse_many(dev_ca_pem).unwrap() {
         roots
             .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
             .unwrap();
     }
+    roots
+}
+
+/// Splits a raw HTTP/1.1 response into (status, body).
+fn split_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer (bounded).
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: &str,
+    body: &[u8],
+) -> (u16, String) {
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    split_response(&out)
+}
+
+/// Registers over mutual TLS with any client chain; returns (status, body).
+pub async fn register_with(
+    gw_reg_port: u16,
+    dev_ca_pem: &str,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    body: &serde_json::Value,
+) -> (u16, String) {
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(client_cert.rustls_chain(), client_cert.rustls_key())
+        .with_root_certificates(dev_roots(dev_ca_pem))
+        .with_client_auth_cert(chain, key)
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = TcpStream::connect(("127.0.0.1", gw_reg_port))
@@ -417,49 +451,63 @@ pub async fn register(
         "POST /v1/register HTTP/1.1\r\nHost: gateway.{BASE}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         json.len()
     );
-    tls.write_all(head.as_bytes()).await.unwrap();
-    tls.write_all(&json).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    exchange(&mut tls, &head, &json).await
+}
+
+/// Registers an RA-TLS certificate over mutual RA-TLS; returns (status, body).
+pub async fn register(
+    gw_reg_port: u16,
+    dev_ca_pem: &str,
+    client_cert: &RaTlsCert,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    register_with(
+        gw_reg_port,
+        dev_ca_pem,
+        client_cert.rustls_chain(),
+        client_cert.rustls_key(),
+        body,
+    )
+    .await
+}
+
+/// A TLS client config that accepts only a verifying (simulated) RA-TLS server.
+pub fn ratls_client_config(
+    expect_app: Option<ratls::AppId>,
+) -> (rustls::ClientConfig, ratls::tls::RaTlsCheck) {
+    let mut policy = ratls::Policy::any_measurements();
+    policy.allow_simulated = true;
+    let verifier = Arc::new(ratls::CachingVerifier::new(
+        ratls::AttestationVerifier::new(Arc::new(ratls::collateral::SourceChain::new()), policy),
+        8,
+    ));
+    let mut check =
+        ratls::tls::RaTlsCheck::new(verifier, ratls::tls::ChainTrust::SelfSigned, provider());
+    if let Some(app) = expect_app {
+        check = check.expect_app(app);
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ratls::tls::RaTlsServerVerifier(check.clone())))
+        .with_no_client_auth();
+    (cfg, check)
 }
 
 pub fn register_body(front: SocketAddr, ports: &[u16]) -> serde_json::Value {
     serde_json::json!({ "front_addr": front.to_string(), "ports": ports })
 }
 
-/// Plain HTTP GET on loopback (admin listener); returns (status, body).
+/// Plain HTTP on loopback (admin listener); returns (status, body).
 pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req =
+    let head =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    exchange(&mut tcp, &head, b"").await
 }
 
 /// A simulated TD whose quotes have one byte of the TD report flipped after signing.
