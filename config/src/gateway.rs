@@ -206,6 +206,10 @@ pub struct AcmeConfig {
     pub contact: Vec<String>,
     /// Renew once this fraction of the validity has passed (default 0.666).
     pub renew_at_fraction: f64,
+    /// teegate DNS record API that publishes the DNS-01 TXT records (required for `acme`).
+    pub dns_api_url: Option<HttpUrl>,
+    /// Bearer token for the DNS record API (better set by `TEEGATE_GATEWAY__TLS__ACME__DNS_API_TOKEN`).
+    pub dns_api_token: Option<Secret>,
 }
 
 impl Default for AcmeConfig {
@@ -216,6 +220,8 @@ impl Default for AcmeConfig {
             ca_bundle: None,
             contact: Vec::new(),
             renew_at_fraction: 0.666,
+            dns_api_url: None,
+            dns_api_token: None,
         }
     }
 }
@@ -243,6 +249,9 @@ impl Validate for AcmeConfig {
                     format!("{contact:?} must be a mailto: URI such as \"mailto:ops@example.com\""),
                 ));
             }
+        }
+        if let Some(url) = &self.dns_api_url {
+            check(at, "dns_api_url", url.require_https_or_loopback())?;
         }
         let f = self.renew_at_fraction;
         if !(f > 0.0 && f < 1.0) {

@@ -14,6 +14,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 
 pub struct Admin {
+    pub acme: Option<Arc<crate::acme::Acme>>,
     pub token: Option<String>,
     pub registry: Arc<Registry>,
     pub store: Arc<dyn Store>,
@@ -68,6 +69,19 @@ impl Admin {
         }
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
         match (req.method().clone(), parts.as_slice()) {
+            (Method::POST, ["acme", "renew"]) => match &self.acme {
+                Some(acme) => {
+                    acme.force_renewal();
+                    json(
+                        StatusCode::ACCEPTED,
+                        &serde_json::json!({ "renewal": "started" }),
+                    )
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "ACME is not in use (tls.mode is not \"acme\")",
+                ),
+            },
             (Method::GET, ["apps"]) => json(StatusCode::OK, &self.registry.apps(now_ms())),
             (Method::GET, ["apps", id]) => match id.parse::<ratls::AppId>() {
                 Ok(app) => match self.registry.app(&app, now_ms()) {

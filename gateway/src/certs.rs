@@ -260,6 +260,12 @@ pub fn from_files(name: &str, cert: &Path, key: &Path) -> Result<CertRecord, Cer
     })
 }
 
+pub fn x509_not_before(der: &[u8]) -> Option<u64> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    u64::try_from(cert.validity().not_before.timestamp()).ok()
+}
+
 pub fn x509_not_after(der: &[u8]) -> Option<u64> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;

@@ -19,6 +19,8 @@ pub mod api;
 pub mod names;
 
 #[cfg(feature = "server")]
+pub mod acme;
+#[cfg(feature = "server")]
 mod admin;
 #[cfg(feature = "server")]
 pub mod attest;

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub cert_not_after: IntGaugeVec,
     pub registrations: IntCounterVec,
     pub passthrough: IntCounterVec,
+    pub acme_attempts: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -90,7 +91,14 @@ impl Metrics {
             "TLS passthrough connections by result",
             &["result"],
         );
+        let acme_attempts = counter(
+            &registry,
+            "teegate_acme_attempts_total",
+            "Certificate issuance attempts by result",
+            &["result"],
+        );
         Self {
+            acme_attempts,
             registry,
             requests,
             request_duration,

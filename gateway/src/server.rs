@@ -16,6 +16,7 @@ use ratls::CachingVerifier;
 use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 
+use crate::acme::{Acme, AcmeSettings};
 use crate::admin::{self, Admin};
 use crate::certs::{self, CertResolver, DevCa};
 use crate::custom::CustomDomains;
@@ -151,6 +152,16 @@ impl BackgroundService for HttpListener {
     }
 }
 
+/// Runs the ACME renewal loop as a pingora background service.
+struct AcmeService(Arc<Acme>);
+
+#[async_trait]
+impl BackgroundService for AcmeService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.clone().run(shutdown).await;
+    }
+}
+
 /// Drops registrations whose lease ran out, every second.
 struct LeaseReaper {
     registry: Arc<Registry>,
@@ -223,32 +234,47 @@ pub fn run(
         let stored = store.certs().await?;
         for record in &stored {
             resolver.install(record)?;
-            metrics.cert_not_after.with_label_values(&[&record.name]).set(record.not_after as i64);
+            metrics
+                .cert_not_after
+                .with_label_values(&[&record.name])
+                .set(record.not_after as i64);
         }
         let now = ratls::verifier::unix_now();
-        let have_wildcard = stored.iter().any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
+        let have_wildcard = stored
+            .iter()
+            .any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
         let record = match cfg.tls.mode {
             TlsMode::SelfSigned => {
                 let ca = DevCa::load_or_create(&cfg.data_dir)?;
                 dev_ca_path = Some(ca.cert_path.clone());
-                (!have_wildcard).then(|| ca.issue_wildcard(&base)).transpose()?
+                (!have_wildcard)
+                    .then(|| ca.issue_wildcard(&base))
+                    .transpose()?
             }
             TlsMode::Files => {
                 let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) else {
-                    return Err(GatewayError::Config("tls.cert_file and tls.key_file are required with tls.mode = \"files\"".into()));
+                    return Err(GatewayError::Config(
+                        "tls.cert_file and tls.key_file are required with tls.mode = \"files\""
+                            .into(),
+                    ));
                 };
                 Some(certs::from_files(&wildcard, c, k)?)
             }
-            TlsMode::Acme if have_wildcard => None,
             TlsMode::Acme => {
-                return Err(GatewayError::Config(
-                    "tls.mode = \"acme\" is not available in this build yet; use \"self_signed\" or \"files\"".into(),
-                ))
+                if !have_wildcard {
+                    tracing::warn!(
+                        "no wildcard certificate yet: TLS handshakes fail until ACME issues one"
+                    );
+                }
+                None
             }
         };
         if let Some(record) = record {
             resolver.install(&record)?;
-            metrics.cert_not_after.with_label_values(&[&record.name]).set(record.not_after as i64);
+            metrics
+                .cert_not_after
+                .with_label_values(&[&record.name])
+                .set(record.not_after as i64);
             store.put_cert(&record).await?;
         }
         Ok::<(), GatewayError>(())
@@ -368,7 +394,46 @@ pub fn run(
         }),
     ));
 
+    let acme = match cfg.tls.mode {
+        TlsMode::Acme => {
+            let Some(url) = &cfg.tls.acme.dns_api_url else {
+                return Err(GatewayError::Config(
+                    "tls.acme.dns_api_url is required with tls.mode = \"acme\" (the teegate DNS record API that publishes DNS-01 records)".into(),
+                ));
+            };
+            let dns = dns::api::HttpAcmeDnsClient::new(
+                &url.to_string(),
+                cfg.tls
+                    .acme
+                    .dns_api_token
+                    .as_ref()
+                    .map(|t| t.expose().to_string()),
+            )
+            .map_err(|e| GatewayError::Config(format!("tls.acme.dns_api_url: {e}")))?;
+            let settings = AcmeSettings {
+                base_domain: base.clone(),
+                directory_url: cfg.tls.acme.directory_url.to_string(),
+                ca_bundle: cfg.tls.acme.ca_bundle.clone(),
+                contact: cfg.tls.acme.contact.clone(),
+                renew_at_fraction: cfg.tls.acme.renew_at_fraction,
+            };
+            let acme = Arc::new(Acme::new(
+                settings,
+                store.clone(),
+                Arc::new(dns),
+                resolver.clone(),
+                metrics.clone(),
+            ));
+            server.add_service(GenBackgroundService::new(
+                "teegate acme".into(),
+                Arc::new(AcmeService(acme.clone())),
+            ));
+            Some(acme)
+        }
+        _ => None,
+    };
     let admin = Arc::new(Admin {
+        acme,
         token: cfg.admin_token.as_ref().map(|t| t.expose().to_string()),
         registry: registry.clone(),
         store: store.clone(),

@@ -186,6 +186,7 @@ admin_token = "test-admin-token-0123456789"
     } else {
         format!("{text}\n[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n")
     };
+    std::fs::create_dir_all(dir).expect("gateway dir");
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write config");
     path
@@ -510,6 +511,15 @@ pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) 
     exchange(&mut tcp, &head, b"").await
 }
 
+/// `POST` to the admin API with the test token; returns (status, body).
+pub async fn http_post_admin(port: u16, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-admin-token-0123456789\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    exchange(&mut tcp, &head, b"").await
+}
+
 /// A simulated TD whose quotes have one byte of the TD report flipped after signing.
 struct Tampering(SimulatedProvider);
 
@@ -536,4 +546,112 @@ pub fn tampered_ratls_cert(id: &Identity) -> RaTlsCert {
         None,
     )
     .unwrap()
+}
+
+// ---------------------------------------------------------------- ACME test CA (Pebble)
+
+pub struct Pebble {
+    pub proc: Proc,
+    pub directory: String,
+    pub mgmt_port: u16,
+    /// The CA that signed Pebble's own HTTPS certificate (for the ACME client).
+    pub https_ca: PathBuf,
+}
+
+impl Pebble {
+    /// The root that signs the certificates Pebble issues (it changes at every start).
+    pub async fn issuing_root_pem(&self) -> String {
+        let ca = std::fs::read_to_string(&self.https_ca).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem::parse_many(ca).unwrap() {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(c.into_contents()))
+                .unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let c = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .no_proxy()
+            .build()
+            .unwrap();
+        c.get(format!("https://localhost:{}/roots/0", self.mgmt_port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Starts Pebble (Debian package `pebble`) resolving challenges through `dns`.
+pub fn start_pebble(dir: &Path, dns: SocketAddr) -> Pebble {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "pebble test HTTPS CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let pdir = dir.join("pebble");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("cert.pem"), leaf_cert.pem()).unwrap();
+    std::fs::write(pdir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    let https_ca = pdir.join("ca.pem");
+    std::fs::write(&https_ca, ca_cert.pem()).unwrap();
+    let (port, mgmt_port) = (free_port(), free_port());
+    let cfg = serde_json::json!({ "pebble": {
+        "listenAddress": format!("127.0.0.1:{port}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+        "certificate": pdir.join("cert.pem"),
+        "privateKey": pdir.join("key.pem"),
+        "httpPort": free_port(),
+        "tlsPort": free_port(),
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false
+    }});
+    std::fs::write(pdir.join("pebble.json"), cfg.to_string()).unwrap();
+    let mut child = Command::new("pebble")
+        .args([
+            "-config",
+            pdir.join("pebble.json").to_str().unwrap(),
+            "-dnsserver",
+            &dns.to_string(),
+        ])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pebble is installed (scripts/test installs it)");
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_for_port(port, Duration::from_secs(15));
+    Pebble {
+        proc: Proc {
+            child: Some(child),
+            stderr: lines,
+        },
+        directory: format!("https://127.0.0.1:{port}/dir"),
+        mgmt_port,
+        https_ca,
+    }
 }

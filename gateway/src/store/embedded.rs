@@ -19,6 +19,8 @@ const FILE_NAME: &str = "state.json";
 struct State {
     instances: BTreeMap<String, InstanceRecord>,
     certs: BTreeMap<String, CertRecord>,
+    #[serde(default)]
+    values: BTreeMap<String, String>,
 }
 
 pub struct EmbeddedStore {
@@ -123,6 +125,16 @@ impl Store for EmbeddedStore {
 
     async fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
         Ok(self.state.lock().await.certs.values().cloned().collect())
+    }
+
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state.lock().await.values.get(key).cloned())
+    }
+
+    async fn put_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut state = self.state.lock().await;
+        state.values.insert(key.to_string(), value.to_string());
+        self.persist(&state)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

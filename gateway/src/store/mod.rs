@@ -74,6 +74,9 @@ pub trait Store: Send + Sync {
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
     async fn put_cert(&self, record: &CertRecord) -> Result<(), StoreError>;
     async fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Small named values (the ACME account credentials, for one).
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn put_value(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// Changes as they happen (from this process, or from other replicas).
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 }

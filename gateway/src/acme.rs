@@ -1,0 +1,346 @@
+//! Automatic HTTPS for the base domain: the wildcard `*.<base>` + `<base>` certificate from
+//! an RFC 8555 CA (instant-acme) by DNS-01, with the TXT records published through
+//! teegate's DNS record API. The account key lives in the state store, so restarts and
+//! replicas reuse one account; certificates land in the store and are swapped into the
+//! TLS resolver without a restart. Renewal starts after `renew_at_fraction` of the
+//! lifetime; failures back off exponentially with jitter while the old certificate serves.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dns::api::{challenge_record_name, AcmeDnsClient};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::certs::{x509_not_after, x509_not_before, CertResolver};
+use crate::metrics::Metrics;
+use crate::store::{CertRecord, Store};
+
+const ACCOUNT_KEY: &str = "acme/account";
+const MIN_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// How often the renewal loop looks at the certificate when nothing is due.
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("ACME account: {0}")]
+    Account(String),
+    #[error("ACME order for {names}: {message}")]
+    Order { names: String, message: String },
+    #[error("DNS-01 record {record}: {message}")]
+    Dns { record: String, message: String },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("certificate: {0}")]
+    Cert(#[from] crate::certs::CertError),
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    pub base_domain: String,
+    pub directory_url: String,
+    pub ca_bundle: Option<PathBuf>,
+    pub contact: Vec<String>,
+    pub renew_at_fraction: f64,
+}
+
+pub struct Acme {
+    settings: AcmeSettings,
+    store: Arc<dyn Store>,
+    dns: Arc<dyn AcmeDnsClient>,
+    resolver: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+    /// One issuance at a time in this process (replicas will use the store's lock).
+    issuing: Mutex<()>,
+    force: Notify,
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` should be renewed at `now`.
+pub fn renewal_due(not_before: u64, not_after: u64, now: u64, fraction: f64) -> bool {
+    if not_after <= not_before {
+        return true;
+    }
+    let lifetime = (not_after - not_before) as f64;
+    now as f64 >= not_before as f64 + lifetime * fraction
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
+impl Acme {
+    pub fn new(
+        settings: AcmeSettings,
+        store: Arc<dyn Store>,
+        dns: Arc<dyn AcmeDnsClient>,
+        resolver: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            dns,
+            resolver,
+            metrics,
+            issuing: Mutex::new(()),
+            force: Notify::new(),
+        }
+    }
+
+    pub fn wildcard_name(&self) -> String {
+        format!("*.{}", self.settings.base_domain)
+    }
+
+    /// Asks the renewal loop to issue now, whatever the current certificate's age.
+    pub fn force_renewal(&self) {
+        self.force.notify_one();
+    }
+
+    fn builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
+        match &self.settings.ca_bundle {
+            Some(path) => Account::builder_with_root(path),
+            None => Account::builder(),
+        }
+        .map_err(|e| AcmeError::Account(e.to_string()))
+    }
+
+    /// The stored account, or a new one (saved before use, so a crash cannot orphan it).
+    async fn account(&self) -> Result<Account, AcmeError> {
+        if let Some(json) = self.store.get_value(ACCOUNT_KEY).await? {
+            let creds: AccountCredentials = serde_json::from_str(&json)
+                .map_err(|e| AcmeError::Account(format!("stored credentials: {e}")))?;
+            return self
+                .builder()?
+                .from_credentials(creds)
+                .await
+                .map_err(|e| AcmeError::Account(e.to_string()));
+        }
+        let contact: Vec<&str> = self.settings.contact.iter().map(String::as_str).collect();
+        let (account, creds) = self
+            .builder()?
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.settings.directory_url.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| AcmeError::Account(e.to_string()))?;
+        let json = serde_json::to_string(&creds).map_err(|e| AcmeError::Account(e.to_string()))?;
+        self.store.put_value(ACCOUNT_KEY, &json).await?;
+        tracing::info!(account = account.id(), "ACME account created");
+        Ok(account)
+    }
+
+    /// Orders, validates (DNS-01) and stores a new wildcard certificate, then serves it.
+    pub async fn issue(&self) -> Result<CertRecord, AcmeError> {
+        let _one = self.issuing.lock().await;
+        let base = self.settings.base_domain.clone();
+        let names = vec![format!("*.{base}"), base.clone()];
+        let order_err = |m: String| AcmeError::Order {
+            names: names.join(", "),
+            message: m,
+        };
+        let account = self.account().await?;
+        if let Err(e) = self.dns.set_caa_account(account.id()).await {
+            tracing::warn!(error = %e, "could not pin the ACME account in CAA");
+        }
+        let identifiers: Vec<Identifier> =
+            names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .map_err(|e| order_err(e.to_string()))?;
+        // Both names validate at `_acme-challenge.<base>`: collect every value, publish once.
+        let mut values: Vec<(String, String)> = Vec::new();
+        {
+            let mut authorizations = order.authorizations();
+            while let Some(result) = authorizations.next().await {
+                let mut authz = result.map_err(|e| order_err(e.to_string()))?;
+                match authz.status {
+                    AuthorizationStatus::Valid => continue,
+                    AuthorizationStatus::Pending => {}
+                    other => return Err(order_err(format!("authorization is {other:?}"))),
+                }
+                let challenge = authz
+                    .challenge(ChallengeType::Dns01)
+                    .ok_or_else(|| order_err("the CA offers no dns-01 challenge".into()))?;
+                let record = challenge_record_name(&challenge.identifier().to_string());
+                values.push((record, challenge.key_authorization().dns_value()));
+            }
+        }
+        let mut by_record: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (record, value) in &values {
+            by_record
+                .entry(record.clone())
+                .or_default()
+                .push(value.clone());
+        }
+        for (record, vals) in &by_record {
+            self.dns
+                .set_txt(record, vals.clone())
+                .await
+                .map_err(|e| AcmeError::Dns {
+                    record: record.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        let result = self.finish_order(&mut order, &names).await;
+        for record in by_record.keys() {
+            if let Err(e) = self.dns.clear_txt(record).await {
+                tracing::warn!(record, error = %e, "could not clear the DNS-01 record");
+            }
+        }
+        let (cert_chain_pem, key_pem) = result?;
+        let first =
+            pem::parse(&cert_chain_pem).map_err(|e| order_err(format!("certificate PEM: {e}")))?;
+        let record = CertRecord {
+            name: self.wildcard_name(),
+            not_after: x509_not_after(first.contents()).unwrap_or(0),
+            cert_chain_pem,
+            key_pem,
+        };
+        self.resolver.install(&record)?;
+        self.store.put_cert(&record).await?;
+        self.metrics
+            .cert_not_after
+            .with_label_values(&[&record.name])
+            .set(record.not_after as i64);
+        tracing::info!(
+            name = record.name,
+            not_after = record.not_after,
+            "certificate issued"
+        );
+        Ok(record)
+    }
+
+    async fn finish_order(
+        &self,
+        order: &mut instant_acme::Order,
+        names: &[String],
+    ) -> Result<(String, String), AcmeError> {
+        let order_err = |m: String| AcmeError::Order {
+            names: names.join(", "),
+            message: m,
+        };
+        {
+            let mut authorizations = order.authorizations();
+            while let Some(result) = authorizations.next().await {
+                let mut authz = result.map_err(|e| order_err(e.to_string()))?;
+                if authz.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let mut challenge = authz
+                    .challenge(ChallengeType::Dns01)
+                    .ok_or_else(|| order_err("no dns-01 challenge".into()))?;
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| order_err(e.to_string()))?;
+            }
+        }
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| order_err(e.to_string()))?;
+        if status != OrderStatus::Ready {
+            return Err(order_err(format!(
+                "order is {status:?}, not ready (validation failed?)"
+            )));
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| order_err(e.to_string()))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| order_err(e.to_string()))?;
+        Ok((chain, key_pem))
+    }
+
+    /// The stored wildcard certificate, if any.
+    async fn current(&self) -> Option<CertRecord> {
+        let name = self.wildcard_name();
+        self.store
+            .certs()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|c| c.name == name)
+    }
+
+    fn due(&self, rec: &CertRecord, now: u64) -> bool {
+        let not_before = pem::parse(&rec.cert_chain_pem)
+            .ok()
+            .and_then(|p| x509_not_before(p.contents()))
+            .unwrap_or(0);
+        renewal_due(
+            not_before,
+            rec.not_after,
+            now,
+            self.settings.renew_at_fraction,
+        )
+    }
+
+    /// Issues when due (or forced) until shutdown; keeps serving the old certificate on failure.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut forced = false;
+        loop {
+            let now = ratls::verifier::unix_now();
+            let due = forced || self.current().await.is_none_or(|c| self.due(&c, now));
+            let wait = if due {
+                match self.issue().await {
+                    Ok(_) => {
+                        self.metrics.acme_attempts.with_label_values(&["ok"]).inc();
+                        backoff = MIN_BACKOFF;
+                        forced = false;
+                        CHECK_EVERY
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .acme_attempts
+                            .with_label_values(&["failed"])
+                            .inc();
+                        tracing::error!(error = %e, retry_in = ?backoff, "certificate issuance failed; serving the existing certificate");
+                        let w = jittered(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        w
+                    }
+                }
+            } else {
+                CHECK_EVERY
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.force.notified() => forced = true,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_starts_after_the_fraction() {
+        assert!(!renewal_due(0, 90, 59, 0.666));
+        assert!(renewal_due(0, 90, 60, 0.666));
+        assert!(
+            renewal_due(100, 100, 0, 0.666),
+            "a certificate with no lifetime is due"
+        );
+    }
+}
