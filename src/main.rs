@@ -27,6 +27,13 @@ struct Cli {
 enum Command {
     /// Run the gateway (TLS termination, attested routing, registration API).
     Gateway(cmd::gateway::Args),
+    /// Run the KMS (attested key release).
+    Kms(cmd::kms::Args),
+    /// Run the authoritative DNS for the base domain (gateway records, ACME TXT, CAA).
+    Dns(cmd::dns::Args),
+    /// Encrypted environment files for apps.
+    #[command(subcommand)]
+    Env(cmd::env::Command),
     /// Parse and verify a TDX quote.
     Quote(cmd::quote::Args),
     /// RA-TLS certificate tools.
@@ -46,6 +53,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gateway(args) => cmd::gateway::run(args),
+        Command::Kms(args) => cmd::kms::run(args),
+        Command::Dns(args) => cmd::dns::run(args),
+        Command::Env(c) => cmd::env::run(c),
         Command::Quote(args) => cmd::quote::run(args),
         Command::Ratls(c) => cmd::ratls::run(c),
     };

@@ -81,7 +81,7 @@ fn attempts(metrics: &str, result: &str) -> u64 {
 async fn wildcard_certificate_by_dns01_renewal_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (dns_udp, dns_api, _dns_stop) = start_dns(dir.path()).await;
-    let pebble = start_pebble(dir.path(), dns_udp);
+    let pebble = start_pebble(dir.path(), dns_udp, None);
     let root = pebble.issuing_root_pem().await;
     let gw_dir = dir.path().join("gw");
     let ports = GatewayPorts::new();
@@ -149,4 +149,189 @@ async fn unreachable_acme_server_backs_off_and_is_counted() {
         "{}",
         gw.proc.log()
     );
+}
+
+/// Answers 200 for `?domain=shop.example`, 403 for anything else.
+async fn start_ask() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 2048];
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let ok = req.starts_with("GET /ask?domain=shop.example ");
+            let status = if ok { "200 OK" } else { "403 Forbidden" };
+            let _ = tcp
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        }
+    });
+    port
+}
+
+async fn handshake_cert(gw: &Gateway, name: &str, root_pem: &str) -> Result<Vec<u8>, String> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(dev_roots(root_pem))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = tokio::time::timeout(
+        Duration::from_secs(70),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(sni, tcp),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+fn on_demand(metrics: &str, result: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "teegate_on_demand_certificates_total{{result=\"{result}\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domain_gets_an_on_demand_http01_certificate_and_others_get_none() {
+    use hickory_proto::rr::rdata::{A, TXT};
+    use hickory_proto::rr::RData;
+    let dir = tempfile::tempdir().unwrap();
+    let (_teegate_dns, dns_api, _dns_stop) = start_dns(dir.path()).await;
+    let id = identity(b"{\"name\":\"shop\"}", 1);
+    let app = id.app_id.to_hex();
+    let (names_dns, _) = start_test_dns(vec![
+        (
+            "_teegate-app.shop.example.",
+            RData::TXT(TXT::new(vec![app.clone()])),
+        ),
+        ("shop.example.", RData::A(A::new(127, 0, 0, 1))),
+        (
+            "_teegate-app.ghost.example.",
+            RData::TXT(TXT::new(vec!["ee".repeat(20)])),
+        ),
+        ("ghost.example.", RData::A(A::new(127, 0, 0, 1))),
+        ("plain.example.", RData::A(A::new(127, 0, 0, 1))),
+        (
+            "_teegate-app.refused.example.",
+            RData::TXT(TXT::new(vec![app.clone()])),
+        ),
+        ("refused.example.", RData::A(A::new(127, 0, 0, 1))),
+    ])
+    .await;
+    let ask = start_ask().await;
+    let ports = GatewayPorts::new();
+    let pebble = start_pebble(dir.path(), names_dns, Some(ports.http));
+    let root = pebble.issuing_root_pem().await;
+    // The wildcard is already in the store, so only the custom domain is ordered.
+    let gw_dir = dir.path().join("gw");
+    {
+        use gateway::store::Store;
+        let ca = gateway::certs::DevCa::load_or_create(&gw_dir).unwrap();
+        let store = gateway::store::EmbeddedStore::open(&gw_dir).unwrap();
+        store
+            .put_cert(&ca.issue_wildcard(BASE).unwrap())
+            .await
+            .unwrap();
+    }
+    let extra = format!(
+        "{}[custom_domains]\nenabled = true\nnameservers = [\"{names_dns}\"]\nallow_internal_addresses = true\nask_url = \"http://127.0.0.1:{ask}/ask\"\n",
+        acme_gateway_config(&pebble, dns_api)
+    );
+    let gw = start_gateway_in(&gw_dir, ports, &extra);
+    let cert = ratls_cert(&id);
+    let front = start_front(&cert, "shop-instance").await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front.addr, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let leaf = handshake_cert(&gw, "shop.example", &root)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc.log()));
+    let names = x509_names(&leaf);
+    assert_eq!(names, vec!["shop.example".to_string()]);
+    let body = client_with_root(&gw, &root, "shop.example")
+        .get("https://shop.example/through")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("instance=shop-instance") && body.contains("path=/through"),
+        "{body}"
+    );
+
+    for name in ["ghost.example", "plain.example", "refused.example"] {
+        assert!(
+            handshake_cert(&gw, name, &root).await.is_err(),
+            "{name} must get no certificate"
+        );
+    }
+    let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert_eq!(on_demand(&m, "issued"), 1, "{m}");
+    assert_eq!(on_demand(&m, "unknown-app"), 1, "{m}");
+    assert_eq!(on_demand(&m, "no-valid-record"), 1, "{m}");
+    assert_eq!(on_demand(&m, "ask-refused"), 1, "{m}");
+    // A failed name is refused from the cache, without asking again.
+    assert!(handshake_cert(&gw, "ghost.example", &root).await.is_err());
+    let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert_eq!(on_demand(&m, "recently-failed"), 1, "{m}");
+}
+
+fn x509_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    cert.subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn client_with_root(gw: &Gateway, root_pem: &str, host: &str) -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(dev_roots(root_pem))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve(host, gw.https_addr())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }

@@ -568,66 +568,13 @@ async fn curl_reaches_the_app_through_the_gateway() {
     assert!(body.contains("path=/from-curl"), "{body}");
 }
 
-/// A tiny authoritative DNS responder for the custom-domain test: fixed answers, every
-/// question recorded.
-async fn start_dns(
-    answers: Vec<(&'static str, hickory_proto::rr::RData)>,
-) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    use hickory_proto::op::{Message, OpCode, ResponseCode};
-    use hickory_proto::rr::{Name, Record};
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut resp = Message::response(q.metadata.id, OpCode::Query);
-            resp.metadata.authoritative = true;
-            let mut known_name = false;
-            for query in &q.queries {
-                let name = query.name().to_ascii().to_ascii_lowercase();
-                log.lock()
-                    .unwrap()
-                    .push(format!("{name} {:?}", query.query_type()));
-                for (n, rdata) in &answers {
-                    if *n == name {
-                        known_name = true;
-                        if rdata.record_type() == query.query_type() {
-                            resp.add_answer(Record::from_rdata(
-                                Name::from_ascii(n).unwrap(),
-                                60,
-                                rdata.clone(),
-                            ));
-                        }
-                    }
-                }
-                resp.add_query(query.clone());
-            }
-            if !known_name {
-                resp.metadata.response_code = ResponseCode::NXDomain;
-            }
-            if let Ok(bytes) = resp.to_vec() {
-                let _ = sock.send_to(&bytes, peer).await;
-            }
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names() {
     use hickory_proto::rr::rdata::{A, TXT};
     use hickory_proto::rr::RData;
     let id = identity(COMPOSE, 1);
     let app = id.app_id.to_hex();
-    let (dns, seen) = start_dns(vec![
+    let (dns, seen) = start_test_dns(vec![
         (
             "_teegate-app.shop.example.",
             RData::TXT(TXT::new(vec![format!("{app}:8080")])),

@@ -49,6 +49,10 @@ pub struct DnsConfig {
     /// ACME account URI pinned in the CAA record (`accounturi=`).
     #[serde(default)]
     pub caa_account_uri: Option<HttpUrl>,
+    /// The CA's issuer domain named in the CAA records (`issue "<caa_issuer>; accounturi=…"`;
+    /// default `letsencrypt.org`).
+    #[serde(default = "default_caa_issuer")]
+    pub caa_issuer: DnsName,
 }
 
 fn default_listen() -> SocketAddr {
@@ -56,6 +60,9 @@ fn default_listen() -> SocketAddr {
 }
 fn default_ttl_secs() -> u32 {
     60
+}
+fn default_caa_issuer() -> DnsName {
+    DnsName::parse("letsencrypt.org").expect("a valid constant name")
 }
 
 impl Component for DnsConfig {
@@ -95,6 +102,15 @@ impl Validate for DnsConfig {
         self.api.validate(&key(at, "api"))?;
         if let Some(uri) = &self.caa_account_uri {
             check(at, "caa_account_uri", uri.require_https())?;
+        }
+        if !self.caa_issuer.as_str().contains('.') {
+            return Err(ConfigError::invalid(
+                key(at, "caa_issuer"),
+                format!(
+                    "{:?} is not an issuer domain (e.g. \"letsencrypt.org\")",
+                    self.caa_issuer.as_str()
+                ),
+            ));
         }
         Ok(())
     }

@@ -421,6 +421,11 @@ pub struct CustomDomainsConfig {
     pub max_cached: u32,
     /// DNS servers asked for `_teegate-app` TXT records (default: the system resolver).
     pub nameservers: Vec<SocketAddr>,
+    /// Accept custom domains whose addresses are loopback or private (development and
+    /// tests only; default false).
+    pub allow_internal_addresses: bool,
+    /// Most on-demand certificate orders per hour, across all names (default 20).
+    pub max_orders_per_hour: u32,
 }
 
 impl Default for CustomDomainsConfig {
@@ -432,6 +437,8 @@ impl Default for CustomDomainsConfig {
             txt_cache_secs: 300,
             max_cached: 10_000,
             nameservers: Vec::new(),
+            allow_internal_addresses: false,
+            max_orders_per_hour: 20,
         }
     }
 }
@@ -442,6 +449,12 @@ impl Validate for CustomDomainsConfig {
             check(at, "ask_url", url.require_https_or_loopback())?;
         }
         in_range(at, "txt_cache_secs", self.txt_cache_secs, 1..=86_400)?;
+        in_range(
+            at,
+            "max_orders_per_hour",
+            self.max_orders_per_hour,
+            1..=10_000,
+        )?;
         in_range(at, "max_cached", self.max_cached, 1..=10_000_000)
     }
 }

@@ -31,6 +31,17 @@ fn defaults_are_computed_from_base_domain() {
     assert_eq!(cfg.api.listen, "127.0.0.1:8053".parse().unwrap());
     assert!(cfg.api.token.is_none());
     assert!(cfg.caa_account_uri.is_none());
+    assert_eq!(cfg.caa_issuer.as_str(), "letsencrypt.org");
+}
+
+#[test]
+fn caa_issuer_is_configurable_and_checked() {
+    let cfg: DnsConfig = parse(&with("caa_issuer = \"pebble.example\"")).unwrap();
+    assert_eq!(cfg.caa_issuer.as_str(), "pebble.example");
+    let e = error::<DnsConfig>(&with("caa_issuer = \"localhost\""));
+    assert_contains(&e, &["dns.caa_issuer", "not an issuer domain"]);
+    let e = error::<DnsConfig>(&with("caa_issuer = \"Lets Encrypt\""));
+    assert_contains(&e, &["dns.caa_issuer"]);
 }
 
 #[test]

@@ -60,6 +60,46 @@ pub struct Acme {
     force: Notify,
 }
 
+/// How an order's challenges are answered.
+#[derive(Clone, Copy)]
+enum Solver<'a> {
+    Dns01,
+    Http01(&'a Http01Tokens),
+}
+
+/// HTTP-01 tokens being answered on port 80: token → key authorisation. Bounded.
+#[derive(Default)]
+pub struct Http01Tokens {
+    map: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Http01Tokens {
+    const MAX: usize = 1024;
+
+    fn put(&self, token: &str, key_auth: &str) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() < Self::MAX {
+            m.insert(token.to_string(), key_auth.to_string());
+        }
+    }
+
+    fn remove(&self, token: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    /// The key authorisation for `/.well-known/acme-challenge/<token>`.
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` should be renewed at `now`.
 pub fn renewal_due(not_before: u64, not_after: u64, now: u64, fraction: f64) -> bool {
     if not_after <= not_before {
@@ -142,9 +182,29 @@ impl Acme {
 
     /// Orders, validates (DNS-01) and stores a new wildcard certificate, then serves it.
     pub async fn issue(&self) -> Result<CertRecord, AcmeError> {
-        let _one = self.issuing.lock().await;
         let base = self.settings.base_domain.clone();
-        let names = vec![format!("*.{base}"), base.clone()];
+        let names = vec![format!("*.{base}"), base];
+        self.order(&self.wildcard_name(), &names, Solver::Dns01)
+            .await
+    }
+
+    /// A certificate for one custom domain by HTTP-01 (answered on the gateway's port 80).
+    pub async fn issue_http01(
+        &self,
+        name: &str,
+        tokens: &Http01Tokens,
+    ) -> Result<CertRecord, AcmeError> {
+        self.order(name, &[name.to_string()], Solver::Http01(tokens))
+            .await
+    }
+
+    async fn order(
+        &self,
+        store_name: &str,
+        names: &[String],
+        solver: Solver<'_>,
+    ) -> Result<CertRecord, AcmeError> {
+        let _one = self.issuing.lock().await;
         let order_err = |m: String| AcmeError::Order {
             names: names.join(", "),
             message: m,
@@ -159,8 +219,14 @@ impl Acme {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(|e| order_err(e.to_string()))?;
-        // Both names validate at `_acme-challenge.<base>`: collect every value, publish once.
-        let mut values: Vec<(String, String)> = Vec::new();
+        let kind = match solver {
+            Solver::Dns01 => ChallengeType::Dns01,
+            Solver::Http01(_) => ChallengeType::Http01,
+        };
+        // DNS-01: both names validate at `_acme-challenge.<base>`; collect every value and
+        // publish once. HTTP-01: token → key authorisation, served on port 80.
+        let mut txt: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut http_tokens = Vec::new();
         {
             let mut authorizations = order.authorizations();
             while let Some(result) = authorizations.next().await {
@@ -171,39 +237,52 @@ impl Acme {
                     other => return Err(order_err(format!("authorization is {other:?}"))),
                 }
                 let challenge = authz
-                    .challenge(ChallengeType::Dns01)
-                    .ok_or_else(|| order_err("the CA offers no dns-01 challenge".into()))?;
-                let record = challenge_record_name(&challenge.identifier().to_string());
-                values.push((record, challenge.key_authorization().dns_value()));
+                    .challenge(kind.clone())
+                    .ok_or_else(|| order_err(format!("the CA offers no {kind:?} challenge")))?;
+                match solver {
+                    Solver::Dns01 => {
+                        let record = challenge_record_name(&challenge.identifier().to_string());
+                        txt.entry(record)
+                            .or_default()
+                            .push(challenge.key_authorization().dns_value());
+                    }
+                    Solver::Http01(tokens) => {
+                        let token = challenge.token.clone();
+                        tokens.put(&token, challenge.key_authorization().as_str());
+                        http_tokens.push(token);
+                    }
+                }
             }
         }
-        let mut by_record: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for (record, value) in &values {
-            by_record
-                .entry(record.clone())
-                .or_default()
-                .push(value.clone());
-        }
-        for (record, vals) in &by_record {
-            self.dns
-                .set_txt(record, vals.clone())
-                .await
-                .map_err(|e| AcmeError::Dns {
+        let mut published = Ok(());
+        for (record, vals) in &txt {
+            if let Err(e) = self.dns.set_txt(record, vals.clone()).await {
+                published = Err(AcmeError::Dns {
                     record: record.clone(),
                     message: e.to_string(),
-                })?;
+                });
+                break;
+            }
         }
-        let result = self.finish_order(&mut order, &names).await;
-        for record in by_record.keys() {
+        let result = match published {
+            Ok(()) => self.finish_order(&mut order, names, kind).await,
+            Err(e) => Err(e),
+        };
+        for record in txt.keys() {
             if let Err(e) = self.dns.clear_txt(record).await {
                 tracing::warn!(record, error = %e, "could not clear the DNS-01 record");
+            }
+        }
+        if let Solver::Http01(tokens) = solver {
+            for t in &http_tokens {
+                tokens.remove(t);
             }
         }
         let (cert_chain_pem, key_pem) = result?;
         let first =
             pem::parse(&cert_chain_pem).map_err(|e| order_err(format!("certificate PEM: {e}")))?;
         let record = CertRecord {
-            name: self.wildcard_name(),
+            name: store_name.to_string(),
             not_after: x509_not_after(first.contents()).unwrap_or(0),
             cert_chain_pem,
             key_pem,
@@ -226,6 +305,7 @@ impl Acme {
         &self,
         order: &mut instant_acme::Order,
         names: &[String],
+        kind: ChallengeType,
     ) -> Result<(String, String), AcmeError> {
         let order_err = |m: String| AcmeError::Order {
             names: names.join(", "),
@@ -239,8 +319,8 @@ impl Acme {
                     continue;
                 }
                 let mut challenge = authz
-                    .challenge(ChallengeType::Dns01)
-                    .ok_or_else(|| order_err("no dns-01 challenge".into()))?;
+                    .challenge(kind.clone())
+                    .ok_or_else(|| order_err(format!("no {kind:?} challenge")))?;
                 challenge
                     .set_ready()
                     .await

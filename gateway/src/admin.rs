@@ -121,7 +121,23 @@ impl Admin {
 }
 
 /// Port 80: send every request to the same host and path over HTTPS.
-pub async fn redirect(req: Request<Incoming>, _peer: Peer, https_port: u16) -> Response<Body> {
+pub async fn redirect(
+    req: Request<Incoming>,
+    _peer: Peer,
+    https_port: u16,
+    tokens: Arc<crate::acme::Http01Tokens>,
+) -> Response<Body> {
+    // HTTP-01 challenges for on-demand custom-domain certificates are answered here.
+    if let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+    {
+        return match tokens.get(token) {
+            Some(key_auth) => text(StatusCode::OK, "application/octet-stream", key_auth),
+            None => error(StatusCode::NOT_FOUND, "no such challenge"),
+        };
+    }
     let host = req
         .headers()
         .get(http::header::HOST)

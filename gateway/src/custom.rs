@@ -42,6 +42,7 @@ pub struct CustomDomains {
     cache: DashMap<String, Cached>,
     ttl: Duration,
     max: usize,
+    allow_internal: bool,
 }
 
 /// Loopback, private, link-local, unspecified, CGNAT and unique-local addresses.
@@ -114,6 +115,7 @@ impl CustomDomains {
             cache: DashMap::new(),
             ttl: Duration::from_secs(cfg.txt_cache_secs),
             max: cfg.max_cached as usize,
+            allow_internal: cfg.allow_internal_addresses,
         })
     }
 
@@ -216,7 +218,10 @@ impl CustomDomains {
             .lookup_ip(format!("{host}.").as_str())
             .await
             .map_err(|e| lookup_err(&e))?;
-        if let Some(addr) = ips.iter().find(|ip| is_internal(*ip)) {
+        if let Some(addr) = ips
+            .iter()
+            .find(|ip| !self.allow_internal && is_internal(*ip))
+        {
             return Err(CustomError::PrivateAddress {
                 name: host.to_string(),
                 addr,

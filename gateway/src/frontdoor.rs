@@ -24,6 +24,8 @@ use crate::registry::{Balance, Registry};
 /// TLS record header: type, version, length.
 const RECORD_HEADER: usize = 5;
 const HANDSHAKE: u8 = 0x16;
+/// Longest a handshake waits for an on-demand certificate.
+const ON_DEMAND_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum HelloError {
@@ -131,6 +133,8 @@ pub struct FrontDoor {
     pub connections: Arc<Semaphore>,
     /// Most passthrough connections (and proxied requests) open to one app at once.
     pub max_per_app: u32,
+    /// On-demand certificates for custom domains, when enabled.
+    pub on_demand: Option<Arc<crate::ondemand::OnDemand>>,
 }
 
 struct Gauge<'a>(&'a Metrics);
@@ -232,6 +236,17 @@ impl ServerApp for FrontDoor {
                 return None;
             }
         };
+        if let (Some(od), Some(name)) = (&self.on_demand, sni.as_deref()) {
+            if matches!(
+                names::parse(name, &self.base_domain),
+                Err(names::NameError::NotOurDomain)
+            ) {
+                if let Ok(name) = names::normalize_host(name) {
+                    // Bounded: a slow CA must not hold connections open forever.
+                    let _ = tokio::time::timeout(ON_DEMAND_WAIT, od.ensure(&name)).await;
+                }
+            }
+        }
         let handshake = pingora_core::protocols::tls::server::handshake(&self.acceptor, l4);
         let tls = match tokio::time::timeout(self.hello_timeout, handshake).await {
             Ok(Ok(tls)) => tls,

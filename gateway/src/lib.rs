@@ -35,6 +35,8 @@ mod http_util;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod ondemand;
+#[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]
 pub mod proxy;

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub registrations: IntCounterVec,
     pub passthrough: IntCounterVec,
     pub acme_attempts: IntCounterVec,
+    pub on_demand: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -97,7 +98,14 @@ impl Metrics {
             "Certificate issuance attempts by result",
             &["result"],
         );
+        let on_demand = counter(
+            &registry,
+            "teegate_on_demand_certificates_total",
+            "On-demand certificate decisions for custom domains by result",
+            &["result"],
+        );
         Self {
+            on_demand,
             acme_attempts,
             registry,
             requests,

@@ -16,12 +16,13 @@ use ratls::CachingVerifier;
 use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 
-use crate::acme::{Acme, AcmeSettings};
+use crate::acme::{Acme, AcmeSettings, Http01Tokens};
 use crate::admin::{self, Admin};
 use crate::certs::{self, CertResolver, DevCa};
 use crate::custom::CustomDomains;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::Metrics;
+use crate::ondemand::OnDemand;
 use crate::proxy::{GatewayProxy, ProxySettings};
 use crate::registration::Registrar;
 use crate::registry::{Balance, Registry};
@@ -322,78 +323,6 @@ pub fn run(
         max_header_bytes: cfg.limits.max_header_bytes as usize,
         max_in_flight_per_app: cfg.limits.max_connections_per_app,
     };
-    let custom = if cfg.custom_domains.enabled {
-        Some(Arc::new(
-            CustomDomains::new(&cfg.custom_domains).map_err(GatewayError::Config)?,
-        ))
-    } else {
-        None
-    };
-    let proxy = Arc::new(pingora_proxy::http_proxy(
-        &conf,
-        GatewayProxy {
-            registry: registry.clone(),
-            metrics: metrics.clone(),
-            settings: settings.clone(),
-            custom,
-        },
-    ));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| GatewayError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
-    let front = FrontDoor {
-        proxy,
-        acceptor,
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        base_domain: base.clone(),
-        balance: settings.balance,
-        hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
-        hello_max: cfg.limits.client_hello_max_bytes as usize,
-        idle_timeout: settings.idle_timeout,
-        connect_timeout: settings.connect_timeout,
-        connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
-        max_per_app: cfg.limits.max_connections_per_app,
-    };
-    let mut https = Service::new("teegate https".to_string(), front);
-    https.add_tcp(&https_addr.to_string());
-    https.threads = Some(usize::from(cfg.workers));
-    server.add_service(https);
-
-    let check = RaTlsCheck::new(verifier.clone(), ChainTrust::SelfSigned, provider.clone());
-    let reg_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| GatewayError::Config(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(check.clone())))
-        .with_cert_resolver(resolver.clone());
-    let registrar = Arc::new(Registrar {
-        check,
-        verifier: verifier.clone(),
-        registry: registry.clone(),
-        store: store.clone(),
-        metrics: metrics.clone(),
-        lease: Duration::from_secs(cfg.registration.lease_secs),
-        allow_loopback: cfg.registration.allow_loopback,
-    });
-    if cfg.registration.allow_loopback {
-        tracing::warn!("registration.allow_loopback = true: instances on loopback addresses are accepted (development only)");
-    }
-    let reg_handler: Handler =
-        Arc::new(move |req, peer| Box::pin(registrar.clone().handle(req, peer)));
-    server.add_service(GenBackgroundService::new(
-        "teegate registration".into(),
-        Arc::new(HttpListener {
-            name: "registration",
-            listener: std::sync::Mutex::new(Some(registration_listener)),
-            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(reg_tls))),
-            handler: reg_handler,
-        }),
-    ));
-
     let acme = match cfg.tls.mode {
         TlsMode::Acme => {
             let Some(url) = &cfg.tls.acme.dns_api_url else {
@@ -432,6 +361,97 @@ pub fn run(
         }
         _ => None,
     };
+    let custom = if cfg.custom_domains.enabled {
+        Some(Arc::new(
+            CustomDomains::new(&cfg.custom_domains).map_err(GatewayError::Config)?,
+        ))
+    } else {
+        None
+    };
+    let proxy = Arc::new(pingora_proxy::http_proxy(
+        &conf,
+        GatewayProxy {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            settings: settings.clone(),
+            custom: custom.clone(),
+        },
+    ));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| GatewayError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
+    let tokens = Arc::new(Http01Tokens::default());
+    let on_demand = match (&acme, &custom) {
+        (Some(acme), Some(custom)) => Some(Arc::new(OnDemand::new(
+            acme.clone(),
+            custom.clone(),
+            resolver.clone(),
+            registry.clone(),
+            metrics.clone(),
+            tokens.clone(),
+            cfg.custom_domains.ask_url.as_ref().map(|u| u.to_string()),
+            cfg.custom_domains.max_orders_per_hour as usize,
+        ))),
+        (None, Some(_)) => {
+            tracing::warn!("custom domains are enabled but tls.mode is not \"acme\": certificates for them must be installed by hand");
+            None
+        }
+        _ => None,
+    };
+    let front = FrontDoor {
+        proxy,
+        acceptor,
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        base_domain: base.clone(),
+        balance: settings.balance,
+        hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
+        hello_max: cfg.limits.client_hello_max_bytes as usize,
+        idle_timeout: settings.idle_timeout,
+        connect_timeout: settings.connect_timeout,
+        connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+        max_per_app: cfg.limits.max_connections_per_app,
+        on_demand,
+    };
+    let mut https = Service::new("teegate https".to_string(), front);
+    https.add_tcp(&https_addr.to_string());
+    https.threads = Some(usize::from(cfg.workers));
+    server.add_service(https);
+
+    let check = RaTlsCheck::new(verifier.clone(), ChainTrust::SelfSigned, provider.clone());
+    let reg_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| GatewayError::Config(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(check.clone())))
+        .with_cert_resolver(resolver.clone());
+    let registrar = Arc::new(Registrar {
+        check,
+        verifier: verifier.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        lease: Duration::from_secs(cfg.registration.lease_secs),
+        allow_loopback: cfg.registration.allow_loopback,
+    });
+    if cfg.registration.allow_loopback {
+        tracing::warn!("registration.allow_loopback = true: instances on loopback addresses are accepted (development only)");
+    }
+    let reg_handler: Handler =
+        Arc::new(move |req, peer| Box::pin(registrar.clone().handle(req, peer)));
+    server.add_service(GenBackgroundService::new(
+        "teegate registration".into(),
+        Arc::new(HttpListener {
+            name: "registration",
+            listener: std::sync::Mutex::new(Some(registration_listener)),
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(reg_tls))),
+            handler: reg_handler,
+        }),
+    ));
+
     let admin = Arc::new(Admin {
         acme,
         token: cfg.admin_token.as_ref().map(|t| t.expose().to_string()),
@@ -452,7 +472,7 @@ pub fn run(
     ));
     let https_port = https_addr.port();
     let redirect_handler: Handler =
-        Arc::new(move |req, peer| Box::pin(admin::redirect(req, peer, https_port)));
+        Arc::new(move |req, peer| Box::pin(admin::redirect(req, peer, https_port, tokens.clone())));
     server.add_service(GenBackgroundService::new(
         "teegate http redirect".into(),
         Arc::new(HttpListener {

@@ -2,8 +2,27 @@
 //!
 //! Measures the app into RTMR3, fetches its keys from the KMS over mutual RA-TLS, runs
 //! its containers through the Docker Engine API, serves the guest API on a Unix socket
-//! and the RA-TLS front, and registers with the gateways. Built in its own issue; this
-//! crate holds its place in the workspace until then.
+//! and the RA-TLS front, and registers with the gateways.
+//!
+//! ```text
+//! app-compose.json ──▶ compose::LoadedAppCompose ── ComposeHash, AppId
+//!                        │ docker_compose (YAML, env-interpolated)
+//!                        ▼
+//!                      compose::ComposeSpec ──▶ containers::ContainerManager ──▶ Docker (bollard)
+//!                                                 up / watch / logs / endpoints / down
+//!                                                 │ service → container port → 127.0.0.1:port
+//!                                                 ▼
+//!                      front (RA-TLS, SNI → exposed port) ◀── register (gateways, heartbeat)
+//!                      guest_api (Unix socket for the containers)
+//! ```
+//!
+//! - [`compose`]: the `app-compose.json` format, the compose hash and app id, and the
+//!   supported docker compose subset ([`compose::spec`]).
+//! - [`containers`]: the container manager (network, volumes, images, containers in
+//!   dependency order, adoption by label, restart watcher, logs, teardown).
 
+pub mod compose;
+pub mod containers;
 pub mod front;
+pub mod guest_api;
 pub mod register;

@@ -1,4 +1,7 @@
+pub mod dns;
+pub mod env;
 pub mod gateway;
+pub mod kms;
 pub mod quote;
 pub mod ratls;
 mod verifier;

@@ -589,7 +589,7 @@ impl Pebble {
 }
 
 /// Starts Pebble (Debian package `pebble`) resolving challenges through `dns`.
-pub fn start_pebble(dir: &Path, dns: SocketAddr) -> Pebble {
+pub fn start_pebble(dir: &Path, dns: SocketAddr, http01_port: Option<u16>) -> Pebble {
     let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -617,7 +617,7 @@ pub fn start_pebble(dir: &Path, dns: SocketAddr) -> Pebble {
         "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
         "certificate": pdir.join("cert.pem"),
         "privateKey": pdir.join("key.pem"),
-        "httpPort": free_port(),
+        "httpPort": http01_port.unwrap_or_else(free_port),
         "tlsPort": free_port(),
         "ocspResponderURL": "",
         "externalAccountBindingRequired": false
@@ -654,4 +654,57 @@ pub fn start_pebble(dir: &Path, dns: SocketAddr) -> Pebble {
         mgmt_port,
         https_ca,
     }
+}
+
+/// A tiny DNS responder with fixed answers (for names outside teegate's zone); every
+/// question is recorded.
+pub async fn start_test_dns(
+    answers: Vec<(&'static str, hickory_proto::rr::RData)>,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+    use hickory_proto::rr::{Name, Record};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::response(q.metadata.id, OpCode::Query);
+            resp.metadata.authoritative = true;
+            let mut known_name = false;
+            for query in &q.queries {
+                let name = query.name().to_ascii().to_ascii_lowercase();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{name} {:?}", query.query_type()));
+                for (n, rdata) in &answers {
+                    if *n == name {
+                        known_name = true;
+                        if rdata.record_type() == query.query_type() {
+                            resp.add_answer(Record::from_rdata(
+                                Name::from_ascii(n).unwrap(),
+                                60,
+                                rdata.clone(),
+                            ));
+                        }
+                    }
+                }
+                resp.add_query(query.clone());
+            }
+            if !known_name {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+            }
+            if let Ok(bytes) = resp.to_vec() {
+                let _ = sock.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    (addr, seen)
 }
