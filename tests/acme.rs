@@ -335,3 +335,60 @@ fn client_with_root(gw: &Gateway, root_pem: &str, host: &str) -> reqwest::Client
         .build()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_challenge_is_counted_and_the_existing_certificate_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_teegate_dns, dns_api, _dns_stop) = start_dns(dir.path()).await;
+    // Pebble asks a DNS server that never has the challenge record: validation fails.
+    let (wrong_dns, _) = start_test_dns(vec![]).await;
+    let pebble = start_pebble(dir.path(), wrong_dns, None);
+    let gw_dir = dir.path().join("gw");
+    let existing = {
+        use gateway::store::Store;
+        let ca = gateway::certs::DevCa::load_or_create(&gw_dir).unwrap();
+        let store = gateway::store::EmbeddedStore::open(&gw_dir).unwrap();
+        let rec = ca.issue_wildcard(BASE).unwrap();
+        store.put_cert(&rec).await.unwrap();
+        pem::parse(&rec.cert_chain_pem).unwrap().into_contents()
+    };
+    let gw = start_gateway_in(
+        &gw_dir,
+        GatewayPorts::new(),
+        &acme_gateway_config(&pebble, dns_api),
+    );
+    let dev_ca = gw.dev_ca_pem();
+    assert_eq!(
+        served_cert(&gw, &dev_ca, Duration::from_secs(10)).await,
+        existing
+    );
+    let (s, _) = http_post_admin(gw.ports.admin, "/v1/acme/renew").await;
+    assert_eq!(s, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+        if attempts(&m, "failed") >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed renewal not counted:\n{m}\n{}",
+            gw.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = gw.proc.log();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("certificate issuance failed"))
+        .unwrap_or_default()
+        .to_string();
+    // The order itself failed (validation), not the account or the DNS API.
+    assert!(failure.contains("ACME order"), "{log}");
+    eprintln!("{failure}");
+    assert_eq!(
+        served_cert(&gw, &dev_ca, Duration::from_secs(10)).await,
+        existing,
+        "the old certificate still serves"
+    );
+}
