@@ -34,6 +34,8 @@ enum Command {
     /// Encrypted environment files for apps.
     #[command(subcommand)]
     Env(cmd::env::Command),
+    /// Run the guest sidecar in a CVM (measure, fetch keys, run containers, serve, register).
+    Sidecar(cmd::sidecar::Args),
     /// Parse and verify a TDX quote.
     Quote(cmd::quote::Args),
     /// RA-TLS certificate tools.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Kms(args) => cmd::kms::run(args),
         Command::Dns(args) => cmd::dns::run(args),
         Command::Env(c) => cmd::env::run(c),
+        Command::Sidecar(args) => cmd::sidecar::run(args),
         Command::Quote(args) => cmd::quote::run(args),
         Command::Ratls(c) => cmd::ratls::run(c),
     };

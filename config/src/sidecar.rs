@@ -57,6 +57,17 @@ pub struct SidecarConfig {
     /// State directory (default `/var/lib/teegate/sidecar`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The KMS root CA (PEM) to pin. Without it the first KMS contact is trusted on its
+    /// verified attestation alone (the root it presents is then remembered).
+    #[serde(default)]
+    pub kms_root_ca: Option<PathBuf>,
+    /// CA certificates (PEM) for the gateways' registration listeners, in addition to the
+    /// public web roots (a development gateway's self-signed CA, for one).
+    #[serde(default)]
+    pub gateway_ca: Option<PathBuf>,
+    /// DNS names in the instance's RA-TLS certificate (default `<app-id>.teegate.internal`).
+    #[serde(default)]
+    pub cert_names: Vec<String>,
 }
 
 fn default_socket_path() -> PathBuf {

@@ -22,7 +22,7 @@ pub mod names;
 pub mod acme;
 #[cfg(feature = "server")]
 mod admin;
-#[cfg(feature = "server")]
+#[cfg(feature = "attest")]
 pub mod attest;
 #[cfg(feature = "server")]
 pub mod certs;

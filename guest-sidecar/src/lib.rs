@@ -21,6 +21,7 @@
 //! - [`containers`]: the container manager (network, volumes, images, containers in
 //!   dependency order, adoption by label, restart watcher, logs, teardown).
 
+pub mod boot;
 pub mod compose;
 pub mod containers;
 pub mod front;

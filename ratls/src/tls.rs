@@ -21,8 +21,9 @@ use crate::verifier::VerifiedAttestation;
 /// How the certificate chain itself is trusted, before the attestation is checked.
 #[derive(Clone)]
 pub enum ChainTrust {
-    /// Self-signed RA-TLS certificates: the certificate's own key checks its signature,
-    /// and the quote's key binding is what makes the key trustworthy.
+    /// The certificate's own chain: a self-signed RA-TLS certificate checks its own
+    /// signature, a CA-signed one checks against the top certificate it presents. The
+    /// quote's key binding is what makes the key trustworthy; pin a root with `Roots`.
     SelfSigned,
     /// Certificates must chain to one of these roots (e.g. the KMS root CA).
     Roots(Arc<Vec<TrustAnchor<'static>>>),
@@ -119,7 +120,11 @@ impl RaTlsCheck {
         let anchors: &[TrustAnchor<'_>] = match &self.trust {
             ChainTrust::Roots(roots) => roots,
             ChainTrust::SelfSigned => {
-                self_anchor = [webpki::anchor_from_trusted_cert(end_entity).map_err(chain_error)?];
+                // The chain's own top: the leaf when self-signed, else the last issuer it
+                // presents (an app CA). Internal consistency only; trust comes from the
+                // quote's key binding.
+                let top = intermediates.last().unwrap_or(end_entity);
+                self_anchor = [webpki::anchor_from_trusted_cert(top).map_err(chain_error)?];
                 &self_anchor
             }
         };

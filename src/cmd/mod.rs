@@ -4,4 +4,5 @@ pub mod gateway;
 pub mod kms;
 pub mod quote;
 pub mod ratls;
+pub mod sidecar;
 mod verifier;

@@ -1,0 +1,407 @@
+//! The boot flow, step by step; each failure stops the boot and names its step.
+//!
+//! ```text
+//! compose  read app-compose.json → compose hash, app id
+//! measure  RTMR3 ← compose-hash, app-id, instance-id, key-provider (configfs-tsm or simulated)
+//! kms      mutual RA-TLS to the KMS → app CA, disk key, env key, app/<path> keys
+//! env      decrypt the encrypted environment (allowed names only)
+//! containers  create / adopt the compose's containers on Docker
+//! serve    RA-TLS front (cert signed by the app CA) + guest API socket
+//! register with every gateway, renewed on a heartbeat
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use config::SidecarConfig;
+use ratls::cert::{issue, CertAuthority, CertProfile, Identity};
+use ratls::eventlog::names;
+use ratls::provider::{Measurer, QuoteProvider, SimulatedProvider, TsmProvider};
+use ratls::{CachingVerifier, InstanceId};
+use sha2::Digest;
+use tokio::sync::watch;
+
+use crate::compose::{ComposeOptions, KeyProvider, LoadedAppCompose};
+use crate::containers::{connect_docker, AppDeployment, ContainerManager, ManagerConfig};
+use crate::front::{self, CertSlot, FrontLimits, FrontResolver, Routes};
+use crate::guest_api::{self, GuestState, KeySource};
+use crate::register::{GatewayTarget, Registrar, Registration};
+
+#[derive(Debug, thiserror::Error)]
+#[error("boot step {step}: {message}")]
+pub struct BootError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+fn step(step: &'static str) -> impl Fn(String) -> BootError {
+    move |message| BootError { step, message }
+}
+
+/// Keys under the app's KMS-released key material.
+struct DerivedKeys(kms::secret::SecretBytes);
+
+impl KeySource for DerivedKeys {
+    fn derive(&self, path: &str, purpose: &str) -> [u8; 32] {
+        // HMAC-like domain separation: the disk key never leaves the sidecar as such.
+        let mut h = sha2::Sha256::new();
+        h.update(b"teegate-guest-key\0");
+        h.update(self.0.expose());
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update(purpose.as_bytes());
+        h.finalize().into()
+    }
+}
+
+/// A booted instance: what it serves, and how to stop it.
+pub struct Running {
+    pub identity: Identity,
+    pub front_addr: SocketAddr,
+    pub socket_path: std::path::PathBuf,
+    pub containers: Option<ContainerManager>,
+    stop: watch::Sender<bool>,
+    /// What registrations send; a certificate rotation updates it.
+    registration: watch::Sender<Registration>,
+}
+
+impl Running {
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// What the sidecar sends gateways when it registers.
+    pub fn registration(&self) -> Registration {
+        self.registration.borrow().clone()
+    }
+}
+
+fn instance_id(data_dir: &Path) -> Result<InstanceId, BootError> {
+    let err = step("measure");
+    std::fs::create_dir_all(data_dir).map_err(|e| err(format!("{}: {e}", data_dir.display())))?;
+    let path = data_dir.join("instance-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = text.trim().parse::<InstanceId>() {
+            return Ok(id);
+        }
+    }
+    let id = InstanceId(rand::random());
+    std::fs::write(&path, id.to_hex()).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    Ok(id)
+}
+
+/// `KEY=VALUE` lines (comments and blank lines skipped, optional double quotes).
+pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected KEY=VALUE", n + 1))?;
+        let k = k.trim();
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("line {}: bad name {k:?}", n + 1));
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn pem_certs(text: &str) -> Vec<Vec<u8>> {
+    pem::parse_many(text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents())
+        .collect()
+}
+
+/// Boots the instance described by `cfg`; returns once everything serves.
+pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
+    // compose
+    let loaded =
+        LoadedAppCompose::read(&cfg.compose_file).map_err(|e| step("compose")(e.to_string()))?;
+    let identity = Identity {
+        app_id: ratls::AppId(loaded.app_id.0),
+        compose_hash: ratls::ComposeHash(loaded.compose_hash.0),
+        instance_id: instance_id(&cfg.data_dir)?,
+    };
+    tracing::info!(app = %identity.app_id, compose_hash = %identity.compose_hash, instance = %identity.instance_id, "compose loaded");
+
+    // measure
+    let provider: Arc<dyn QuoteProvider> = match &cfg.quote_provider {
+        config::QuoteProviderConfig::Simulated => {
+            tracing::warn!("quote provider: SIMULATED TDX (no hardware attestation)");
+            Arc::new(SimulatedProvider::new())
+        }
+        config::QuoteProviderConfig::Tdx { tsm_path } => Arc::new(TsmProvider::new(
+            tsm_path.clone(),
+            ratls::provider::DEFAULT_RTMR3_PATH,
+        )),
+    };
+    let measurer = Arc::new(Measurer::new(provider));
+    let key_provider = match loaded.compose.key_provider {
+        KeyProvider::Kms => "kms",
+        KeyProvider::None => "none",
+    };
+    let m = step("measure");
+    measurer
+        .emit(names::COMPOSE_HASH, identity.compose_hash.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::APP_ID, identity.app_id.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::KEY_PROVIDER, key_provider.as_bytes().to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    tracing::info!(rtmr3 = %measurer.event_log().replay(), "RTMR3 extended with the boot events");
+
+    let validity = Duration::from_secs(cfg.cert_validity_secs);
+    let cert_names = if cfg.cert_names.is_empty() {
+        vec![format!("{}.teegate.internal", identity.app_id)]
+    } else {
+        cfg.cert_names.clone()
+    };
+    let verifier = Arc::new(CachingVerifier::new(
+        gateway::attest::verifier(&cfg.verifier).map_err(|e| step("kms")(e.to_string()))?,
+        1024,
+    ));
+
+    let mut env_vars = BTreeMap::new();
+
+    // kms
+    let (app_ca, keys): (Option<Arc<CertAuthority>>, Arc<dyn KeySource>) = match loaded
+        .compose
+        .key_provider
+    {
+        KeyProvider::None => {
+            tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only)");
+            (
+                None,
+                Arc::new(DerivedKeys(kms::secret::SecretBytes::new(
+                    identity.compose_hash.0.to_vec(),
+                ))),
+            )
+        }
+        KeyProvider::Kms => {
+            let k = step("kms");
+            let client_cert = issue(
+                &measurer,
+                &identity,
+                &CertProfile::server_and_client(cert_names.clone(), Duration::from_secs(600)),
+                None,
+            )
+            .map_err(|e| k(e.to_string()))?;
+            let server = match &cfg.kms_root_ca {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| k(format!("{}: {e}", path.display())))?;
+                    let root = pem_certs(&text)
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| k(format!("{}: no certificate", path.display())))?;
+                    kms::client::pinned_root(&root, verifier.clone())
+                        .map_err(|e| k(e.to_string()))?
+                }
+                None => Arc::new(kms::client::FirstContactVerifier::new(verifier.clone())),
+            };
+            let client = kms::client::KmsClient::new(
+                cfg.kms_url.to_string().trim_end_matches('/'),
+                server,
+                Some((client_cert.rustls_chain(), client_cert.rustls_key())),
+                Duration::from_secs(30),
+            )
+            .map_err(|e| k(e.to_string()))?;
+            let released = client
+                .app_keys(&kms::api::AppKeysRequest::default())
+                .await
+                .map_err(|e| k(e.to_string()))?;
+            let ca_der = pem_certs(&released.app_ca_cert_pem)
+                .into_iter()
+                .next()
+                .ok_or_else(|| k("no app CA certificate in the answer".into()))?;
+            let ca_key = pem::parse(released.app_ca_key_pem.expose())
+                .map_err(|e| k(format!("app CA key: {e}")))?;
+            let ca =
+                CertAuthority::from_der(ca_der, ca_key.contents()).map_err(|e| k(e.to_string()))?;
+            tracing::info!("keys released by the KMS");
+
+            // env
+            if let Some(path) = &cfg.encrypted_env_file {
+                let e = step("env");
+                let bytes =
+                    std::fs::read(path).map_err(|err| e(format!("{}: {err}", path.display())))?;
+                let envelope =
+                    kms::envelope::parse_env(&bytes).map_err(|err| e(err.to_string()))?;
+                let secret = released
+                    .env_private_key
+                    .to_array32()
+                    .ok_or_else(|| e("env key is not 32 bytes".into()))?;
+                let plain = kms::envelope::open_env(&identity.app_id.0, &secret, &envelope)
+                    .map_err(|err| e(err.to_string()))?;
+                let vars = parse_dotenv(&String::from_utf8_lossy(&plain)).map_err(&e)?;
+                let not_allowed: Vec<&String> = vars
+                    .keys()
+                    .filter(|k| !loaded.compose.allowed_envs.contains(k))
+                    .collect();
+                if !not_allowed.is_empty() {
+                    return Err(e(format!("variables not in allowed_envs: {not_allowed:?}")));
+                }
+                tracing::info!(count = vars.len(), "encrypted environment decrypted");
+                env_vars = vars;
+            }
+            (
+                Some(Arc::new(ca)),
+                Arc::new(DerivedKeys(released.disk_key.clone())),
+            )
+        }
+    };
+
+    // containers
+    let c = step("containers");
+    let spec = loaded
+        .compose
+        .compose_spec(&env_vars, &ComposeOptions::default())
+        .map_err(|e| c(e.to_string()))?;
+    let docker = connect_docker(&cfg.docker_socket, Duration::from_secs(10))
+        .await
+        .map_err(|e| c(e.to_string()))?;
+    let manager = ContainerManager::new(
+        docker,
+        AppDeployment {
+            app_id: loaded.app_id,
+            compose_hash: loaded.compose_hash,
+            spec,
+            images: loaded.compose.images.clone(),
+        },
+        ManagerConfig::default(),
+    );
+    manager.up().await.map_err(|e| c(e.to_string()))?;
+    let mut ports = HashMap::new();
+    for port in &loaded.compose.exposed_ports {
+        let p = port.0;
+        let addr = manager
+            .endpoint_for_port(p)
+            .await
+            .map_err(|e| c(e.to_string()))?
+            .ok_or_else(|| c(format!("exposed port {p} has no published address")))?;
+        ports.insert(p, addr);
+    }
+    tracing::info!(?ports, "containers up");
+
+    // serve
+    let s = step("serve");
+    let instance_cert = issue(
+        &measurer,
+        &identity,
+        &CertProfile::server_and_client(cert_names, validity),
+        app_ca.as_deref(),
+    )
+    .map_err(|e| s(e.to_string()))?;
+    let slot = Arc::new(CertSlot::new(
+        front::certified_key(instance_cert.rustls_chain(), instance_cert.rustls_key())
+            .map_err(|e| s(e.to_string()))?,
+    ));
+    let routes = Arc::new(RwLock::new(Routes {
+        app_id: identity.app_id,
+        instance_id: identity.instance_id,
+        ports,
+    }));
+    let resolver = Arc::new(FrontResolver { routes, cert: slot });
+    let listener = tokio::net::TcpListener::bind(cfg.listen_front)
+        .await
+        .map_err(|e| s(format!("front {}: {e}", cfg.listen_front)))?;
+    let front_addr = cfg
+        .advertise_addr
+        .unwrap_or(listener.local_addr().map_err(|e| s(e.to_string()))?);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(front::serve(
+        listener,
+        resolver,
+        FrontLimits::default(),
+        stopped.clone(),
+    ));
+    let socket = guest_api::bind(&cfg.socket_path).map_err(|e| s(e.to_string()))?;
+    let state = Arc::new(GuestState {
+        identity: identity.clone(),
+        measurer: measurer.clone(),
+        keys,
+        app_ca,
+        instance_cert_pem: Arc::new(RwLock::new(instance_cert.cert_pem())),
+    });
+    tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
+    tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), "serving");
+
+    // register
+    let r = step("register");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.gateway_ca {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| r(format!("{}: {e}", path.display())))?;
+        for der in pem_certs(&text) {
+            roots
+                .add(der.into())
+                .map_err(|e| r(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let registrar = Arc::new(Registrar::new(roots));
+    let registration = Registration {
+        client_chain: instance_cert.rustls_chain(),
+        client_key: Arc::new(instance_cert.rustls_key()),
+        request: gateway::api::RegisterRequest {
+            front_addr,
+            ports: loaded.compose.exposed_ports.iter().map(|p| p.0).collect(),
+            front_certs: vec![],
+        },
+    };
+    let (registration, reg_rx) = watch::channel(registration);
+    for url in &cfg.gateways {
+        let target = GatewayTarget::from_url(&url.to_string())
+            .ok_or_else(|| r(format!("bad gateway URL {url}")))?;
+        tokio::spawn(registrar.clone().keep_registered(
+            target,
+            reg_rx.clone(),
+            Duration::from_secs(cfg.heartbeat_secs),
+            stopped.clone(),
+        ));
+    }
+    Ok(Running {
+        identity,
+        front_addr,
+        socket_path: cfg.socket_path.clone(),
+        containers: Some(manager),
+        stop,
+        registration,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines() {
+        let env = parse_dotenv("# c\nA=1\nexport B=\"two words\"\n\nC=\n").unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "two words");
+        assert_eq!(env["C"], "");
+        assert!(parse_dotenv("NOPE").is_err());
+        assert!(parse_dotenv("BAD-NAME=1").is_err());
+    }
+}

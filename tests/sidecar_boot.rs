@@ -1,0 +1,268 @@
+//! A full boot of the guest sidecar: a real KMS process releases the app's keys to the
+//! simulated CVM, the encrypted environment is decrypted, a two-service compose comes up
+//! on the real Docker daemon, the RA-TLS front serves the web service through a real
+//! gateway, and the guest API reports what was measured. Then: a second boot adopts the
+//! running containers, and a compose the KMS does not allow stops the boot before any
+//! container starts.
+
+extern crate guest_sidecar as teegate_guest_sidecar;
+
+#[path = "../guest-sidecar/tests/support/mod.rs"]
+mod docker_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use guest_sidecar::boot;
+use guest_sidecar::register::{GatewayTarget, Registrar};
+use support::*;
+
+fn compose_json(name: &str) -> String {
+    let yaml = r#"
+services:
+  web:
+    image: teegate-test/busybox:latest
+    command: ["sh", "-c", "mkdir -p /www && echo \"greeting=$GREETING\" > /www/index.html && exec httpd -f -p 80 -h /www"]
+    environment:
+      GREETING: ${GREETING}
+    ports: ["80"]
+    restart: always
+  worker:
+    image: teegate-test/busybox:latest
+    command: ["sleep", "3600"]
+    depends_on: [web]
+"#;
+    serde_json::json!({
+        "name": name,
+        "docker_compose": yaml,
+        "exposed_ports": [80],
+        "allowed_envs": ["GREETING"],
+        "kms_url": "https://127.0.0.1:1",
+        "gateway_urls": [],
+        "key_provider": "kms",
+    })
+    .to_string()
+}
+
+fn kms_config(dir: &Path, port: u16, allowed_hash: &str, app: &str) -> PathBuf {
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nquote_provider = \"simulated\"\n[verifier]\nallow_simulated = true\n[policy.os]\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\n[policy.apps.{app}]\ncompose_hashes = [\"{allowed_hash}\"]\nallow_simulated = true\n",
+        dir.join("kms-data").display()
+    );
+    let path = dir.join("kms.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn sidecar_config(
+    dir: &Path,
+    compose: &Path,
+    kms_port: u16,
+    env: Option<&Path>,
+) -> config::SidecarConfig {
+    let env_line = env
+        .map(|p| format!("encrypted_env_file = \"{}\"\n", p.display()))
+        .unwrap_or_default();
+    let text = format!(
+        "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms_port}\"\nkms_root_ca = \"{}\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\n{env_line}[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
+        compose.display(),
+        dir.join("run/teegate.sock").display(),
+        dir.join("kms-data/root-ca.pem").display(),
+        dir.join("sidecar-data").display(),
+    );
+    config::from_toml_str(&text).unwrap()
+}
+
+async fn guest_get(socket: &Path, path: &str) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "teegate")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let body = sender
+        .send_request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
+    let docker = docker_support::docker().await;
+    docker_support::busybox_image(&docker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let unique = format!("boot-{}", std::process::id());
+    let compose = compose_json(&unique);
+    let compose_path = dir.path().join("app-compose.json");
+    std::fs::write(&compose_path, &compose).unwrap();
+    let hash = ratls::ComposeHash::of(compose.as_bytes());
+    let app = hash.default_app_id();
+    let _guard = docker_support::AppGuard(teegate_guest_sidecar::compose::AppId(app.0));
+
+    let kms_port = free_port();
+    let kms_cfg = kms_config(dir.path(), kms_port, &hash.to_hex(), &app.to_hex());
+    let _kms = spawn_teegate(
+        &["kms", "--config", kms_cfg.to_str().unwrap()],
+        "ready",
+        Duration::from_secs(30),
+    );
+
+    // The operator encrypts the environment to the app, pinning the KMS root.
+    let enc = std::process::Command::new(env!("CARGO_BIN_EXE_teegate"))
+        .args([
+            "env",
+            "encrypt",
+            "--kms",
+            &format!("https://127.0.0.1:{kms_port}"),
+            "--app-id",
+            &app.to_hex(),
+            "--kms-root",
+        ])
+        .arg(dir.path().join("kms-data/root-ca.pem"))
+        .arg("--allow-simulated-kms")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut enc = enc;
+    enc.stdin
+        .take()
+        .unwrap()
+        .write_all(b"GREETING=hello-from-the-enclave\n")
+        .unwrap();
+    let out = enc.wait_with_output().unwrap();
+    assert!(out.status.success(), "env encrypt failed");
+    let env_path = dir.path().join("env.enc");
+    std::fs::write(&env_path, &out.stdout).unwrap();
+
+    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, Some(&env_path));
+    let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running.identity.app_id, app);
+
+    // Through a real gateway to the web container, by SNI at the front.
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(gw_dir.path(), GatewayPorts::new(), "");
+    let registrar = Registrar::new(dev_roots(&gw.dev_ca_pem()));
+    let target = GatewayTarget {
+        addr: format!("127.0.0.1:{}", gw.ports.registration),
+        server_name: format!("gateway.{BASE}"),
+    };
+    registrar
+        .register(&target, &running.registration())
+        .await
+        .unwrap();
+    let host = format!("{app}.{BASE}");
+    let body = client(&gw, std::slice::from_ref(&host), false)
+        .get(format!("https://{host}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body.trim(),
+        "greeting=hello-from-the-enclave",
+        "the decrypted env reached the container"
+    );
+
+    // The guest API reports what was measured, and the log replays to the quoted RTMR3.
+    let info = guest_get(&running.socket_path, "/info").await;
+    assert_eq!(info["app_id"], app.to_hex());
+    assert_eq!(info["compose_hash"], hash.to_hex());
+    let att = guest_get(&running.socket_path, "/attestation").await;
+    let quote = ratls::Quote::parse(&hex::decode(att["quote"].as_str().unwrap()).unwrap()).unwrap();
+    let log: ratls::eventlog::EventLog = serde_json::from_value(att["event_log"].clone()).unwrap();
+    assert_eq!(log.replay(), quote.rtmr3());
+    let events: Vec<&str> = log.events().iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        events,
+        ["compose-hash", "app-id", "instance-id", "key-provider"]
+    );
+
+    // A second boot (sidecar restart) adopts the containers instead of duplicating them.
+    let count = || async {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_string(), vec![format!("teegate.app-id={app}")]);
+        let opts = bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        docker.list_containers(Some(opts)).await.unwrap().len()
+    };
+    assert_eq!(count().await, 2);
+    running.shutdown();
+    let again = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count().await, 2, "no duplicate containers after a restart");
+    assert_eq!(
+        again.identity.instance_id, running.identity.instance_id,
+        "the instance keeps its id"
+    );
+    again.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_not_allowed_by_the_kms_stops_the_boot_before_containers() {
+    let docker = docker_support::docker().await;
+    docker_support::busybox_image(&docker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let compose = compose_json(&format!("refused-{}", std::process::id()));
+    let compose_path = dir.path().join("app-compose.json");
+    std::fs::write(&compose_path, &compose).unwrap();
+    let app = ratls::ComposeHash::of(compose.as_bytes()).default_app_id();
+    let _guard = docker_support::AppGuard(teegate_guest_sidecar::compose::AppId(app.0));
+    let kms_port = free_port();
+    // The KMS allows this app id only with another compose hash.
+    let kms_cfg = kms_config(dir.path(), kms_port, &"ab".repeat(32), &app.to_hex());
+    let _kms = spawn_teegate(
+        &["kms", "--config", kms_cfg.to_str().unwrap()],
+        "ready",
+        Duration::from_secs(30),
+    );
+    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, None);
+    let err = match boot::boot(&cfg).await {
+        Ok(_) => panic!("boot must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.step, "kms", "{err}");
+    assert!(err.to_string().contains("compose hash"), "{err}");
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label".to_string(), vec![format!("teegate.app-id={app}")]);
+    let opts = bollard::query_parameters::ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    assert!(
+        docker.list_containers(Some(opts)).await.unwrap().is_empty(),
+        "no container may start"
+    );
+}
+
+#[tokio::test]
+async fn malformed_app_compose_stops_the_boot_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose_path = dir.path().join("app-compose.json");
+    std::fs::write(&compose_path, r#"{"name":"x","docker_compose":"services: {}","exposed_ports":[70000],"key_provider":"kms"}"#).unwrap();
+    let cfg = sidecar_config(dir.path(), &compose_path, 1, None);
+    let err = match boot::boot(&cfg).await {
+        Ok(_) => panic!("boot must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.step, "compose");
+    assert!(err.to_string().contains("exposed_ports"), "{err}");
+}
