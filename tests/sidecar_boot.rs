@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guest_sidecar::boot;
-use guest_sidecar::register::{GatewayTarget, Registrar};
+use guest_sidecar::register::GatewayTarget;
 use support::*;
 
 fn compose_json(name: &str) -> String {
@@ -60,12 +60,16 @@ fn sidecar_config(
     compose: &Path,
     kms_port: u16,
     env: Option<&Path>,
+    gateway_ca: Option<&Path>,
 ) -> config::SidecarConfig {
+    let ca_line = gateway_ca
+        .map(|p| format!("gateway_ca = \"{}\"\n", p.display()))
+        .unwrap_or_default();
     let env_line = env
         .map(|p| format!("encrypted_env_file = \"{}\"\n", p.display()))
         .unwrap_or_default();
     let text = format!(
-        "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms_port}\"\nkms_root_ca = \"{}\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\n{env_line}[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
+        "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms_port}\"\nkms_root_ca = \"{}\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\n{env_line}{ca_line}[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
         compose.display(),
         dir.join("run/teegate.sock").display(),
         dir.join("kms-data/root-ca.pem").display(),
@@ -148,31 +152,35 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
     let env_path = dir.path().join("env.enc");
     std::fs::write(&env_path, &out.stdout).unwrap();
 
-    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, Some(&env_path));
-    let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(running.identity.app_id, app);
-
     // Through a real gateway to the web container, by SNI at the front.
     let gw_dir = tempfile::tempdir().unwrap();
     let gw = start_gateway_in(gw_dir.path(), GatewayPorts::new(), "");
-    let registrar = Registrar::new(dev_roots(&gw.dev_ca_pem()));
+    let gw_ca = gw_dir.path().join("dev-ca.pem");
+    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, Some(&env_path), Some(&gw_ca));
+    let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(running.identity.app_id, app);
+
     let target = GatewayTarget {
         addr: format!("127.0.0.1:{}", gw.ports.registration),
         server_name: format!("gateway.{BASE}"),
     };
-    registrar
-        .register(&target, &running.registration())
-        .await
-        .unwrap();
+    // The gateway's registration listener has a development CA (`gateway_ca`) and is
+    // reached by address, with its certificate's name.
+    running.add_gateway(target).await;
     let host = format!("{app}.{BASE}");
-    let body = client(&gw, std::slice::from_ref(&host), false)
-        .get(format!("https://{host}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let c = client(&gw, std::slice::from_ref(&host), false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let r = c.get(format!("https://{host}/")).send().await.unwrap();
+        if r.status() == 200 {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sidecar never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         body.trim(),
         "greeting=hello-from-the-enclave",
@@ -192,6 +200,27 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
         events,
         ["compose-hash", "app-id", "instance-id", "key-provider"]
     );
+
+    // Rotation: the new certificate is registered first, then served; traffic keeps flowing.
+    let before = front_fingerprint(running.front_addr, &app).await;
+    running.rotate_certificate().await.unwrap();
+    let after = front_fingerprint(running.front_addr, &app).await;
+    assert_ne!(before, after, "the front serves the new certificate");
+    let (_, apps) = http_get(
+        gw.ports.admin,
+        &format!("/v1/apps/{app}"),
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    assert!(
+        apps.contains(&after),
+        "the gateway knew the new certificate before it was served: {apps}"
+    );
+    for _ in 0..5 {
+        let r = c.get(format!("https://{host}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
 
     // A second boot (sidecar restart) adopts the containers instead of duplicating them.
     let count = || async {
@@ -233,7 +262,7 @@ async fn compose_not_allowed_by_the_kms_stops_the_boot_before_containers() {
         "ready",
         Duration::from_secs(30),
     );
-    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, None);
+    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, None, None);
     let err = match boot::boot(&cfg).await {
         Ok(_) => panic!("boot must fail"),
         Err(e) => e,
@@ -258,11 +287,23 @@ async fn malformed_app_compose_stops_the_boot_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let compose_path = dir.path().join("app-compose.json");
     std::fs::write(&compose_path, r#"{"name":"x","docker_compose":"services: {}","exposed_ports":[70000],"key_provider":"kms"}"#).unwrap();
-    let cfg = sidecar_config(dir.path(), &compose_path, 1, None);
+    let cfg = sidecar_config(dir.path(), &compose_path, 1, None, None);
     let err = match boot::boot(&cfg).await {
         Ok(_) => panic!("boot must fail"),
         Err(e) => e,
     };
     assert_eq!(err.step, "compose");
     assert!(err.to_string().contains("exposed_ports"), "{err}");
+}
+
+/// The SHA-256 fingerprint (hex) of the certificate the front presents for the app.
+async fn front_fingerprint(front: std::net::SocketAddr, app: &ratls::AppId) -> String {
+    let (cfg, _) = ratls_client_config(Some(*app));
+    let tcp = tokio::net::TcpStream::connect(front).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(format!("{app}.{BASE}")).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    ratls::Fingerprint::of(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref()).to_hex()
 }

@@ -64,8 +64,86 @@ pub struct Running {
     pub socket_path: std::path::PathBuf,
     pub containers: Option<ContainerManager>,
     stop: watch::Sender<bool>,
-    /// What registrations send; a certificate rotation updates it.
+    rotator: Arc<Rotator>,
+}
+
+/// Rotates the instance certificate: issue, register with every gateway, then serve.
+struct Rotator {
+    measurer: Arc<Measurer>,
+    identity: Identity,
+    app_ca: Option<Arc<CertAuthority>>,
+    names: Vec<String>,
+    validity: Duration,
+    slot: Arc<CertSlot>,
+    cert_pem: Arc<RwLock<String>>,
+    registrar: Arc<Registrar>,
+    gateways: tokio::sync::Mutex<Vec<GatewayTarget>>,
+    /// What registrations send (client certificate and front certificates).
     registration: watch::Sender<Registration>,
+    heartbeat: Duration,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Rotator {
+    async fn rotate(&self) -> Result<(), BootError> {
+        let s = step("rotate");
+        let next = issue(
+            &self.measurer,
+            &self.identity,
+            &CertProfile::server_and_client(self.names.clone(), self.validity),
+            self.app_ca.as_deref(),
+        )
+        .map_err(|e| s(e.to_string()))?;
+        let current = self.registration.borrow().clone();
+        // Announce the new certificate (alongside the current one) before serving it.
+        let mut announce = current.clone();
+        announce.request.front_certs = vec![hex::encode(&next.cert_der)];
+        for gw in self.gateways.lock().await.iter() {
+            self.registrar
+                .register(gw, &announce)
+                .await
+                .map_err(|e| s(e.to_string()))?;
+        }
+        let key = front::certified_key(next.rustls_chain(), next.rustls_key())
+            .map_err(|e| s(e.to_string()))?;
+        self.slot.replace(key);
+        *self.cert_pem.write().unwrap_or_else(|p| p.into_inner()) = next.cert_pem();
+        // From now on the new certificate is the client identity; the previous one stays
+        // accepted upstream until it expires, for connections the gateway already pools.
+        let old_leaf = current
+            .client_chain
+            .first()
+            .map(|c| hex::encode(c.as_ref()));
+        let _ = self.registration.send(Registration {
+            client_chain: next.rustls_chain(),
+            client_key: Arc::new(next.rustls_key()),
+            request: gateway::api::RegisterRequest {
+                front_certs: old_leaf.into_iter().collect(),
+                ..current.request
+            },
+        });
+        tracing::info!("instance certificate rotated");
+        Ok(())
+    }
+
+    /// Rotates at two thirds of each certificate's validity; retries failures with back-off.
+    async fn run(self: Arc<Self>) {
+        let mut stopped = self.stopped.clone();
+        let mut wait = self.validity.mul_f64(2.0 / 3.0);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => return,
+            }
+            wait = match self.rotate().await {
+                Ok(()) => self.validity.mul_f64(2.0 / 3.0),
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate rotation failed; retrying");
+                    Duration::from_secs(30).min(self.validity / 10)
+                }
+            };
+        }
+    }
 }
 
 impl Running {
@@ -75,7 +153,24 @@ impl Running {
 
     /// What the sidecar sends gateways when it registers.
     pub fn registration(&self) -> Registration {
-        self.registration.borrow().clone()
+        self.rotator.registration.borrow().clone()
+    }
+
+    /// Registers with one more gateway and keeps that registration alive.
+    pub async fn add_gateway(&self, target: GatewayTarget) {
+        let r = &self.rotator;
+        r.gateways.lock().await.push(target.clone());
+        tokio::spawn(r.registrar.clone().keep_registered(
+            target,
+            r.registration.subscribe(),
+            r.heartbeat,
+            r.stopped.clone(),
+        ));
+    }
+
+    /// Rotates the instance certificate now (registered with every gateway first).
+    pub async fn rotate_certificate(&self) -> Result<(), BootError> {
+        self.rotator.rotate().await
     }
 }
 
@@ -309,7 +404,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     let instance_cert = issue(
         &measurer,
         &identity,
-        &CertProfile::server_and_client(cert_names, validity),
+        &CertProfile::server_and_client(cert_names.clone(), validity),
         app_ca.as_deref(),
     )
     .map_err(|e| s(e.to_string()))?;
@@ -322,7 +417,10 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         instance_id: identity.instance_id,
         ports,
     }));
-    let resolver = Arc::new(FrontResolver { routes, cert: slot });
+    let resolver = Arc::new(FrontResolver {
+        routes,
+        cert: slot.clone(),
+    });
     let listener = tokio::net::TcpListener::bind(cfg.listen_front)
         .await
         .map_err(|e| s(format!("front {}: {e}", cfg.listen_front)))?;
@@ -337,12 +435,13 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         stopped.clone(),
     ));
     let socket = guest_api::bind(&cfg.socket_path).map_err(|e| s(e.to_string()))?;
+    let cert_pem = Arc::new(RwLock::new(instance_cert.cert_pem()));
     let state = Arc::new(GuestState {
         identity: identity.clone(),
         measurer: measurer.clone(),
         keys,
-        app_ca,
-        instance_cert_pem: Arc::new(RwLock::new(instance_cert.cert_pem())),
+        app_ca: app_ca.clone(),
+        instance_cert_pem: cert_pem.clone(),
     });
     tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
     tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), "serving");
@@ -370,25 +469,36 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             front_certs: vec![],
         },
     };
-    let (registration, reg_rx) = watch::channel(registration);
-    for url in &cfg.gateways {
-        let target = GatewayTarget::from_url(&url.to_string())
-            .ok_or_else(|| r(format!("bad gateway URL {url}")))?;
-        tokio::spawn(registrar.clone().keep_registered(
-            target,
-            reg_rx.clone(),
-            Duration::from_secs(cfg.heartbeat_secs),
-            stopped.clone(),
-        ));
-    }
-    Ok(Running {
+    let (registration, _) = watch::channel(registration);
+    let rotator = Arc::new(Rotator {
+        measurer,
+        identity: identity.clone(),
+        app_ca,
+        names: cert_names,
+        validity,
+        slot,
+        cert_pem,
+        registrar,
+        gateways: tokio::sync::Mutex::new(Vec::new()),
+        registration,
+        heartbeat: Duration::from_secs(cfg.heartbeat_secs),
+        stopped: stopped.clone(),
+    });
+    let running = Running {
         identity,
         front_addr,
         socket_path: cfg.socket_path.clone(),
         containers: Some(manager),
         stop,
-        registration,
-    })
+        rotator: rotator.clone(),
+    };
+    for url in &cfg.gateways {
+        let target = GatewayTarget::from_url(&url.to_string())
+            .ok_or_else(|| r(format!("bad gateway URL {url}")))?;
+        running.add_gateway(target).await;
+    }
+    tokio::spawn(rotator.run());
+    Ok(running)
 }
 
 #[cfg(test)]
