@@ -156,7 +156,13 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
     let gw_dir = tempfile::tempdir().unwrap();
     let gw = start_gateway_in(gw_dir.path(), GatewayPorts::new(), "");
     let gw_ca = gw_dir.path().join("dev-ca.pem");
-    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, Some(&env_path), Some(&gw_ca));
+    let cfg = sidecar_config(
+        dir.path(),
+        &compose_path,
+        kms_port,
+        Some(&env_path),
+        Some(&gw_ca),
+    );
     let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(running.identity.app_id, app);
 
