@@ -188,6 +188,67 @@ fn instance_id(data_dir: &Path) -> Result<InstanceId, BootError> {
     Ok(id)
 }
 
+/// Extends RTMR3 with the boot events, or — when this TD's RTMR3 already holds them from
+/// an earlier run of the sidecar (saved in the data directory) — resumes that log, since
+/// RTMR3 cannot be reset and extending twice would make the log unreplayable.
+fn measure(
+    provider: Arc<dyn QuoteProvider>,
+    identity: &Identity,
+    key_provider: &str,
+    data_dir: &Path,
+) -> Result<Measurer, BootError> {
+    let m = step("measure");
+    let saved_path = data_dir.join("event-log.json");
+    let (quote, _) = Measurer::new(provider.clone())
+        .quote(&ratls::ReportData::ZERO)
+        .map_err(|e| m(e.to_string()))?;
+    let rtmr3 = ratls::Quote::parse(&quote)
+        .map_err(|e| m(e.to_string()))?
+        .rtmr3();
+    if rtmr3 != ratls::Measurement::ZERO {
+        let text = std::fs::read_to_string(&saved_path).map_err(|e| {
+            m(format!(
+                "RTMR3 is already extended but {} is unreadable: {e}",
+                saved_path.display()
+            ))
+        })?;
+        let log: ratls::eventlog::EventLog =
+            serde_json::from_str(&text).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
+        if log.replay() != rtmr3 {
+            return Err(m(format!(
+                "RTMR3 {rtmr3} does not match the saved event log ({}); refusing to boot",
+                log.replay()
+            )));
+        }
+        let logged = |name: &str| log.payloads(name).next().map(<[u8]>::to_vec);
+        if logged(names::COMPOSE_HASH) != Some(identity.compose_hash.0.to_vec())
+            || logged(names::APP_ID) != Some(identity.app_id.0.to_vec())
+        {
+            return Err(m(
+                "this TD was booted with another app-compose.json; a TD runs one app".into(),
+            ));
+        }
+        tracing::info!("resuming the RTMR3 event log of an earlier sidecar run in this TD");
+        return Ok(Measurer::resume(provider, log));
+    }
+    let measurer = Measurer::new(provider);
+    measurer
+        .emit(names::COMPOSE_HASH, identity.compose_hash.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::APP_ID, identity.app_id.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    measurer
+        .emit(names::KEY_PROVIDER, key_provider.as_bytes().to_vec())
+        .map_err(|e| m(e.to_string()))?;
+    let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
+    std::fs::write(&saved_path, json).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
+    Ok(measurer)
+}
+
 /// `KEY=VALUE` lines (comments and blank lines skipped, optional double quotes).
 pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -246,25 +307,12 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             ratls::provider::DEFAULT_RTMR3_PATH,
         )),
     };
-    let measurer = Arc::new(Measurer::new(provider));
     let key_provider = match loaded.compose.key_provider {
         KeyProvider::Kms => "kms",
         KeyProvider::None => "none",
     };
-    let m = step("measure");
-    measurer
-        .emit(names::COMPOSE_HASH, identity.compose_hash.0.to_vec())
-        .map_err(|e| m(e.to_string()))?;
-    measurer
-        .emit(names::APP_ID, identity.app_id.0.to_vec())
-        .map_err(|e| m(e.to_string()))?;
-    measurer
-        .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
-        .map_err(|e| m(e.to_string()))?;
-    measurer
-        .emit(names::KEY_PROVIDER, key_provider.as_bytes().to_vec())
-        .map_err(|e| m(e.to_string()))?;
-    tracing::info!(rtmr3 = %measurer.event_log().replay(), "RTMR3 extended with the boot events");
+    let measurer = Arc::new(measure(provider, &identity, key_provider, &cfg.data_dir)?);
+    tracing::info!(rtmr3 = %measurer.event_log().replay(), "RTMR3 holds the boot events");
 
     let validity = Duration::from_secs(cfg.cert_validity_secs);
     let cert_names = if cfg.cert_names.is_empty() {
@@ -504,6 +552,47 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(compose: &[u8]) -> Identity {
+        let compose_hash = ratls::ComposeHash::of(compose);
+        Identity {
+            app_id: compose_hash.default_app_id(),
+            compose_hash,
+            instance_id: InstanceId([4; 20]),
+        }
+    }
+
+    #[test]
+    fn a_restarted_sidecar_resumes_the_event_log_instead_of_extending_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        // One simulated TD whose RTMR3 survives the sidecar's restart, as hardware's does.
+        let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
+        let id = identity(b"app");
+        let first = measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        let second = measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        assert_eq!(second.event_log(), first.event_log());
+        let (q, log) = second.quote(&ratls::ReportData::ZERO).unwrap();
+        assert_eq!(
+            log.replay(),
+            ratls::Quote::parse(&q).unwrap().rtmr3(),
+            "still replays after the restart"
+        );
+
+        let err = measure(td.clone(), &identity(b"another app"), "kms", dir.path())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("another app-compose.json"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("event-log.json"), "[]").unwrap();
+        let err = measure(td, &id, "kms", dir.path()).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("does not match the saved event log"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn dotenv_lines() {

@@ -68,6 +68,15 @@ impl Measurer {
         }
     }
 
+    /// A measurer for a TD whose RTMR3 already holds `log` (a restarted sidecar in the
+    /// same TD). The caller must have checked that `log` replays to the quoted RTMR3.
+    pub fn resume(provider: Arc<dyn QuoteProvider>, log: EventLog) -> Self {
+        Self {
+            provider,
+            log: Mutex::new(log),
+        }
+    }
+
     pub fn kind(&self) -> ProviderKind {
         self.provider.kind()
     }
