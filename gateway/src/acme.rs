@@ -205,6 +205,20 @@ impl Acme {
         solver: Solver<'_>,
     ) -> Result<CertRecord, AcmeError> {
         let _one = self.issuing.lock().await;
+        // Across replicas (a shared store), one order at a time; the lease frees the lock
+        // if this process dies mid-order.
+        let _lock = self
+            .store
+            .lock(
+                "acme-order",
+                Duration::from_secs(300),
+                Duration::from_secs(120),
+            )
+            .await?
+            .ok_or_else(|| AcmeError::Order {
+                names: names.join(", "),
+                message: "another replica holds the ACME lock".into(),
+            })?;
         let order_err = |m: String| AcmeError::Order {
             names: names.join(", "),
             message: m,

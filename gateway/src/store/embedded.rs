@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex};
 
-use super::{CertRecord, InstanceRecord, Store, StoreError, StoreEvent};
+use super::{CertRecord, InstanceRecord, LockGuard, Store, StoreError, StoreEvent};
 
 const FILE_NAME: &str = "state.json";
 
@@ -27,6 +27,8 @@ pub struct EmbeddedStore {
     path: PathBuf,
     state: Mutex<State>,
     events: broadcast::Sender<StoreEvent>,
+    /// Named locks held in this process, with their expiry (one process, one gateway).
+    locks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl EmbeddedStore {
@@ -51,6 +53,7 @@ impl EmbeddedStore {
             path,
             state: Mutex::new(state),
             events,
+            locks: Default::default(),
         })
     }
 
@@ -140,6 +143,33 @@ impl Store for EmbeddedStore {
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }
+
+    async fn lock(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> Result<Option<LockGuard>, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            {
+                let mut held = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::Instant::now();
+                if held.get(name).is_none_or(|expires| *expires <= now) {
+                    held.insert(name.to_string(), now + ttl);
+                    let locks = self.locks.clone();
+                    let key = name.to_string();
+                    return Ok(Some(LockGuard::new(move || {
+                        locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    })));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +220,43 @@ mod tests {
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.instances().await.unwrap(), vec![record(1)]);
         assert_eq!(reopened.certs().await.unwrap()[0].name, "*.x.test");
+    }
+
+    #[tokio::test]
+    async fn locks_exclude_until_released_or_expired() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let held = store
+            .lock("acme", Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(held.is_some());
+        assert!(store
+            .lock("acme", Duration::from_secs(60), Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .lock("other", Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_some());
+        drop(held);
+        let short = store
+            .lock("acme", Duration::from_millis(30), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(short.is_some());
+        std::mem::forget(short); // a holder that dies without releasing
+        assert!(
+            store
+                .lock("acme", Duration::from_secs(1), Duration::from_millis(500))
+                .await
+                .unwrap()
+                .is_some(),
+            "expired lock is taken over"
+        );
     }
 
     #[tokio::test]

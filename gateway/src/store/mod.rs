@@ -79,4 +79,39 @@ pub trait Store: Send + Sync {
     async fn put_value(&self, key: &str, value: &str) -> Result<(), StoreError>;
     /// Changes as they happen (from this process, or from other replicas).
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+    /// Takes the named lock, waiting at most `wait`; it is released when the guard drops
+    /// or, should its holder die, when `ttl` runs out. `None`: someone else holds it.
+    async fn lock(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+        wait: std::time::Duration,
+    ) -> Result<Option<LockGuard>, StoreError>;
+}
+
+/// A held store lock; dropping it releases the lock.
+pub struct LockGuard {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl LockGuard {
+    pub fn new(release: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(f) = self.release.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
 }
