@@ -88,6 +88,66 @@ async fn restore(
     Ok(restored)
 }
 
+/// Serves the stored certificates and makes sure the wildcard exists for the TLS mode
+/// (self-signed: issued from the development CA; files: read; ACME: left to the renewal
+/// loop). Returns the development CA's path when there is one.
+async fn install_certificates(
+    cfg: &GatewayConfig,
+    base: &str,
+    store: &dyn Store,
+    resolver: &CertResolver,
+    metrics: &Metrics,
+) -> Result<Option<std::path::PathBuf>, GatewayError> {
+    let wildcard = format!("*.{base}");
+    let stored = store.certs().await?;
+    for record in &stored {
+        resolver.install(record)?;
+        metrics
+            .cert_not_after
+            .with_label_values(&[&record.name])
+            .set(record.not_after as i64);
+    }
+    let now = ratls::verifier::unix_now();
+    let have_wildcard = stored
+        .iter()
+        .any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
+    let mut dev_ca_path = None;
+    let record = match cfg.tls.mode {
+        TlsMode::SelfSigned => {
+            let ca = DevCa::load_or_create(&cfg.data_dir)?;
+            dev_ca_path = Some(ca.cert_path.clone());
+            (!have_wildcard)
+                .then(|| ca.issue_wildcard(base))
+                .transpose()?
+        }
+        TlsMode::Files => {
+            let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) else {
+                return Err(GatewayError::Config(
+                    "tls.cert_file and tls.key_file are required with tls.mode = \"files\"".into(),
+                ));
+            };
+            Some(certs::from_files(&wildcard, c, k)?)
+        }
+        TlsMode::Acme => {
+            if !have_wildcard {
+                tracing::warn!(
+                    "no wildcard certificate yet: TLS handshakes fail until ACME issues one"
+                );
+            }
+            None
+        }
+    };
+    if let Some(record) = record {
+        resolver.install(&record)?;
+        metrics
+            .cert_not_after
+            .with_label_values(&[&record.name])
+            .set(record.not_after as i64);
+        store.put_cert(&record).await?;
+    }
+    Ok(dev_ca_path)
+}
+
 fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
     let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen {
         addr,
@@ -227,58 +287,10 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| GatewayError::Config(e.to_string()))?;
-    let mut dev_ca_path = None;
-    rt.block_on(async {
+    let dev_ca_path = rt.block_on(async {
         let restored = restore(store.as_ref(), &verifier, &registry).await?;
         tracing::info!(restored, "registrations restored from the store");
-        let wildcard = format!("*.{base}");
-        let stored = store.certs().await?;
-        for record in &stored {
-            resolver.install(record)?;
-            metrics
-                .cert_not_after
-                .with_label_values(&[&record.name])
-                .set(record.not_after as i64);
-        }
-        let now = ratls::verifier::unix_now();
-        let have_wildcard = stored
-            .iter()
-            .any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
-        let record = match cfg.tls.mode {
-            TlsMode::SelfSigned => {
-                let ca = DevCa::load_or_create(&cfg.data_dir)?;
-                dev_ca_path = Some(ca.cert_path.clone());
-                (!have_wildcard)
-                    .then(|| ca.issue_wildcard(&base))
-                    .transpose()?
-            }
-            TlsMode::Files => {
-                let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) else {
-                    return Err(GatewayError::Config(
-                        "tls.cert_file and tls.key_file are required with tls.mode = \"files\""
-                            .into(),
-                    ));
-                };
-                Some(certs::from_files(&wildcard, c, k)?)
-            }
-            TlsMode::Acme => {
-                if !have_wildcard {
-                    tracing::warn!(
-                        "no wildcard certificate yet: TLS handshakes fail until ACME issues one"
-                    );
-                }
-                None
-            }
-        };
-        if let Some(record) = record {
-            resolver.install(&record)?;
-            metrics
-                .cert_not_after
-                .with_label_values(&[&record.name])
-                .set(record.not_after as i64);
-            store.put_cert(&record).await?;
-        }
-        Ok::<(), GatewayError>(())
+        install_certificates(&cfg, &base, store.as_ref(), &resolver, &metrics).await
     })?;
     drop(rt);
 
