@@ -1,10 +1,8 @@
 //! SidecarConfig: defaults, and errors that name the bad key.
 
-mod common;
-
 use std::path::Path;
 
-use common::{assert_contains, error, parse};
+use crate::common::{assert_contains, error, parse};
 use teegate_config::*;
 
 const MIN: &str = "compose_file = \"/etc/teegate/app-compose.json\"\nkms_url = \"https://kms.example.com:8000\"\n";

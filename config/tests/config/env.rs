@@ -1,8 +1,6 @@
 //! `TEEGATE_*` environment overrides.
 
-mod common;
-
-use common::{assert_contains, parse_env};
+use crate::common::{assert_contains, parse_env};
 use teegate_config::*;
 
 const GW: &str = "base_domain = \"apps.example.com\"\n";

@@ -1,10 +1,8 @@
 //! KmsConfig: defaults, policy parsing, and errors that name the bad key.
 
-mod common;
-
 use std::path::Path;
 
-use common::{assert_contains, error, parse, APP_ID, COMPOSE_HASH, MEASUREMENT};
+use crate::common::{assert_contains, error, parse, APP_ID, COMPOSE_HASH, MEASUREMENT};
 use teegate_config::*;
 
 const MIN: &str = "data_dir = \"/var/lib/teegate/kms\"\n";

@@ -1,8 +1,6 @@
 //! GatewayConfig: defaults, and errors that name the bad key.
 
-mod common;
-
-use common::{assert_contains, error, parse, MEASUREMENT};
+use crate::common::{assert_contains, error, parse, MEASUREMENT};
 use teegate_config::*;
 
 const MIN: &str = "base_domain = \"apps.example.com\"\n";
@@ -168,9 +166,9 @@ fn app_id_allowlist_accepts_0x_and_uppercase() {
         "[verifier]\napp_ids = [\"0xE7EBC629EDC2FD03A11694F92C7BA45DC80B47B3\"]",
     ))
     .unwrap();
-    let id = AppId::parse(common::APP_ID).unwrap();
+    let id = AppId::parse(crate::common::APP_ID).unwrap();
     assert!(cfg.verifier.app_ids.allows(&id));
-    assert_eq!(id.to_string(), common::APP_ID);
+    assert_eq!(id.to_string(), crate::common::APP_ID);
 }
 
 #[test]

@@ -1,10 +1,8 @@
 //! Every shipped example parses and holds what its comments say.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{parse, parse_env, APP_ID, COMPOSE_HASH, MEASUREMENT};
+use crate::common::{parse, parse_env, APP_ID, COMPOSE_HASH, MEASUREMENT};
 use teegate_config::*;
 
 fn example(name: &str) -> PathBuf {

@@ -1,8 +1,6 @@
 //! DnsConfig: computed defaults, and errors that name the bad key.
 
-mod common;
-
-use common::{assert_contains, error, parse};
+use crate::common::{assert_contains, error, parse};
 use teegate_config::*;
 
 const MIN: &str = "base_domain = \"apps.example.com\"\n";
