@@ -24,6 +24,7 @@ pub mod collateral;
 pub mod error;
 pub mod eventlog;
 mod hexser;
+pub mod pins;
 pub mod policy;
 pub mod provider;
 pub mod quote;

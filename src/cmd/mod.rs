@@ -6,3 +6,4 @@ pub mod quote;
 pub mod ratls;
 pub mod sidecar;
 mod verifier;
+pub mod verify;
