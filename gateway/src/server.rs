@@ -438,7 +438,7 @@ pub fn run(
     let reg_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| GatewayError::Config(e.to_string()))?
-        .with_client_cert_verifier(Arc::new(DeferredClientVerifier(check.clone())))
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier::required(check.clone())))
         .with_cert_resolver(resolver.clone());
     let registrar = Arc::new(Registrar {
         check,

@@ -23,7 +23,7 @@ use crate::identity::{kms_compose_hash, KmsIdentity};
 use crate::onboard::{fetch_root, OnboardError};
 use crate::policy::{Measurements, ReleasePolicy};
 use crate::root::{RootError, RootOfTrust, RootStore};
-use crate::server::{serve, KmsState, OptionalClientCert};
+use crate::server::{serve, KmsState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
@@ -201,9 +201,7 @@ pub async fn run(
     );
     let mut tls = rustls::ServerConfig::builder_with_provider(crypto)
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(OptionalClientCert(DeferredClientVerifier(
-            check.clone(),
-        ))))
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier::optional(check.clone())))
         .with_single_cert(cert.rustls_chain(), cert.rustls_key())?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 

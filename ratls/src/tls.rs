@@ -319,14 +319,43 @@ impl ClientCertVerifier for RaTlsClientVerifier {
 }
 
 /// For TLS servers that answer attestation failures in the application protocol (with a
-/// message naming the failed step) rather than with a bare TLS alert: the handshake
-/// requires a client certificate and checks its chain and key possession; the server must
-/// then call [`RaTlsCheck::verify_peer`] before acting, and only a `VerifiedAttestation`
-/// it returns can authorise anything.
+/// message naming the failed step) rather than with a bare TLS alert: the handshake checks
+/// a client certificate's chain and key possession; the server must then call
+/// [`RaTlsCheck::verify_peer`] before acting, and only a `VerifiedAttestation` it returns
+/// can authorise anything.
 #[derive(Debug, Clone)]
-pub struct DeferredClientVerifier(pub RaTlsCheck);
+pub struct DeferredClientVerifier {
+    check: RaTlsCheck,
+    mandatory: bool,
+}
+
+impl DeferredClientVerifier {
+    /// Every client must present a certificate.
+    pub fn required(check: RaTlsCheck) -> Self {
+        Self {
+            check,
+            mandatory: true,
+        }
+    }
+
+    /// Clients may connect without a certificate; each handler decides whether it needs one.
+    pub fn optional(check: RaTlsCheck) -> Self {
+        Self {
+            check,
+            mandatory: false,
+        }
+    }
+}
 
 impl ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -337,7 +366,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.check_chain(
+        self.check.check_chain(
             end_entity,
             intermediates,
             now,
@@ -352,7 +381,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls12(m, c, d)
+        self.check.tls12(m, c, d)
     }
 
     fn verify_tls13_signature(
@@ -361,10 +390,10 @@ impl ClientCertVerifier for DeferredClientVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.tls13(m, c, d)
+        self.check.tls13(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
+        self.check.schemes()
     }
 }
