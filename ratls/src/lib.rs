@@ -20,10 +20,12 @@
 
 pub mod cache;
 pub mod cert;
+pub mod chain;
 pub mod collateral;
 pub mod error;
 pub mod eventlog;
 mod hexser;
+pub mod inspect;
 pub mod pins;
 pub mod policy;
 pub mod provider;
@@ -37,6 +39,7 @@ pub mod verifier;
 
 pub use cache::{CachingVerifier, VerifiedCache};
 pub use error::{Reason, Step, VerifyError};
+pub use inspect::{Inspection, Outcome};
 pub use policy::{Allowlist, Policy};
 pub use quote::Quote;
 pub use quote_verify::{QuoteVerifier, VerifiedQuote};

@@ -12,9 +12,10 @@ use crate::cert::{parse_ratls_cert, ParsedRaTlsCert};
 use crate::collateral::CollateralSource;
 use crate::error::{Reason, Step, VerifyError};
 use crate::eventlog::{names, EventLog};
+use crate::inspect::{CertFacts, ClaimFacts, Inspection, Outcome, QuoteFacts};
 use crate::policy::{Policy, Subject};
 use crate::quote::Quote;
-use crate::quote_verify::{QuoteVerifier, VerifiedQuote};
+use crate::quote_verify::QuoteVerifier;
 use crate::tcb::TcbStatus;
 use crate::types::{AppId, ComposeHash, Fingerprint, InstanceId, Measurement, ReportData};
 
@@ -131,45 +132,216 @@ impl AttestationVerifier {
     }
 
     pub fn verify_at(&self, der: &[u8], now: u64) -> Result<VerifiedAttestation, VerifyError> {
-        let cert = parse_ratls_cert(der)?;
+        self.inspect_at(der, now).into_verdict()
+    }
+
+    /// Every step of verifying `der` now, with the values behind each outcome.
+    pub fn inspect(&self, der: &[u8]) -> Inspection {
+        self.inspect_at(der, self.now())
+    }
+
+    /// Runs the verification steps in order. The verdict is the first failure in that
+    /// order (so `verify` reports exactly what it always did); later steps still run where
+    /// their inputs exist, and are marked not checked where they would prove nothing.
+    pub fn inspect_at(&self, der: &[u8], now: u64) -> Inspection {
+        let mut ins = Inspection::new();
+        let mut first: Option<VerifyError> = None;
+        let mut fail = |ins: &mut Inspection, e: VerifyError| {
+            ins.set(
+                e.step,
+                Outcome::Failed {
+                    reason: e.reason.to_string(),
+                },
+            );
+            first.get_or_insert(e);
+        };
+        let all_after_parse = [
+            Step::QuoteSignature,
+            Step::TcbStatus,
+            Step::KeyBinding,
+            Step::EventLogReplay,
+            Step::Policy,
+        ];
+
+        let cert = match parse_ratls_cert(der) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(&mut ins, e);
+                ins.not_checked_from(&all_after_parse, "the certificate did not decode");
+                ins.verdict = Err(first.take().unwrap_or_else(unreachable_parse));
+                return ins;
+            }
+        };
+        ins.fingerprint = Some(cert.fingerprint);
+        ins.certificate = Some(CertFacts {
+            subject: cert.subject.clone(),
+            issuer: cert.issuer.clone(),
+            self_issued: cert.self_issued,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            dns_names: cert.dns_names.clone(),
+        });
+        ins.claims = Some(ClaimFacts::from(&cert.claims));
+        ins.replay_from(&cert.claims);
+        ins.expected_report_data = Some(evidence::report_data_for(&cert.claims_buffer));
+
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
         if now_i < cert.not_before || now_i > cert.not_after {
-            return Err(VerifyError::parse(Reason::Certificate(format!(
-                "not valid at {now}: valid from {} to {}",
-                cert.not_before, cert.not_after
-            ))));
+            fail(
+                &mut ins,
+                VerifyError::parse(Reason::Certificate(format!(
+                    "not valid at {now}: valid from {} to {}",
+                    cert.not_before, cert.not_after
+                ))),
+            );
         }
-        let quote = Quote::parse(&cert.quote)
-            .map_err(|e| VerifyError::parse(Reason::Quote(e.to_string())))?;
-        let verified = self.quotes.verify(quote, None, now)?;
-        check_key_binding(&cert, &verified.quote)?;
-        check_claims(&cert, &verified)?;
-        let rtmrs = verified.quote.rtmrs();
-        let mrtd = verified.quote.mrtd();
-        self.policy.check(&Subject {
+        let quote = match Quote::parse(&cert.quote) {
+            Ok(q) => q,
+            Err(e) => {
+                fail(&mut ins, VerifyError::parse(Reason::Quote(e.to_string())));
+                ins.not_checked_from(&all_after_parse, "the quote did not decode");
+                ins.verdict = Err(first.take().unwrap_or_else(unreachable_parse));
+                return ins;
+            }
+        };
+        ins.quote = Some(QuoteFacts::from(&quote));
+        ins.set(
+            Step::Parse,
+            Outcome::Verified {
+                detail: format!(
+                    "valid from {} to {} (unix seconds)",
+                    cert.not_before, cert.not_after
+                ),
+            },
+        );
+
+        let verified = match self.quotes.verify(quote.clone(), None, now) {
+            Ok(v) => {
+                ins.simulated = Some(v.simulated);
+                ins.tcb_status = Some(v.tcb_status);
+                ins.advisory_ids = v.advisory_ids.clone();
+                let anchor = if v.simulated {
+                    "SIMULATED: signed by teegate's simulated TDX PKI, accepted because allow_simulated is set"
+                } else {
+                    "signed by a PCK chain to Intel's SGX root CA"
+                };
+                ins.set(
+                    Step::QuoteSignature,
+                    Outcome::Verified {
+                        detail: anchor.into(),
+                    },
+                );
+                ins.set(
+                    Step::TcbStatus,
+                    Outcome::Verified {
+                        detail: format!("TCB status {}", v.tcb_status),
+                    },
+                );
+                Some(v)
+            }
+            Err(e) => {
+                if let Reason::TcbNotAllowed { status, .. } = &e.reason {
+                    ins.tcb_status = Some(*status);
+                }
+                if e.step == Step::TcbStatus {
+                    ins.set(
+                        Step::QuoteSignature,
+                        Outcome::Verified {
+                            detail: "the quote's signature chain checked out".into(),
+                        },
+                    );
+                } else {
+                    ins.set(
+                        Step::TcbStatus,
+                        Outcome::NotChecked {
+                            why: "the quote's signature did not verify".into(),
+                        },
+                    );
+                }
+                fail(&mut ins, e);
+                None
+            }
+        };
+        let untrusted = "the quote is not trusted, so what it says proves nothing";
+
+        match check_key_binding(&cert, &quote) {
+            Ok(()) if verified.is_some() => ins.set(
+                Step::KeyBinding,
+                Outcome::Verified {
+                    detail: "report data = SHA-512 of the claims buffer, which holds the certificate key's hash".into(),
+                },
+            ),
+            Ok(()) => ins.set(Step::KeyBinding, Outcome::NotChecked { why: untrusted.into() }),
+            Err(e) => fail(&mut ins, e),
+        }
+        let simulated = verified.as_ref().map(|v| v.simulated);
+        match check_claims(&cert, &quote, simulated) {
+            Ok(()) if verified.is_some() => ins.set(
+                Step::EventLogReplay,
+                Outcome::Verified {
+                    detail: format!(
+                        "{} events replay to the quoted RTMR3; compose-hash, app-id and instance-id match the claims",
+                        cert.claims.event_log.len()
+                    ),
+                },
+            ),
+            Ok(()) => ins.set(
+                Step::EventLogReplay,
+                Outcome::NotChecked { why: untrusted.into() },
+            ),
+            Err(e) => fail(&mut ins, e),
+        }
+
+        let rtmrs = quote.rtmrs();
+        let mrtd = quote.mrtd();
+        match self.policy.check(&Subject {
             mrtd: &mrtd,
             rtmrs: &rtmrs,
             compose_hash: &cert.claims.compose_hash,
             app_id: &cert.claims.app_id,
-        })?;
-        let not_after = u64::try_from(cert.not_after).unwrap_or(0);
-        Ok(VerifiedAttestation {
-            fingerprint: cert.fingerprint,
-            app_id: cert.claims.app_id,
-            compose_hash: cert.claims.compose_hash,
-            instance_id: cert.claims.instance_id,
-            mrtd,
-            rtmrs,
-            report_data: verified.quote.report_data(),
-            tcb_status: verified.tcb_status,
-            advisory_ids: verified.advisory_ids,
-            simulated: verified.simulated,
-            event_log: cert.claims.event_log,
-            dns_names: cert.dns_names,
-            not_after: cert.not_after,
-            valid_until: not_after.min(verified.collateral_expires),
-        })
+        }) {
+            Ok(()) => ins.set(
+                Step::Policy,
+                Outcome::Verified {
+                    detail: "allowed by this verifier's policy".into(),
+                },
+            ),
+            Err(e) => fail(&mut ins, e),
+        }
+
+        ins.verdict = match (first, verified) {
+            (Some(e), _) => Err(e),
+            (None, Some(verified)) => {
+                let not_after = u64::try_from(cert.not_after).unwrap_or(0);
+                Ok(VerifiedAttestation {
+                    fingerprint: cert.fingerprint,
+                    app_id: cert.claims.app_id,
+                    compose_hash: cert.claims.compose_hash,
+                    instance_id: cert.claims.instance_id,
+                    mrtd,
+                    rtmrs,
+                    report_data: verified.quote.report_data(),
+                    tcb_status: verified.tcb_status,
+                    advisory_ids: verified.advisory_ids,
+                    simulated: verified.simulated,
+                    event_log: cert.claims.event_log,
+                    dns_names: cert.dns_names,
+                    not_after: cert.not_after,
+                    valid_until: not_after.min(verified.collateral_expires),
+                })
+            }
+            (None, None) => Err(unreachable_parse()),
+        };
+        ins
     }
+}
+
+/// Only reachable if a step failed without saying so; kept as an error, never a panic.
+fn unreachable_parse() -> VerifyError {
+    VerifyError::new(
+        Step::QuoteSignature,
+        Reason::Quote("verification ended without a verdict".into()),
+    )
 }
 
 fn check_key_binding(cert: &ParsedRaTlsCert, quote: &Quote) -> Result<(), VerifyError> {
@@ -193,24 +365,26 @@ fn check_key_binding(cert: &ParsedRaTlsCert, quote: &Quote) -> Result<(), Verify
     Ok(())
 }
 
-fn check_claims(cert: &ParsedRaTlsCert, verified: &VerifiedQuote) -> Result<(), VerifyError> {
+fn check_claims(
+    cert: &ParsedRaTlsCert,
+    quote: &Quote,
+    simulated: Option<bool>,
+) -> Result<(), VerifyError> {
     let claims = &cert.claims;
-    if claims.simulated != verified.simulated {
-        return Err(VerifyError::new(
-            Step::QuoteSignature,
-            Reason::SimulatedFlagMismatch {
-                claimed: claims.simulated,
-                actual: if verified.simulated {
-                    "simulated"
-                } else {
-                    "real TDX"
+    if let Some(actual) = simulated {
+        if claims.simulated != actual {
+            return Err(VerifyError::new(
+                Step::QuoteSignature,
+                Reason::SimulatedFlagMismatch {
+                    claimed: claims.simulated,
+                    actual: if actual { "simulated" } else { "real TDX" },
                 },
-            },
-        ));
+            ));
+        }
     }
     let replay = |r: Reason| VerifyError::new(Step::EventLogReplay, r);
     let replayed = claims.event_log.replay();
-    let quoted = verified.quote.rtmr3();
+    let quoted = quote.rtmr3();
     if replayed != quoted {
         return Err(replay(Reason::Rtmr3Mismatch { replayed, quoted }));
     }

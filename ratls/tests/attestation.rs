@@ -469,3 +469,170 @@ async fn mutual_ratls_requires_an_attested_client() {
     .await
     .is_err());
 }
+
+#[test]
+fn inspection_of_a_good_cert_verifies_every_step_and_shows_the_replay() {
+    let cert = sim_cert(None);
+    let v = verifier(dev_policy());
+    let ins = v.inspect(&cert.cert_der);
+    for c in &ins.checks {
+        assert!(c.outcome.is_verified(), "{:?}: {:?}", c.step, c.outcome);
+    }
+    assert!(ins.passed());
+    let verdict = ins.verdict().unwrap();
+    assert_eq!(
+        verdict.fingerprint(),
+        &ratls::Fingerprint::of(&cert.cert_der)
+    );
+    assert_eq!(ins.replay.len(), 4);
+    assert_eq!(ins.replay[0].name, names::COMPOSE_HASH);
+    let q = ins.quote.as_ref().unwrap();
+    assert_eq!(ins.replay.last().unwrap().rtmr3_after, q.rtmrs[3]);
+    assert_eq!(ins.replayed_rtmr3, Some(q.rtmrs[3]));
+    assert_eq!(ins.expected_report_data, Some(q.report_data));
+    assert_eq!(ins.simulated, Some(true));
+    assert!(ins
+        .check(Step::QuoteSignature)
+        .unwrap()
+        .outcome
+        .text()
+        .contains("SIMULATED"));
+}
+
+#[test]
+fn inspection_names_the_failing_link_and_agrees_with_verify() {
+    let id = identity();
+    let mut f = Faulty::new();
+    f.drop_extensions = true;
+    let cert = faulty_cert(f, &id);
+    let v = verifier(dev_policy());
+    let ins = v.inspect(&cert.cert_der);
+    let replay = ins.check(Step::EventLogReplay).unwrap();
+    assert_eq!(replay.outcome.label(), "failed");
+    assert!(
+        replay.outcome.text().contains("replays to RTMR3"),
+        "{:?}",
+        replay.outcome
+    );
+    // The links before it still verified; the verdict is what `verify` says.
+    for step in [
+        Step::Parse,
+        Step::QuoteSignature,
+        Step::TcbStatus,
+        Step::KeyBinding,
+    ] {
+        assert!(ins.check(step).unwrap().outcome.is_verified(), "{step:?}");
+    }
+    assert!(!ins.passed());
+    assert_eq!(
+        ins.verdict().unwrap_err(),
+        &v.verify(&cert.cert_der).unwrap_err()
+    );
+    assert_ne!(ins.replayed_rtmr3, ins.quote.as_ref().map(|q| q.rtmrs[3]));
+}
+
+#[test]
+fn inspection_of_a_forged_quote_does_not_vouch_for_later_links() {
+    let id = identity();
+    let mut f = Faulty::new();
+    f.flip_quote_byte = Some(48 + 200);
+    let cert = faulty_cert(f, &id);
+    let ins = verifier(dev_policy()).inspect(&cert.cert_der);
+    assert_eq!(
+        ins.check(Step::QuoteSignature).unwrap().outcome.label(),
+        "failed"
+    );
+    for step in [Step::TcbStatus, Step::KeyBinding, Step::EventLogReplay] {
+        assert_eq!(
+            ins.check(step).unwrap().outcome.label(),
+            "not checked",
+            "{step:?}"
+        );
+    }
+    assert_eq!(ins.verdict().unwrap_err().step, Step::QuoteSignature);
+}
+
+#[test]
+fn inspection_of_garbage_reports_a_parse_failure() {
+    let ins = verifier(dev_policy()).inspect(b"not a certificate");
+    assert_eq!(ins.check(Step::Parse).unwrap().outcome.label(), "failed");
+    assert!(ins.certificate.is_none());
+    assert_eq!(ins.verdict().unwrap_err().step, Step::Parse);
+}
+
+/// A root CA and an app CA it signed, the way the KMS makes them.
+fn root_and_app_ca() -> (Vec<u8>, CertAuthority) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test KMS root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = rcgen::Issuer::new(root_params, root_key);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test app CA");
+    let ca = ca_params.signed_by(&ca_key, &issuer).unwrap();
+    let app_ca = CertAuthority::from_der(ca.der().to_vec(), &ca_key.serialize_der()).unwrap();
+    (root.der().to_vec(), app_ca)
+}
+
+#[test]
+fn chain_explained_from_pinned_root_to_instance() {
+    use ratls::chain::explain;
+    let (root, app_ca) = root_and_app_ca();
+    let leaf = sim_cert(Some(&app_ca));
+    let chain = vec![
+        leaf.cert_der.clone(),
+        app_ca.cert_der().to_vec(),
+        root.clone(),
+    ];
+    let now = ratls::verifier::unix_now();
+
+    let links = explain(&chain, std::slice::from_ref(&root), now);
+    let roles: Vec<_> = links.iter().map(|l| l.role).collect();
+    assert_eq!(
+        roles,
+        ["KMS root CA", "app CA", "instance RA-TLS certificate"]
+    );
+    for l in &links {
+        assert!(l.outcome.is_verified(), "{}: {:?}", l.role, l.outcome);
+    }
+
+    // Another root pinned: the root link fails, the signatures below still hold.
+    let (other_root, _) = root_and_app_ca();
+    let links = explain(&chain, &[other_root], now);
+    assert_eq!(links[0].outcome.label(), "failed");
+    assert!(links[1].outcome.is_verified() && links[2].outcome.is_verified());
+
+    // Nothing pinned: the root is shown but not vouched for.
+    let links = explain(&chain, &[], now);
+    assert_eq!(links[0].outcome.label(), "not checked");
+
+    // The root missing: the app CA's link cannot be checked.
+    let links = explain(&chain[..2], std::slice::from_ref(&root), now);
+    assert_eq!(links[0].role, "app CA");
+    assert_eq!(links[0].outcome.label(), "not checked");
+
+    // A leaf from another app CA presented with this one: its signature link fails.
+    let (_, stranger_ca) = root_and_app_ca();
+    let foreign = sim_cert(Some(&stranger_ca));
+    let mixed = vec![
+        foreign.cert_der.clone(),
+        app_ca.cert_der().to_vec(),
+        root.clone(),
+    ];
+    let links = explain(&mixed, std::slice::from_ref(&root), now);
+    assert_eq!(links[2].outcome.label(), "failed", "{:?}", links[2].outcome);
+
+    // A self-signed RA-TLS certificate stands alone.
+    let alone = sim_cert(None);
+    let links = explain(&[alone.cert_der.clone()], &[], now);
+    assert_eq!(links.len(), 1);
+    assert!(links[0].outcome.is_verified(), "{:?}", links[0].outcome);
+}
