@@ -25,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole stack on loopback with simulated CVMs (SIMULATED TDX; for development).
+    Dev(cmd::dev::Args),
     /// Run the gateway (TLS termination, attested routing, registration API).
     Gateway(cmd::gateway::Args),
     /// Run the KMS (attested key release).
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev(args) => cmd::dev::run(args),
         Command::Gateway(args) => cmd::gateway::run(args),
         Command::Kms(args) => cmd::kms::run(args),
         Command::Dns(args) => cmd::dns::run(args),

@@ -81,6 +81,8 @@ async fn start_instance(n: u8) -> Instance {
             front_addr,
             ports: vec![80, 8080],
             front_certs: vec![],
+            app_compose: None,
+            kms_root_ca: None,
         },
     };
     Instance {

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::load::Component;
+use crate::store::StoreConfig;
 use crate::types::{DnsName, HttpUrl, Secret};
 use crate::validate::{check, in_range, key, token, Validate};
 
@@ -53,6 +54,11 @@ pub struct DnsConfig {
     /// default `letsencrypt.org`).
     #[serde(default = "default_caa_issuer")]
     pub caa_issuer: DnsName,
+    /// The gateways' shared store. With `[store.etcd]`, `*.<base_domain>` answers the
+    /// `advertise_addrs` of the live gateway replicas (falling back to `gateway_addrs`
+    /// while none is listed); `"embedded"` (default): `gateway_addrs` only.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -98,6 +104,7 @@ impl Validate for DnsConfig {
             }
         }
         in_range(at, "ttl_secs", self.ttl_secs, 1..=86_400)?;
+        self.store.validate(&key(at, "store"))?;
         self.soa.validate(&key(at, "soa"))?;
         self.api.validate(&key(at, "api"))?;
         if let Some(uri) = &self.caa_account_uri {

@@ -1,7 +1,7 @@
 //! `GatewayConfig`: the Pingora gateway (TLS termination, routing to CVMs,
 //! registration, admin API, certificate management, shared store).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -85,8 +85,23 @@ pub struct GatewayConfig {
     /// Where shared state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Public addresses of this replica. With an etcd store they are published in the
+    /// replica list, from which `teegate dns` answers `*.<base_domain>`; empty (default):
+    /// this replica is not offered by DNS.
+    #[serde(default)]
+    pub advertise_addrs: Vec<IpAddr>,
+    /// Seconds a replica stays in the replica list after it stops renewing its lease, i.e.
+    /// how long DNS may still offer a dead replica (2 to 300, default 10).
+    #[serde(default = "default_replica_lease_secs")]
+    pub replica_lease_secs: u64,
+    /// The chain-of-trust pages at `https://<base_domain>/`.
+    #[serde(default)]
+    pub web: WebConfig,
 }
 
+fn default_replica_lease_secs() -> u64 {
+    10
+}
 fn default_listen_https() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 443))
 }
@@ -139,6 +154,16 @@ impl Validate for GatewayConfig {
         self.registration.validate(&key(at, "registration"))?;
         self.custom_domains.validate(&key(at, "custom_domains"))?;
         self.verifier.validate(&key(at, "verifier"))?;
+        self.web.validate(&key(at, "web"))?;
+        for (i, ip) in self.advertise_addrs.iter().enumerate() {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    key(at, &format!("advertise_addrs[{i}]")),
+                    format!("{ip} is not an address clients can reach"),
+                ));
+            }
+        }
+        in_range(at, "replica_lease_secs", self.replica_lease_secs, 2..=300)?;
         self.store.validate(&key(at, "store"))
     }
 }
@@ -401,6 +426,35 @@ impl Default for RegistrationConfig {
 impl Validate for RegistrationConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         in_range(at, "lease_secs", self.lease_secs, 1..=86_400)
+    }
+}
+
+/// `[web]`: the chain-of-trust pages served at the base domain.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the pages (default true). Off: the base domain answers 404.
+    pub enabled: bool,
+    /// PEM files of the KMS root CAs the pages vouch for. An instance's chain whose root
+    /// is not among them is shown as failed; with none, roots are shown as not checked.
+    pub kms_root_ca: Vec<PathBuf>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            kms_root_ca: Vec::new(),
+        }
+    }
+}
+
+impl Validate for WebConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        for path in &self.kms_root_ca {
+            non_empty_path(at, "kms_root_ca", path)?;
+        }
+        Ok(())
     }
 }
 

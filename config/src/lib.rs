@@ -31,6 +31,7 @@ mod dns;
 mod env;
 mod error;
 mod gateway;
+mod keys;
 mod kms;
 mod load;
 mod quote_provider;
@@ -46,8 +47,9 @@ pub use env::{env_var_name, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;
 pub use gateway::{
     AcmeConfig, Balance, CustomDomainsConfig, GatewayConfig, GatewayTlsConfig, LimitsConfig,
-    RegistrationConfig, TlsMode, UpstreamConfig, LETS_ENCRYPT_DIRECTORY,
+    RegistrationConfig, TlsMode, UpstreamConfig, WebConfig, LETS_ENCRYPT_DIRECTORY,
 };
+pub use keys::{component_keys, config_keys, ConfigKey, COMPONENTS};
 pub use kms::{
     AppPolicies, AppPolicy, KmsConfig, KmsPolicyConfig, MeasurementPolicy, WebhookConfig,
 };

@@ -1,10 +1,11 @@
 //! `SidecarConfig`: the in-CVM agent (compose, keys, RA-TLS front, guest
 //! API, registration with gateways).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::ConfigError;
 use crate::load::Component;
@@ -68,6 +69,56 @@ pub struct SidecarConfig {
     /// DNS names in the instance's RA-TLS certificate (default `<app-id>.teegate.internal`).
     #[serde(default)]
     pub cert_names: Vec<String>,
+    /// What runs the app: `docker` (default) or `none` (development only).
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// With `runtime = "none"`: exposed port → address of a service already listening
+    /// on this machine, which the front forwards that port to.
+    #[serde(default, deserialize_with = "upstreams")]
+    pub upstreams: BTreeMap<u16, SocketAddr>,
+}
+
+/// What runs the app's services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// The compose's containers, through the Docker Engine API.
+    #[default]
+    Docker,
+    /// No containers: the front forwards to `upstreams`. For development on machines
+    /// without Docker (`teegate dev --no-docker`); the compose is measured but not run,
+    /// so it is allowed only with simulated quotes.
+    None,
+}
+
+impl Runtime {
+    /// Whether the app's containers run on Docker.
+    pub fn uses_docker(self) -> bool {
+        self == Runtime::Docker
+    }
+}
+
+/// `[upstreams]` keys are TOML strings; they must be port numbers.
+fn upstreams<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<u16, SocketAddr>, D::Error> {
+    use serde::de::Error;
+    let raw = BTreeMap::<String, String>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(port, addr)| {
+            let p = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| D::Error::custom(format!("{port:?} is not a port (1 to 65535)")))?;
+            let a = addr.parse::<SocketAddr>().map_err(|_| {
+                D::Error::custom(format!(
+                    "{addr:?} (port {p}) is not a socket address such as \"127.0.0.1:8080\""
+                ))
+            })?;
+            Ok((p, a))
+        })
+        .collect()
 }
 
 fn default_socket_path() -> PathBuf {
@@ -122,6 +173,31 @@ impl Validate for SidecarConfig {
             check(at, &format!("gateways[{i}]"), url.require_https())?;
         }
         self.quote_provider.validate(&key(at, "quote_provider"))?;
+        match self.runtime {
+            Runtime::Docker if !self.upstreams.is_empty() => {
+                return Err(ConfigError::invalid(
+                    key(at, "upstreams"),
+                    "is used only with runtime = \"none\" (with docker, the compose's published ports are the upstreams)",
+                ));
+            }
+            Runtime::None if !self.quote_provider.is_simulated() => {
+                return Err(ConfigError::invalid(
+                    key(at, "runtime"),
+                    "\"none\" runs no containers and is for development only: it needs quote_provider = \"simulated\"",
+                ));
+            }
+            Runtime::None => {
+                for (port, addr) in &self.upstreams {
+                    if addr.ip().is_unspecified() || addr.port() == 0 {
+                        return Err(ConfigError::invalid(
+                            key(at, &format!("upstreams.{port}")),
+                            format!("{addr} must be a concrete address and port"),
+                        ));
+                    }
+                }
+            }
+            Runtime::Docker => {}
+        }
         in_range(at, "heartbeat_secs", self.heartbeat_secs, 1..=3600)?;
         in_range(
             at,
@@ -130,5 +206,54 @@ impl Validate for SidecarConfig {
             60..=366 * 86_400,
         )?;
         self.verifier.validate(&key(at, "verifier"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "compose_file = \"/c.json\"\nkms_url = \"https://kms.example.com\"\n";
+
+    fn parse(extra: &str) -> Result<SidecarConfig, String> {
+        crate::from_toml_str(&format!("{MIN}{extra}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn runtime_defaults_to_docker_without_upstreams() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.runtime, Runtime::Docker);
+        assert!(cfg.runtime.uses_docker());
+        assert!(cfg.upstreams.is_empty());
+    }
+
+    #[test]
+    fn runtime_none_forwards_to_upstreams_with_simulated_quotes_only() {
+        let cfg = parse(
+            "runtime = \"none\"\nquote_provider = \"simulated\"\n[upstreams]\n80 = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        assert!(!cfg.runtime.uses_docker());
+        assert_eq!(cfg.upstreams[&80], "127.0.0.1:8080".parse().unwrap());
+
+        let e = parse("runtime = \"none\"\n").unwrap_err();
+        assert!(
+            e.contains("sidecar.runtime") && e.contains("simulated"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_upstreams_naming_them() {
+        let sim = "quote_provider = \"simulated\"\n";
+        let e = parse(&format!("{sim}[upstreams]\n80 = \"127.0.0.1:8080\"\n")).unwrap_err();
+        assert!(e.contains("sidecar.upstreams") && e.contains("none"), "{e}");
+        let none = format!("{sim}runtime = \"none\"\n[upstreams]\n");
+        let e = parse(&format!("{none}http = \"127.0.0.1:8080\"\n")).unwrap_err();
+        assert!(e.contains("upstreams") && e.contains("not a port"), "{e}");
+        let e = parse(&format!("{none}80 = \"localhost\"\n")).unwrap_err();
+        assert!(e.contains("not a socket address"), "{e}");
+        let e = parse(&format!("{none}80 = \"0.0.0.0:80\"\n")).unwrap_err();
+        assert!(e.contains("sidecar.upstreams.80"), "{e}");
     }
 }

@@ -107,8 +107,34 @@ impl Validate for EtcdConfig {
             }
             _ => {}
         }
+        if self.password.is_some() {
+            // etcd authenticates with the password itself: never send it over the network
+            // in clear.
+            for (i, e) in self.endpoints.iter().enumerate() {
+                check(
+                    at,
+                    &format!("endpoints[{i}]"),
+                    e.require_https_or_loopback()
+                        .map_err(|m| format!("{m}: the password would cross the network in clear")),
+                )?;
+            }
+        }
         if let Some(tls) = &self.tls {
             tls.validate(&key(at, "tls"))?;
+            // TLS settings with a plain endpoint would be silently unused for it.
+            if let Some((i, e)) = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .find(|(_, e)| !e.is_https())
+            {
+                return Err(ConfigError::invalid(
+                    key(at, &format!("endpoints[{i}]")),
+                    format!(
+                        "{e} is not https:// but [tls] is set; use https:// for every endpoint"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -153,5 +179,44 @@ impl Validate for EtcdTlsConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_etcd(text: &str) -> Result<(), String> {
+        let cfg: EtcdConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate("gateway.store.etcd")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_settings_refuse_a_plain_endpoint() {
+        let e = check_etcd(
+            "endpoints = [\"https://a:2379\", \"http://b:2379\"]\n[tls]\nca_file = \"/ca.pem\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("gateway.store.etcd.endpoints[1]"), "{e}");
+        check_etcd("endpoints = [\"https://a:2379\"]\n[tls]\nca_file = \"/ca.pem\"").unwrap();
+    }
+
+    #[test]
+    fn password_is_never_sent_in_clear_beyond_loopback() {
+        let e = check_etcd(
+            "endpoints = [\"http://etcd.internal:2379\"]\nusername = \"u\"\npassword = \"p\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("gateway.store.etcd.endpoints[0]") && e.contains("clear"),
+            "{e}"
+        );
+        check_etcd("endpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\npassword = \"p\"")
+            .unwrap();
+        check_etcd(
+            "endpoints = [\"https://etcd.internal:2379\"]\nusername = \"u\"\npassword = \"p\"",
+        )
+        .unwrap();
     }
 }

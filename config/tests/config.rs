@@ -14,5 +14,7 @@ mod gateway;
 mod kms;
 #[path = "config/load.rs"]
 mod load;
+#[path = "config/reference.rs"]
+mod reference;
 #[path = "config/sidecar.rs"]
 mod sidecar;

@@ -205,6 +205,8 @@ impl Acme {
         solver: Solver<'_>,
     ) -> Result<CertRecord, AcmeError> {
         let _one = self.issuing.lock().await;
+        let stored = |all: Vec<CertRecord>| all.into_iter().find(|c| c.name == store_name);
+        let before = stored(self.store.certs().await?);
         // Across replicas (a shared store), one order at a time; the lease frees the lock
         // if this process dies mid-order.
         let _lock = self
@@ -219,6 +221,20 @@ impl Acme {
                 names: names.join(", "),
                 message: "another replica holds the ACME lock".into(),
             })?;
+        // Replicas that wanted the same certificate waited for the lock while its holder
+        // issued it: take that one instead of ordering again.
+        if let Some(fresh) = stored(self.store.certs().await?).filter(|c| {
+            before
+                .as_ref()
+                .is_none_or(|b| b.cert_chain_pem != c.cert_chain_pem)
+        }) {
+            tracing::info!(
+                name = store_name,
+                "issued by another replica meanwhile; not ordering again"
+            );
+            self.resolver.install(&fresh)?;
+            return Ok(fresh);
+        }
         let order_err = |m: String| AcmeError::Order {
             names: names.join(", "),
             message: m,

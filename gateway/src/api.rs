@@ -14,6 +14,8 @@ pub const MAX_REGISTER_BODY: usize = 256 * 1024;
 pub const MAX_FRONT_CERTS: usize = 4;
 /// Most exposed ports one instance may register.
 pub const MAX_PORTS: usize = 64;
+/// Largest `app_compose` a registration may carry.
+pub const MAX_APP_COMPOSE: usize = 128 * 1024;
 
 /// `POST /v1/register`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,14 @@ pub struct RegisterRequest {
     /// certificate itself is what the front serves.
     #[serde(default)]
     pub front_certs: Vec<String>,
+    /// The exact bytes of the instance's `app-compose.json` (UTF-8). The gateway keeps it
+    /// for the attestation page only if its SHA-256 is the attested compose hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_compose: Option<String>,
+    /// The KMS root CA (hex DER) that signed the instance's app CA, for the attestation
+    /// page's chain. Trusted only where the gateway pins it (`web.kms_root_ca`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_root_ca: Option<String>,
 }
 
 /// The answer to a registration.

@@ -9,6 +9,8 @@
 //!                     └─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
 //!                            route (names) → pick (Registry) → connect → fingerprint check
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
+//!  Store (embedded file | etcd) ─events─▶ StoreSync ─▶ Registry, CertResolver (replicas)
+//!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
 //! ```
@@ -41,10 +43,16 @@ mod pages;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]
+pub mod refused;
+#[cfg(feature = "server")]
 pub mod registration;
 #[cfg(feature = "server")]
 pub mod registry;
 #[cfg(feature = "server")]
+pub mod replicas;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod trust_page;

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub passthrough: IntCounterVec,
     pub acme_attempts: IntCounterVec,
     pub on_demand: IntCounterVec,
+    /// 1 while the store answers (always for the embedded one), 0 during an etcd outage.
+    pub store_up: IntGauge,
+    pub store_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -104,7 +107,22 @@ impl Metrics {
             "On-demand certificate decisions for custom domains by result",
             &["result"],
         );
+        let store_up = IntGauge::new(
+            "teegate_store_up",
+            "1 while the state store answers, 0 while it is unreachable (the gateway serves from memory)",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = registry.register(Box::new(store_up.clone()));
+        store_up.set(1);
+        let store_errors = counter(
+            &registry,
+            "teegate_store_errors_total",
+            "Failed state store operations by operation",
+            &["op"],
+        );
         Self {
+            store_up,
+            store_errors,
             on_demand,
             acme_attempts,
             registry,

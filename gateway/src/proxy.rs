@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::names::{self, Mode, NameError, Target};
 use crate::pages;
 use crate::registry::{Balance, InFlight, Instance, PickError, Registry, Resolved};
+use crate::trust_page::TrustPages;
 
 /// Settings the proxy reads on every request.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct GatewayProxy {
     pub settings: ProxySettings,
     /// Present when custom domains are enabled.
     pub custom: Option<Arc<CustomDomains>>,
+    /// The chain-of-trust pages at the base domain, unless `web.enabled = false`.
+    pub pages: Option<Arc<TrustPages>>,
 }
 
 #[derive(Default)]
@@ -146,14 +149,38 @@ impl ProxyHttp for GatewayProxy {
         let target = match names::parse(&host, &self.settings.base_domain) {
             Ok(t) => t,
             Err(NameError::BaseDomain) => {
-                Self::refuse(ctx, "base-domain");
-                respond(
-                    session,
-                    404,
-                    "Not Found",
-                    "Nothing is served at the base domain yet.",
-                )
-                .await?;
+                let Some(pages) = &self.pages else {
+                    Self::refuse(ctx, "base-domain");
+                    respond(
+                        session,
+                        404,
+                        "Not Found",
+                        "Nothing is served at the base domain.",
+                    )
+                    .await?;
+                    return Ok(true);
+                };
+                let req = session.req_header();
+                let accept = req
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let head = req.method == http::Method::HEAD;
+                let page = pages.handle(&req.method, path, accept);
+                let body = Bytes::from(page.body);
+                let mut resp = ResponseHeader::build(page.status, Some(5))?;
+                resp.insert_header(http::header::CONTENT_TYPE, page.content_type)?;
+                resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+                resp.insert_header(
+                    "content-security-policy",
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+                )?;
+                session.write_response_header(Box::new(resp), head).await?;
+                if !head {
+                    session.write_response_body(Some(body), true).await?;
+                }
                 return Ok(true);
             }
             Err(NameError::NotOurDomain) => {

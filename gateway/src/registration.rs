@@ -12,10 +12,12 @@ use ratls::tls::RaTlsCheck;
 use ratls::{CachingVerifier, Fingerprint, VerifiedAttestation};
 
 use crate::api::{
-    RegisterRequest, RegisterResponse, MAX_FRONT_CERTS, MAX_PORTS, MAX_REGISTER_BODY,
+    RegisterRequest, RegisterResponse, MAX_APP_COMPOSE, MAX_FRONT_CERTS, MAX_PORTS,
+    MAX_REGISTER_BODY,
 };
 use crate::http_util::{error, json, read_body, Body, Peer};
 use crate::metrics::Metrics;
+use crate::refused::RefusedLog;
 use crate::registry::Registry;
 use crate::store::{InstanceRecord, Store};
 
@@ -27,7 +29,12 @@ pub struct Registrar {
     pub metrics: Arc<Metrics>,
     pub lease: Duration,
     pub allow_loopback: bool,
+    /// Refused attestations, for the attestation page.
+    pub refused: Arc<RefusedLog>,
 }
+
+/// Most issuer certificates kept from a registration's presented chain.
+const MAX_ISSUERS: usize = 3;
 
 /// Addresses a registration may not point the gateway at (unless in development).
 pub fn is_refused_addr(ip: IpAddr) -> bool {
@@ -73,7 +80,18 @@ impl Registrar {
         }
         let attestation = match self.check.verify_peer(&peer.certs) {
             Ok(a) => a,
-            Err(e) => return self.refuse(StatusCode::FORBIDDEN, "attestation", e.to_string()),
+            Err(e) => {
+                self.refused.record(
+                    peer.certs
+                        .iter()
+                        .take(1 + MAX_ISSUERS)
+                        .map(|c| c.to_vec())
+                        .collect(),
+                    e.to_string(),
+                    ratls::verifier::unix_now(),
+                );
+                return self.refuse(StatusCode::FORBIDDEN, "attestation", e.to_string());
+            }
         };
         let body = match read_body(req.into_body(), MAX_REGISTER_BODY).await {
             Ok(b) => b,
@@ -152,6 +170,51 @@ impl Registrar {
                 certs.push(der);
             }
         }
+        let app_compose = match req.app_compose {
+            Some(text) if text.len() > MAX_APP_COMPOSE => {
+                return Err(bad(
+                    "app-compose",
+                    format!("app_compose is over {MAX_APP_COMPOSE} bytes"),
+                ))
+            }
+            Some(text) => {
+                let hash = ratls::ComposeHash::of(text.as_bytes());
+                if hash != *attestation.compose_hash() {
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        "app-compose",
+                        format!(
+                            "app_compose hashes to {} but the attested compose hash is {}",
+                            hash.to_hex(),
+                            attestation.compose_hash().to_hex()
+                        ),
+                    ));
+                }
+                Some(text)
+            }
+            None => None,
+        };
+        let kms_root_ca = match req.kms_root_ca {
+            Some(h) => {
+                let der = hex::decode(&h)
+                    .map_err(|e| bad("kms-root-ca", format!("kms_root_ca is not hex: {e}")))?;
+                x509_parser::parse_x509_certificate(&der).map_err(|e| {
+                    bad(
+                        "kms-root-ca",
+                        format!("kms_root_ca is not a certificate: {e}"),
+                    )
+                })?;
+                Some(h)
+            }
+            None => None,
+        };
+        let chain = peer
+            .certs
+            .iter()
+            .skip(1)
+            .take(MAX_ISSUERS)
+            .map(hex::encode)
+            .collect();
         let now = ratls::verifier::unix_now();
         let record = InstanceRecord {
             app_id: *attestation.app_id(),
@@ -165,6 +228,9 @@ impl Registrar {
             simulated: attestation.is_simulated(),
             mrtd: *attestation.mrtd(),
             lease_expires: now + self.lease.as_secs(),
+            chain,
+            kms_root_ca,
+            app_compose,
         };
         self.store.put_instance(&record).await.map_err(|e| {
             (

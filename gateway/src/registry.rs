@@ -280,6 +280,14 @@ impl Registry {
         out
     }
 
+    /// The instances of one app, in registration order.
+    pub fn instances_of(&self, app: &AppId) -> Vec<Arc<Instance>> {
+        self.apps
+            .get(app)
+            .map(|list| list.value().clone())
+            .unwrap_or_default()
+    }
+
     pub fn app(&self, app: &AppId, now_ms: u64) -> Option<AppInfo> {
         self.apps.get(app).map(|list| AppInfo {
             app_id: app.to_hex(),
@@ -305,6 +313,9 @@ mod tests {
             simulated: true,
             mrtd: ratls::Measurement::ZERO,
             lease_expires: 100,
+            chain: vec![],
+            kms_root_ca: None,
+            app_compose: None,
         }
     }
 

@@ -24,9 +24,12 @@ use crate::frontdoor::FrontDoor;
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
 use crate::proxy::{GatewayProxy, ProxySettings};
+use crate::refused::RefusedLog;
 use crate::registration::Registrar;
+use crate::trust_page::TrustPages;
 use crate::registry::{Balance, Registry};
-use crate::store::{EmbeddedStore, Store};
+use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
+use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, Store};
 use crate::{attest, http_util};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,31 @@ async fn install_certificates(
         store.put_cert(&record).await?;
     }
     Ok(dev_ca_path)
+}
+
+/// Reads the KMS root CAs the attestation pages vouch for (`web.kms_root_ca`).
+fn load_kms_roots(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, GatewayError> {
+    let mut roots = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            GatewayError::Config(format!("web.kms_root_ca: {}: {e}", path.display()))
+        })?;
+        let before = roots.len();
+        for block in pem::parse_many(&text).map_err(|e| {
+            GatewayError::Config(format!("web.kms_root_ca: {}: {e}", path.display()))
+        })? {
+            if block.tag() == "CERTIFICATE" {
+                roots.push(block.into_contents());
+            }
+        }
+        if roots.len() == before {
+            return Err(GatewayError::Config(format!(
+                "web.kms_root_ca: {}: no CERTIFICATE in the file",
+                path.display()
+            )));
+        }
+    }
+    Ok(roots)
 }
 
 fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
@@ -273,12 +301,15 @@ pub fn run(
             "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
         );
     }
-    let store: Arc<dyn Store> = match &cfg.store {
-        StoreConfig::Embedded => Arc::new(EmbeddedStore::open(&cfg.data_dir)?),
-        StoreConfig::Etcd(_) => {
-            return Err(GatewayError::Config(
-                "store.etcd is not supported by this build yet; use store = \"embedded\"".into(),
-            ))
+    let (store, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
+        StoreConfig::Embedded => (Arc::new(EmbeddedStore::open(&cfg.data_dir)?), None),
+        StoreConfig::Etcd(etcd_cfg) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| GatewayError::Config(e.to_string()))?;
+            let etcd = rt.block_on(EtcdStore::connect(etcd_cfg, Some(metrics.clone())))?;
+            (Arc::new(etcd.clone()), Some(etcd))
         }
     };
 
@@ -380,6 +411,19 @@ pub fn run(
     } else {
         None
     };
+    let refused = Arc::new(RefusedLog::new());
+    let pages = if cfg.web.enabled {
+        Some(Arc::new(TrustPages::new(
+            base.clone(),
+            https_addr.port(),
+            registry.clone(),
+            verifier.clone(),
+            refused.clone(),
+            load_kms_roots(&cfg.web.kms_root_ca)?,
+        )))
+    } else {
+        None
+    };
     let proxy = Arc::new(pingora_proxy::http_proxy(
         &conf,
         GatewayProxy {
@@ -387,6 +431,7 @@ pub fn run(
             metrics: metrics.clone(),
             settings: settings.clone(),
             custom: custom.clone(),
+            pages,
         },
     ));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -448,6 +493,7 @@ pub fn run(
         metrics: metrics.clone(),
         lease: Duration::from_secs(cfg.registration.lease_secs),
         allow_loopback: cfg.registration.allow_loopback,
+        refused,
     });
     if cfg.registration.allow_loopback {
         tracing::warn!("registration.allow_loopback = true: instances on loopback addresses are accepted (development only)");
@@ -494,6 +540,37 @@ pub fn run(
             handler: redirect_handler,
         }),
     ));
+    if let Some(etcd) = etcd {
+        // Subscribed before the watch starts, so the first resync is not missed.
+        let sync = StoreSync::new(
+            store.clone(),
+            verifier.clone(),
+            registry.clone(),
+            resolver.clone(),
+            metrics.clone(),
+        );
+        server.add_service(GenBackgroundService::new(
+            "teegate store sync".into(),
+            Arc::new(sync),
+        ));
+        server.add_service(GenBackgroundService::new(
+            "teegate store watch".into(),
+            Arc::new(StoreWatch(etcd.clone())),
+        ));
+        let record = ReplicaRecord {
+            id: replicas::new_replica_id(),
+            addrs: cfg.advertise_addrs.clone(),
+            https_port: https_addr.port(),
+        };
+        server.add_service(GenBackgroundService::new(
+            "teegate replica heartbeat".into(),
+            Arc::new(ReplicaHeartbeat {
+                store: etcd,
+                record,
+                ttl: Duration::from_secs(cfg.replica_lease_secs),
+            }),
+        ));
+    }
     server.add_service(GenBackgroundService::new(
         "teegate lease reaper".into(),
         Arc::new(LeaseReaper {

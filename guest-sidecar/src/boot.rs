@@ -5,7 +5,8 @@
 //! measure  RTMR3 ← compose-hash, app-id, instance-id, key-provider (configfs-tsm or simulated)
 //! kms      mutual RA-TLS to the KMS → app CA, disk key, env key, app/<path> keys
 //! env      decrypt the encrypted environment (allowed names only)
-//! containers  create / adopt the compose's containers on Docker
+//! containers  create / adopt the compose's containers on Docker (runtime = "none",
+//!          development only: no containers, the configured upstreams instead)
 //! serve    RA-TLS front (cert signed by the app CA) + guest API socket
 //! register with every gateway, renewed on a heartbeat
 //! ```
@@ -284,6 +285,71 @@ fn pem_certs(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Creates (or adopts) the compose's containers; returns the manager and, per exposed
+/// port, the address the container publishes it on.
+async fn start_containers(
+    cfg: &SidecarConfig,
+    loaded: &LoadedAppCompose,
+    spec: crate::compose::ComposeSpec,
+) -> Result<(Option<ContainerManager>, HashMap<u16, SocketAddr>), BootError> {
+    let c = step("containers");
+    let docker = connect_docker(&cfg.docker_socket, Duration::from_secs(10))
+        .await
+        .map_err(|e| c(e.to_string()))?;
+    let manager = ContainerManager::new(
+        docker,
+        AppDeployment {
+            app_id: loaded.app_id,
+            compose_hash: loaded.compose_hash,
+            spec,
+            images: loaded.compose.images.clone(),
+        },
+        ManagerConfig::default(),
+    );
+    manager.up().await.map_err(|e| c(e.to_string()))?;
+    let mut ports = HashMap::new();
+    for port in &loaded.compose.exposed_ports {
+        let p = port.0;
+        let addr = manager
+            .endpoint_for_port(p)
+            .await
+            .map_err(|e| c(e.to_string()))?
+            .ok_or_else(|| c(format!("exposed port {p} has no published address")))?;
+        ports.insert(p, addr);
+    }
+    tracing::info!(?ports, "containers up");
+    Ok((Some(manager), ports))
+}
+
+/// `runtime = "none"` (development only, simulated quotes): no containers; each exposed
+/// port goes to the service the config names for it.
+fn development_upstreams(
+    cfg: &SidecarConfig,
+    loaded: &LoadedAppCompose,
+) -> Result<HashMap<u16, SocketAddr>, BootError> {
+    let c = step("containers");
+    if !cfg.quote_provider.is_simulated() {
+        return Err(c(
+            "runtime = \"none\" needs quote_provider = \"simulated\" (development only)".into(),
+        ));
+    }
+    let mut ports = HashMap::new();
+    for port in &loaded.compose.exposed_ports {
+        let addr = cfg.upstreams.get(&port.0).ok_or_else(|| {
+            c(format!(
+                "runtime = \"none\": exposed port {} has no entry in [upstreams]",
+                port.0
+            ))
+        })?;
+        ports.insert(port.0, *addr);
+    }
+    tracing::warn!(
+        ?ports,
+        "runtime = none: the compose's containers do not run; the front forwards to these development services"
+    );
+    Ok(ports)
+}
+
 /// Boots the instance described by `cfg`; returns once everything serves.
 pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     // compose
@@ -328,6 +394,8 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     let mut env_vars = BTreeMap::new();
 
     // kms
+    // The KMS root named in registrations, so the attestation page can show the chain.
+    let mut kms_root_der: Option<Vec<u8>> = None;
     let (app_ca, keys): (Option<Arc<CertAuthority>>, Arc<dyn KeySource>) = match loaded
         .compose
         .key_provider
@@ -358,6 +426,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
                         .into_iter()
                         .next()
                         .ok_or_else(|| k(format!("{}: no certificate", path.display())))?;
+                    kms_root_der = Some(root.clone());
                     kms::client::pinned_root(&root, verifier.clone())
                         .map_err(|e| k(e.to_string()))?
                 }
@@ -374,6 +443,9 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
                 .app_keys(&kms::api::AppKeysRequest::default())
                 .await
                 .map_err(|e| k(e.to_string()))?;
+            if kms_root_der.is_none() {
+                kms_root_der = pem_certs(&released.root_ca_cert_pem).into_iter().next();
+            }
             let ca_der = pem_certs(&released.app_ca_cert_pem)
                 .into_iter()
                 .next()
@@ -421,31 +493,11 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         .compose
         .compose_spec(&env_vars, &ComposeOptions::default())
         .map_err(|e| c(e.to_string()))?;
-    let docker = connect_docker(&cfg.docker_socket, Duration::from_secs(10))
-        .await
-        .map_err(|e| c(e.to_string()))?;
-    let manager = ContainerManager::new(
-        docker,
-        AppDeployment {
-            app_id: loaded.app_id,
-            compose_hash: loaded.compose_hash,
-            spec,
-            images: loaded.compose.images.clone(),
-        },
-        ManagerConfig::default(),
-    );
-    manager.up().await.map_err(|e| c(e.to_string()))?;
-    let mut ports = HashMap::new();
-    for port in &loaded.compose.exposed_ports {
-        let p = port.0;
-        let addr = manager
-            .endpoint_for_port(p)
-            .await
-            .map_err(|e| c(e.to_string()))?
-            .ok_or_else(|| c(format!("exposed port {p} has no published address")))?;
-        ports.insert(p, addr);
-    }
-    tracing::info!(?ports, "containers up");
+    let (manager, ports) = if cfg.runtime.uses_docker() {
+        start_containers(cfg, &loaded, spec).await?
+    } else {
+        (None, development_upstreams(cfg, &loaded)?)
+    };
 
     // serve
     let s = step("serve");
@@ -515,6 +567,10 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             front_addr,
             ports: loaded.compose.exposed_ports.iter().map(|p| p.0).collect(),
             front_certs: vec![],
+            app_compose: (loaded.bytes.len() <= gateway::api::MAX_APP_COMPOSE)
+                .then(|| String::from_utf8(loaded.bytes.clone()).ok())
+                .flatten(),
+            kms_root_ca: kms_root_der.as_deref().map(hex::encode),
         },
     };
     let (registration, _) = watch::channel(registration);
@@ -536,7 +592,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         identity,
         front_addr,
         socket_path: cfg.socket_path.clone(),
-        containers: Some(manager),
+        containers: manager,
         stop,
         rotator: rotator.clone(),
     };

@@ -18,6 +18,8 @@
 //!
 //! - [`compose`]: the `app-compose.json` format, the compose hash and app id, and the
 //!   supported docker compose subset ([`compose::spec`]).
+//! - [`boot`]: the boot flow. With `runtime = "none"` (development only, simulated
+//!   quotes) no containers run and the front forwards to the config's `upstreams`.
 //! - [`containers`]: the container manager (network, volumes, images, containers in
 //!   dependency order, adoption by label, restart watcher, logs, teardown).
 

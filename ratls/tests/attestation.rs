@@ -632,7 +632,7 @@ fn chain_explained_from_pinned_root_to_instance() {
 
     // A self-signed RA-TLS certificate stands alone.
     let alone = sim_cert(None);
-    let links = explain(&[alone.cert_der.clone()], &[], now);
+    let links = explain(std::slice::from_ref(&alone.cert_der), &[], now);
     assert_eq!(links.len(), 1);
     assert!(links[0].outcome.is_verified(), "{:?}", links[0].outcome);
 }

@@ -34,11 +34,63 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             eprintln!("  api  http://{api} ({auth})");
         }
+        let (stop_replicas, replicas_stopped) = tokio::sync::watch::channel(false);
+        if let config::StoreConfig::Etcd(etcd) = &cfg.store {
+            let store = gateway::store::EtcdStore::connect(etcd, None)
+                .await
+                .context("dns: store.etcd")?;
+            eprintln!(
+                "  gateway replicas from etcd {} (prefix {}), else {:?}",
+                etcd.endpoints
+                    .iter()
+                    .map(|e| e.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                etcd.prefix,
+                cfg.gateway_addrs
+            );
+            tokio::spawn(follow_replicas(
+                store,
+                server.zone(),
+                cfg.gateway_addrs.clone(),
+                replicas_stopped,
+            ));
+        }
         eprintln!("ready");
         server.run(shutdown_signal()).await.context("dns")?;
+        let _ = stop_replicas.send(true);
         eprintln!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Answers `*.<base>` with the advertised addresses of the live gateway replicas, or the
+/// configured `gateway_addrs` while no replica advertises any (so a cluster that lost every
+/// replica, or was never set up with `advertise_addrs`, still resolves as configured).
+async fn follow_replicas(
+    store: gateway::store::EtcdStore,
+    zone: dns::ZoneHandle,
+    fallback: Vec<std::net::IpAddr>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut current: Option<Vec<std::net::IpAddr>> = None;
+    store
+        .watch_replicas(shutdown, move |replicas| {
+            let mut addrs: Vec<std::net::IpAddr> =
+                replicas.into_iter().flat_map(|r| r.addrs).collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                addrs = fallback.clone();
+            }
+            if current.as_ref() != Some(&addrs) {
+                match zone.set_gateway_addrs(addrs.clone()) {
+                    Ok(()) => current = Some(addrs),
+                    Err(e) => tracing::warn!(error = %e, "replica addresses not usable in DNS"),
+                }
+            }
+        })
+        .await;
 }
 
 /// Completes on the first SIGINT or SIGTERM.

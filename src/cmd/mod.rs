@@ -1,3 +1,4 @@
+pub mod dev;
 pub mod dns;
 pub mod env;
 pub mod gateway;

@@ -708,3 +708,4 @@ pub async fn start_test_dns(
     });
     (addr, seen)
 }
+pub mod etcd;

@@ -189,6 +189,9 @@ mod tests {
             simulated: true,
             mrtd: ratls::Measurement([n; 48]),
             lease_expires: 1,
+            chain: vec![],
+            kms_root_ca: None,
+            app_compose: None,
         }
     }
 

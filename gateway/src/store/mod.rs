@@ -1,10 +1,12 @@
 //! Durable state behind the gateway: instance registrations (with lease expiry) and
-//! certificates. The embedded backend is a file in the data directory; the trait leaves
-//! room for a replicated backend (leases, watches, locks) without changing callers.
+//! certificates. The embedded backend is a file in the data directory; the etcd backend
+//! shares them between gateway replicas (leases, watches, locks) behind the same trait.
 
 mod embedded;
+pub mod etcd;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdStore, ReplicaRecord};
 
 use std::net::SocketAddr;
 
@@ -29,6 +31,15 @@ pub struct InstanceRecord {
     pub mrtd: ratls::Measurement,
     /// Unix seconds when the registration lapses.
     pub lease_expires: u64,
+    /// The issuers the instance presented above its certificate (hex DER, app CA first).
+    #[serde(default)]
+    pub chain: Vec<String>,
+    /// The KMS root CA the instance named (hex DER); trusted only where pinned.
+    #[serde(default)]
+    pub kms_root_ca: Option<String>,
+    /// `app-compose.json`, kept only when it hashes to `compose_hash`.
+    #[serde(default)]
+    pub app_compose: Option<String>,
 }
 
 /// A certificate and key the gateway serves (PEM), by name (`*.<base>` or a custom domain).
@@ -55,6 +66,8 @@ pub enum StoreEvent {
     InstancePut(Box<InstanceRecord>),
     InstanceDeleted(ratls::InstanceId),
     CertPut(String),
+    /// Events may have been missed (a replicated store reconnected): re-read everything.
+    Resync,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -302,6 +302,8 @@ pub struct LoadedAppCompose {
     pub app_id: AppId,
     /// Whether `app_id` came from the file (`true`) or from the hash (`false`).
     pub app_id_named: bool,
+    /// The file's exact bytes (what `compose_hash` hashes), for anyone who audits it.
+    pub bytes: Vec<u8>,
 }
 
 impl LoadedAppCompose {
@@ -355,6 +357,7 @@ impl LoadedAppCompose {
             compose_hash,
             app_id,
             app_id_named,
+            bytes: bytes.to_vec(),
         })
     }
 }

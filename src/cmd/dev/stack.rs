@@ -1,0 +1,327 @@
+//! The files of a development stack: where everything lives in the data directory, the
+//! loopback ports, each app's `app-compose.json` and every component's config.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// The base domain: browsers resolve `*.localhost` to loopback by themselves.
+pub const BASE: &str = "teegate.localhost";
+/// The name the sidecars expect on the gateway's registration certificate.
+pub const REGISTRATION_NAME: &str = "gateway.teegate.localhost";
+/// The demo image, built locally from busybox-static (no registry is needed).
+pub const DEMO_IMAGE: &str = "teegate-dev/demo:1";
+/// The container port every demo app exposes.
+pub const APP_PORT: u16 = 80;
+
+/// A TOML basic string holding `text` (quotes and backslashes escaped).
+pub fn toml_str(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn path_str(p: &Path) -> String {
+    toml_str(&p.display().to_string())
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("picking a free loopback port")?
+        .port())
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (the DNS server listens on both).
+fn free_dual_port() -> Result<u16> {
+    for _ in 0..20 {
+        let tcp = TcpListener::bind("127.0.0.1:0").context("picking a free loopback port")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("found no loopback port free for both TCP and UDP")
+}
+
+/// Loopback ports of one run. Only `https` is chosen by the user (URLs and bookmarks
+/// keep working across restarts); the rest are picked free each time.
+#[derive(Debug, Clone)]
+pub struct Ports {
+    pub https: u16,
+    pub http: u16,
+    pub registration: u16,
+    pub admin: u16,
+    pub kms: u16,
+    pub dns: u16,
+    pub dns_api: u16,
+}
+
+impl Ports {
+    pub fn pick(https: u16) -> Result<Ports> {
+        let https = if https == 0 {
+            free_port()?
+        } else {
+            TcpListener::bind(("127.0.0.1", https)).with_context(|| {
+                format!(
+                    "127.0.0.1:{https} is taken (another teegate dev, or another server?); \
+                     choose another port with --port N (or --port 0 for any free one)"
+                )
+            })?;
+            https
+        };
+        Ok(Ports {
+            https,
+            http: free_port()?,
+            registration: free_port()?,
+            admin: free_port()?,
+            kms: free_port()?,
+            dns: free_dual_port()?,
+            dns_api: free_port()?,
+        })
+    }
+}
+
+/// One simulated CVM running one demo app.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// 1-based, as printed.
+    pub index: usize,
+    pub dir: PathBuf,
+    pub compose_path: PathBuf,
+    pub config_path: PathBuf,
+    pub app_id: ratls::AppId,
+    pub compose_hash: ratls::ComposeHash,
+    /// Where the built-in demo service listens (no Docker).
+    pub demo_addr: Option<SocketAddr>,
+}
+
+impl App {
+    pub fn host(&self) -> String {
+        format!("{}.{BASE}", self.app_id)
+    }
+}
+
+/// The layout of the data directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    pub fn kms_dir(&self) -> PathBuf {
+        self.root.join("kms")
+    }
+    pub fn gateway_dir(&self) -> PathBuf {
+        self.root.join("gateway")
+    }
+    /// The gateway's development CA: made once, kept across runs.
+    pub fn dev_ca(&self) -> PathBuf {
+        self.gateway_dir().join("dev-ca.pem")
+    }
+    pub fn kms_root_ca(&self) -> PathBuf {
+        self.kms_dir().join("root-ca.pem")
+    }
+
+    /// A short random id for this data directory, made once: it names the demo apps, so
+    /// two data directories never share app ids (nor containers), while one directory
+    /// keeps its app ids, and so its URLs, across runs.
+    pub fn dev_id(&self) -> Result<String> {
+        let path = self.root.join("dev-id");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let id = text.trim();
+            if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id.to_string());
+            }
+        }
+        let mut bytes = [0u8; 4];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .context("reading /dev/urandom")?;
+        let id = hex::encode(bytes);
+        std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+        Ok(id)
+    }
+}
+
+/// The demo compose: busybox httpd serving a page that names the app and its container.
+fn demo_compose_yaml(index: usize) -> String {
+    let script = "mkdir -p /www && echo \"teegate demo app $$DEMO_APP (SIMULATED TDX): served by a Docker container, hostname $$(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www";
+    let command = serde_json::json!(["sh", "-c", script]);
+    format!(
+        "services:\n  web:\n    image: {DEMO_IMAGE}\n    command: {command}\n    environment:\n      DEMO_APP: \"{index}\"\n    ports: [\"{APP_PORT}\"]\n    restart: always\n"
+    )
+}
+
+/// Writes app `index`'s `app-compose.json` (the same bytes every run, so the same app id)
+/// and returns the app.
+pub fn app(layout: &Layout, dev_id: &str, index: usize) -> Result<App> {
+    let dir = layout.root.join(format!("app{index}"));
+    std::fs::create_dir_all(dir.join("data"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let compose = serde_json::json!({
+        "name": format!("teegate-dev-{dev_id}-app{index}"),
+        "docker_compose": demo_compose_yaml(index),
+        "exposed_ports": [APP_PORT],
+        "allowed_envs": [],
+        "key_provider": "kms",
+        // Part of the measured compose, so it names no port (ports change every run);
+        // the sidecar's config says where the KMS listens.
+        "kms_url": format!("https://kms.{BASE}"),
+    })
+    .to_string();
+    let compose_path = dir.join("app-compose.json");
+    std::fs::write(&compose_path, &compose)
+        .with_context(|| format!("writing {}", compose_path.display()))?;
+    let compose_hash = ratls::ComposeHash::of(compose.as_bytes());
+    Ok(App {
+        index,
+        config_path: dir.join("sidecar.toml"),
+        dir,
+        compose_path,
+        app_id: compose_hash.default_app_id(),
+        compose_hash,
+        demo_addr: None,
+    })
+}
+
+const ANY_MEASUREMENT: &str = "mrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\n";
+
+fn write(path: &Path, text: &str) -> Result<PathBuf> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// The KMS releases keys to exactly the demo apps' compose hashes, simulated quotes allowed.
+pub fn kms_config(layout: &Layout, ports: &Ports, apps: &[App]) -> Result<PathBuf> {
+    let mut text = format!(
+        "# written by teegate dev on every start\nlisten = \"127.0.0.1:{}\"\ndata_dir = {}\nquote_provider = \"simulated\"\n\n[verifier]\nallow_simulated = true\n\n[policy.os]\n{ANY_MEASUREMENT}",
+        ports.kms,
+        path_str(&layout.kms_dir()),
+    );
+    for app in apps {
+        text.push_str(&format!(
+            "\n[policy.apps.{}]\ncompose_hashes = [\"{}\"]\nallow_simulated = true\n",
+            app.app_id,
+            app.compose_hash.to_hex()
+        ));
+    }
+    write(&layout.root.join("kms.toml"), &text)
+}
+
+pub fn dns_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
+    let text = format!(
+        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:{dns}\"\nlisten_tcp = \"127.0.0.1:{dns}\"\ngateway_addrs = [\"127.0.0.1\"]\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+        dns = ports.dns,
+        api = ports.dns_api,
+    );
+    write(&layout.root.join("dns.toml"), &text)
+}
+
+pub fn gateway_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
+    let text = format!(
+        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_https = \"127.0.0.1:{https}\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_registration = \"127.0.0.1:{reg}\"\nlisten_admin = \"127.0.0.1:{admin}\"\ndata_dir = {dir}\ngrace_period_secs = 1\nworkers = 2\n\n[tls]\nmode = \"self_signed\"\n\n[registration]\nallow_loopback = true\nlease_secs = 30\n\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
+        https = ports.https,
+        http = ports.http,
+        reg = ports.registration,
+        admin = ports.admin,
+        dir = path_str(&layout.gateway_dir()),
+    );
+    write(&layout.root.join("gateway.toml"), &text)
+}
+
+/// The sidecar of one simulated CVM: simulated quotes, the dev KMS pinned by its root,
+/// the gateway's dev CA trusted for registration, and either Docker or (no Docker) the
+/// built-in demo service as the app's port 80.
+pub fn sidecar_config(
+    layout: &Layout,
+    ports: &Ports,
+    app: &App,
+    docker_socket: &Path,
+) -> Result<PathBuf> {
+    let socket = app.dir.join("guest.sock");
+    // sun_path holds 108 bytes including the terminating NUL.
+    if socket.as_os_str().len() > 100 {
+        bail!(
+            "the data directory's path is too long for a Unix socket ({}); choose a shorter --data-dir",
+            socket.display()
+        );
+    }
+    let runtime = match app.demo_addr {
+        Some(addr) => format!("runtime = \"none\"\n\n[upstreams]\n{APP_PORT} = \"{addr}\"\n"),
+        None => "runtime = \"docker\"\n".to_string(),
+    };
+    let text = format!(
+        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\ngateway_ca = {ca}\nquote_provider = \"simulated\"\ndata_dir = {data}\ndocker_socket = {docker}\nheartbeat_secs = 10\n{runtime}\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
+        compose = path_str(&app.compose_path),
+        socket = path_str(&socket),
+        kms = ports.kms,
+        root = path_str(&layout.kms_root_ca()),
+        ca = path_str(&layout.dev_ca()),
+        data = path_str(&app.dir.join("data")),
+        docker = path_str(docker_socket),
+    );
+    write(&app.config_path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_configs_load_and_the_sidecar_runs_the_builtin_demo_without_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().join("dev \"quoted\""),
+        };
+        std::fs::create_dir_all(&layout.root).unwrap();
+        let ports = Ports::pick(0).unwrap();
+        let id = layout.dev_id().unwrap();
+        assert_eq!(layout.dev_id().unwrap(), id, "kept across runs");
+        let mut a = app(&layout, &id, 1).unwrap();
+        let again = app(&layout, &id, 1).unwrap();
+        assert_eq!(a.app_id, again.app_id, "same compose bytes, same app id");
+        assert_ne!(a.app_id, app(&layout, &id, 2).unwrap().app_id);
+
+        let _: config::KmsConfig =
+            config::load(&kms_config(&layout, &ports, std::slice::from_ref(&a)).unwrap()).unwrap();
+        let _: config::DnsConfig = config::load(&dns_config(&layout, &ports).unwrap()).unwrap();
+        let gw: config::GatewayConfig =
+            config::load(&gateway_config(&layout, &ports).unwrap()).unwrap();
+        assert_eq!(gw.data_dir, layout.gateway_dir());
+
+        let docker = Path::new("/var/run/docker.sock");
+        let cfg: config::SidecarConfig =
+            config::load(&sidecar_config(&layout, &ports, &a, docker).unwrap()).unwrap();
+        assert!(cfg.runtime.uses_docker());
+        a.demo_addr = Some("127.0.0.1:4321".parse().unwrap());
+        let cfg: config::SidecarConfig =
+            config::load(&sidecar_config(&layout, &ports, &a, docker).unwrap()).unwrap();
+        assert!(!cfg.runtime.uses_docker());
+        assert_eq!(cfg.upstreams[&APP_PORT], a.demo_addr.unwrap());
+    }
+
+    #[test]
+    fn the_demo_compose_is_a_valid_app_compose() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().to_path_buf(),
+        };
+        let a = app(&layout, "0123abcd", 3).unwrap();
+        let loaded = guest_sidecar::compose::LoadedAppCompose::read(&a.compose_path).unwrap();
+        assert_eq!(loaded.app_id.0, a.app_id.0);
+        let spec = loaded
+            .compose
+            .compose_spec(&Default::default(), &Default::default())
+            .unwrap();
+        let web = &spec.services["web"];
+        assert_eq!(web.image, DEMO_IMAGE);
+        assert!(web.command.as_ref().unwrap()[2].contains("$DEMO_APP"));
+    }
+}

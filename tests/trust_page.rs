@@ -1,0 +1,314 @@
+//! The chain-of-trust pages end to end: a real `teegate gateway` process pinning a KMS
+//! root, a simulated instance whose chain runs KMS root → app CA → RA-TLS certificate, an
+//! instance whose event log does not replay (injected here), the JSON twin over HTTPS, and
+//! the HTML page rendered by headless Chromium, with a screenshot kept as an artifact.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use ratls::cert::{issue, CertAuthority, CertProfile, Identity, RaTlsCert};
+use ratls::provider::{ProviderError, ProviderKind, QuoteProvider, SimulatedProvider};
+use sha2::Digest;
+use support::*;
+
+const COMPOSE: &str = "{\"name\":\"shop\",\"exposed_ports\":[80]}\n";
+
+/// A KMS-like root CA and an app CA it signed.
+fn root_and_app_ca() -> (Vec<u8>, CertAuthority) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, "teegate test KMS root CA");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = Issuer::new(root_params, root_key);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "teegate test app CA");
+    let ca = ca_params.signed_by(&ca_key, &issuer).unwrap();
+    let app_ca = CertAuthority::from_der(ca.der().to_vec(), &ca_key.serialize_der()).unwrap();
+    (root.der().to_vec(), app_ca)
+}
+
+/// A simulated TD whose RTMR3 never takes the events its log records.
+struct NoRtmr3(SimulatedProvider);
+
+impl QuoteProvider for NoRtmr3 {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Simulated
+    }
+    fn quote(&self, rd: &ratls::ReportData) -> Result<Vec<u8>, ProviderError> {
+        self.0.quote(rd)
+    }
+    fn extend_rtmr3(&self, _: &ratls::Measurement) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+fn cert_from(provider: Arc<dyn QuoteProvider>, id: &Identity, ca: &CertAuthority) -> RaTlsCert {
+    issue(
+        &booted(provider, id),
+        id,
+        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
+        Some(ca),
+    )
+    .unwrap()
+}
+
+fn pem(der: &[u8]) -> String {
+    ::pem::encode(&::pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Chromium's `--ignore-certificate-errors-spki-list` entry for a PEM certificate: the
+/// dev CA is pinned this way, so the browser checks the gateway's chain to it.
+fn spki_pin(ca_pem: &str) -> String {
+    let der = ::pem::parse(ca_pem).unwrap().into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+fn artifact_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs headless Chromium against the gateway with `extra` arguments; returns stdout.
+fn chromium(gw: &Gateway, profile: &Path, url: &str, extra: &[&str]) -> String {
+    let rules = format!("MAP {BASE} 127.0.0.1, MAP *.{BASE} 127.0.0.1");
+    let pin = spki_pin(&gw.dev_ca_pem());
+    let mut cmd = Command::new("chromium");
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--host-resolver-rules={rules}"))
+    .arg(format!("--ignore-certificate-errors-spki-list={pin}"))
+    .args(extra)
+    .arg(url);
+    let out = run_bounded(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_bounded(mut cmd: Command, within: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium is installed (Debian package `chromium`; ./scripts/test installs it)");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: signalling a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("chromium did not finish within {within:?}");
+        }
+    }
+}
+
+/// The `<section …>` of the page whose `data-instance` is `instance` (and refused or not).
+fn section<'a>(dom: &'a str, instance: &str, refused: bool) -> &'a str {
+    dom.split("<section")
+        .skip(1)
+        .find(|s| {
+            s.contains(&format!("data-instance=\"{instance}\""))
+                && s.trim_start()
+                    .starts_with("class=\"card instance refused\"")
+                    == refused
+        })
+        .map(|s| s.split("</section>").next().unwrap_or(s))
+        .unwrap_or_else(|| panic!("no section for instance {instance} (refused={refused})"))
+}
+
+/// Each `<li class="…">` of the section's links: (class, the li's text).
+fn links(section: &str) -> Vec<(String, String)> {
+    section
+        .split("<li class=\"")
+        .skip(1)
+        .map(|s| {
+            let class = s.split('"').next().unwrap_or("").to_string();
+            let body = s.split("</li>").next().unwrap_or("").to_string();
+            (class, body)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_of_trust_pages_show_verified_and_failing_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, app_ca) = root_and_app_ca();
+    let root_path = dir.path().join("kms-root-ca.pem");
+    std::fs::write(&root_path, pem(&root)).unwrap();
+    let gw = start_gateway_in(
+        &dir.path().join("gw"),
+        GatewayPorts::new(),
+        &format!("[web]\nkms_root_ca = [\"{}\"]\n", root_path.display()),
+    );
+
+    // A good instance, with its compose file and KMS root.
+    let good = identity(COMPOSE.as_bytes(), 1);
+    let good_cert = cert_from(Arc::new(SimulatedProvider::new()), &good, &app_ca);
+    let front = start_front(&good_cert, &good.instance_id.to_hex()).await;
+    let mut body = register_body(front.addr, &[80]);
+    body["app_compose"] = COMPOSE.into();
+    body["kms_root_ca"] = hex::encode(&root).into();
+    let (status, text) = register(gw.ports.registration, &gw.dev_ca_pem(), &good_cert, &body).await;
+    assert_eq!(status, 200, "{text}");
+
+    // A compose file that is not the attested one is refused, naming it.
+    let mut lying = body.clone();
+    lying["app_compose"] = "{\"name\":\"other\"}".into();
+    let (status, text) =
+        register(gw.ports.registration, &gw.dev_ca_pem(), &good_cert, &lying).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("app_compose hashes to"), "{text}");
+
+    // The injected failure: same app, an event log RTMR3 never saw.
+    let bad = identity(COMPOSE.as_bytes(), 2);
+    let bad_cert = cert_from(Arc::new(NoRtmr3(SimulatedProvider::new())), &bad, &app_ca);
+    let (status, text) = register(gw.ports.registration, &gw.dev_ca_pem(), &bad_cert, &body).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("event-log-replay"), "{text}");
+
+    // JSON twin, over HTTPS through the gateway like any client.
+    let app = good.app_id.to_hex();
+    let client = client(&gw, &[BASE.to_string()], false);
+    let base = format!("https://{BASE}:{}", gw.ports.https);
+    let index: serde_json::Value = client
+        .get(format!("{base}/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index["apps"][0]["app_id"], app.as_str(), "{index}");
+    assert_eq!(index["simulated"], true);
+    assert!(index["refused"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("event-log-replay"));
+    let page: serde_json::Value = client
+        .get(format!("{base}/apps/{app}.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inst = &page["instances"][0];
+    assert_eq!(inst["verdict"], "verified", "{inst}");
+    assert_eq!(inst["compose"]["file"], COMPOSE);
+    let roles: Vec<&str> = inst["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["KMS root CA", "app CA", "instance RA-TLS certificate"]
+    );
+    assert!(inst["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["status"] == "verified"));
+    assert_eq!(inst["event_log"]["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(inst["report_data"]["binds_certificate_key"], true);
+    let refused = &page["refused"][0];
+    assert_eq!(refused["verdict"], "failed");
+    let replay = refused["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == "event-log-replay")
+        .unwrap();
+    assert_eq!(replay["status"], "failed", "{replay}");
+    let (status, _) = {
+        let r = client
+            .get(format!("{base}/apps/{}", "ab".repeat(20)))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(status, 404);
+
+    // The HTML page as a browser renders it.
+    let profile = dir.path().join("chromium");
+    let url = format!("{base}/apps/{app}");
+    let dom = tokio::task::block_in_place(|| chromium(&gw, &profile, &url, &["--dump-dom"]));
+    assert!(dom.contains("SIMULATED TDX"), "no SIMULATED banner");
+    let good_section = section(&dom, &good.instance_id.to_hex(), false);
+    assert!(good_section.contains("data-verdict=\"verified\""));
+    let good_links = links(good_section);
+    // Three certificates and six verification steps, all verified.
+    assert_eq!(good_links.len(), 9, "{good_links:?}");
+    for (class, text) in &good_links {
+        assert_eq!(class, "verified", "{text}");
+    }
+    assert!(good_section.contains("KMS root CA") && good_section.contains("app CA"));
+    assert!(good_section.contains("&quot;shop&quot;") || good_section.contains("\"shop\""));
+    let bad_section = section(&dom, &bad.instance_id.to_hex(), true);
+    assert!(bad_section.contains("data-verdict=\"failed\""));
+    let failing: Vec<_> = links(bad_section)
+        .into_iter()
+        .filter(|(c, _)| c == "failed")
+        .collect();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert!(
+        failing[0].1.contains("data-step=\"event-log-replay\""),
+        "{failing:?}"
+    );
+    assert!(failing[0].1.contains("replays to RTMR3"), "{failing:?}");
+
+    let shot = artifact_dir().join("trust-page.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::block_in_place(|| {
+        chromium(
+            &gw,
+            &profile,
+            &url,
+            &[
+                &format!("--screenshot={}", shot.display()),
+                "--window-size=1100,2600",
+            ],
+        )
+    });
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    drop(front);
+}
