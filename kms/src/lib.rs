@@ -46,6 +46,8 @@ pub mod root;
 pub mod run;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod server_cert;
 
 #[cfg(feature = "server")]
 pub use run::{run, KmsError, Ready, RunOptions};

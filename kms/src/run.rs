@@ -19,11 +19,12 @@ use ratls::{Allowlist, AttestationVerifier, CachingVerifier, Policy, TcbPolicy, 
 use crate::api::InfoResponse;
 use crate::audit::AuditLog;
 use crate::client::crypto_provider;
-use crate::identity::{kms_compose_hash, KmsIdentity};
+use crate::identity::{kms_compose_hash, KmsIdentity, SERVER_CERT_VALIDITY};
 use crate::onboard::{fetch_root, OnboardError};
 use crate::policy::{Measurements, ReleasePolicy};
 use crate::root::{RootError, RootOfTrust, RootStore};
 use crate::server::{serve, KmsState};
+use crate::server_cert::{keep_fresh, renew_after, ServerCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
@@ -37,6 +38,8 @@ pub enum KmsError {
     Onboard { url: String, source: OnboardError },
     #[error("server certificate: {0}")]
     Cert(#[from] ratls::cert::IssueError),
+    #[error(transparent)]
+    ServerCert(#[from] crate::server_cert::ServerCertError),
     #[error("policy: {0}")]
     Policy(String),
     #[error("audit log {path}: {source}")]
@@ -139,7 +142,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), KmsError> {
-    let me = KmsIdentity::boot(provider(&cfg.quote_provider))?;
+    let me = Arc::new(KmsIdentity::boot(provider(&cfg.quote_provider))?);
     let simulated = me.kind() == ProviderKind::Simulated;
     let store = RootStore::new(&cfg.data_dir, me.sealing());
     if simulated {
@@ -189,7 +192,7 @@ pub async fn run(
         },
     };
 
-    let cert = me.server_cert(&root)?;
+    let cert = Arc::new(ServerCert::issue(&me, &root)?);
     let crypto = crypto_provider();
     let check = RaTlsCheck::new(
         Arc::new(CachingVerifier::new(
@@ -202,7 +205,7 @@ pub async fn run(
     let mut tls = rustls::ServerConfig::builder_with_provider(crypto)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(DeferredClientVerifier::optional(check.clone())))
-        .with_single_cert(cert.rustls_chain(), cert.rustls_key())?;
+        .with_cert_resolver(cert.clone());
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
     let info = InfoResponse {
@@ -223,7 +226,9 @@ pub async fn run(
         policy,
         audit,
         check,
-        info_json: Bytes::from(serde_json::to_vec(&info).unwrap_or_default()),
+        info_json: std::sync::RwLock::new(Bytes::from(
+            serde_json::to_vec(&info).unwrap_or_default(),
+        )),
         app_ca_certs: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -237,6 +242,14 @@ pub async fn run(
         source,
     })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(keep_fresh(
+        cert,
+        me.clone(),
+        state.clone(),
+        info,
+        renew_after(SERVER_CERT_VALIDITY),
+        stop_rx.clone(),
+    ));
     let server = tokio::spawn(serve(listener, Arc::new(tls), state, stop_rx));
     on_ready(&Ready {
         addr,

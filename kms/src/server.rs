@@ -43,11 +43,25 @@ pub struct KmsState {
     /// Verifies callers' RA-TLS certificates (quote, TCB, key binding, replay); the
     /// measurement and app rules are [`ReleasePolicy`]'s.
     pub check: RaTlsCheck,
-    /// `GET /v1/info`, prepared at start.
-    pub info_json: Bytes,
+    /// `GET /v1/info`, prepared at start and again when the server certificate renews.
+    pub info_json: std::sync::RwLock<Bytes>,
     /// App CA certificates already issued (public, deterministic; at most one per app
     /// with a policy, since only those reach a release).
     pub app_ca_certs: std::sync::Mutex<std::collections::HashMap<AppId, Vec<u8>>>,
+}
+
+impl KmsState {
+    pub fn info(&self) -> Bytes {
+        self.info_json
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_info(&self, info: &crate::api::InfoResponse) {
+        *self.info_json.write().unwrap_or_else(|p| p.into_inner()) =
+            Bytes::from(serde_json::to_vec(info).unwrap_or_default());
+    }
 }
 
 impl std::fmt::Debug for KmsState {
@@ -151,7 +165,7 @@ async fn handle(state: &KmsState, peer: Peer, remote: SocketAddr, req: Request<I
         (Method::POST, PATH_ONBOARD) => onboard(state, peer, remote).await,
         (Method::GET, PATH_INFO) => Response::builder()
             .header("content-type", "application/json")
-            .body(Full::new(state.info_json.clone()))
+            .body(Full::new(state.info()))
             .unwrap_or_default(),
         (Method::GET, p) if p.starts_with("/v1/apps/") && p.ends_with("/env-key") => {
             let id = &p["/v1/apps/".len()..p.len() - "/env-key".len()];

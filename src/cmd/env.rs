@@ -35,6 +35,9 @@ pub struct EncryptArgs {
     /// Accept a KMS whose attestation is SIMULATED (development only).
     #[arg(long)]
     pub allow_simulated_kms: bool,
+    /// Where the KMS's quote collateral comes from (a real TDX KMS needs one).
+    #[command(flatten)]
+    pub collateral: super::verifier::CollateralArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,7 +77,7 @@ fn encrypt(args: EncryptArgs) -> Result<ExitCode> {
     let mut policy = Policy::any_measurements();
     policy.allow_simulated = args.allow_simulated_kms;
     let attestation = Arc::new(CachingVerifier::new(
-        AttestationVerifier::new(Arc::new(ratls::collateral::SourceChain::new()), policy),
+        AttestationVerifier::new(args.collateral.source()?, policy),
         4,
     ));
     let verifier = kms::client::pinned_root(root.contents(), attestation)?;
