@@ -58,7 +58,8 @@ async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_e
     let id = identity(b"replicas: shared registration", 1);
     let host = app_host(&id);
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.https).collect();
-    let clients = replica_clients(set.ca_pem(), std::slice::from_ref(&host), &addrs);
+    let forged = identity(b"replicas: forged record", 7);
+    let clients = replica_clients(set.ca_pem(), &[host.clone(), app_host(&forged)], &addrs);
     let client = |r: &Replica| clients[&IpAddr::V4(r.ip)].clone();
 
     let (s, _) = get(&client(&replicas[1]), &host).await.unwrap();
@@ -113,6 +114,33 @@ async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_e
         registered.elapsed()
     );
     assert!(registered.elapsed() >= Duration::from_secs(2));
+
+    // A record written into etcd behind the replicas' back, with a certificate whose
+    // quote does not verify, is never routed: each replica checks what it reads.
+    let bad = tampered_ratls_cert(&forged);
+    let record = serde_json::json!({
+        "app_id": forged.app_id.to_hex(),
+        "instance_id": forged.instance_id.to_hex(),
+        "compose_hash": forged.compose_hash.to_hex(),
+        "front_addr": front.addr.to_string(),
+        "ports": [80],
+        "fingerprints": [],
+        "certs": [hex::encode(&bad.rustls_chain()[0])],
+        "tcb_status": "UpToDate",
+        "simulated": true,
+        "mrtd": "00".repeat(48),
+        "lease_expires": ratls::verifier::unix_now() + 600,
+    });
+    etcd.etcdctl(&[
+        "put",
+        &format!("/teegate-test/instances/{}", forged.instance_id.to_hex()),
+        &record.to_string(),
+    ]);
+    for r in &replicas {
+        wait_for_line(&r.gw.proc, "does not verify here", Duration::from_secs(5));
+        let (s, _) = get(&client(r), &app_host(&forged)).await.unwrap();
+        assert_eq!(s, 404, "a forged record is not routed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,8 +156,19 @@ async fn three_replicas_starting_together_order_one_certificate_and_all_serve_it
         pebble.https_ca.display(),
         dns.api
     );
+    // Another holder has the ACME lock, so all three replicas queue on it; then that
+    // holder dies, and its lease frees the lock.
+    let holder = etcd.hold_lock("/teegate-test/locks/acme-order");
     let set = ReplicaSet::new(dir.path(), &etcd, &extra);
     let replicas = set.start_all(dir.path(), 3);
+    for r in &replicas {
+        wait_for_line(
+            &r.gw.proc,
+            "store lock held elsewhere",
+            Duration::from_secs(10),
+        );
+    }
+    drop(holder);
 
     let tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -162,11 +201,27 @@ async fn three_replicas_starting_together_order_one_certificate_and_all_serve_it
         served.iter().all(|c| *c == served[0]),
         "all replicas serve the same certificate"
     );
+    // The two replicas that did not order take their turn at the lock and find the
+    // certificate in etcd (they may serve it, from the watch, before their turn comes).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waited = loop {
+        let waited = replicas
+            .iter()
+            .filter(|r| r.gw.proc.log().contains("not ordering again"))
+            .count();
+        if waited >= 2 || Instant::now() >= deadline {
+            break waited;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let pebble_log = pebble.proc.log();
     let issued = pebble_log
         .lines()
         .filter(|l| l.contains("Issued certificate serial"))
         .count();
+    eprintln!(
+        "{issued} certificate issued; {waited} replicas waited on the lock and took it from etcd"
+    );
     assert_eq!(issued, 1, "exactly one certificate issued:\n{pebble_log}");
     assert!(
         !pebble_log.contains("There are now 2 orders"),
@@ -177,12 +232,9 @@ async fn three_replicas_starting_together_order_one_certificate_and_all_serve_it
         .filter(|l| l.contains("There are now") && l.contains("accounts"))
         .count();
     assert_eq!(accounts, 1, "one ACME account for all:\n{pebble_log}");
-    let waited = replicas
-        .iter()
-        .filter(|r| r.gw.proc.log().contains("not ordering again"))
-        .count();
-    eprintln!(
-        "{issued} certificate issued; {waited} replicas waited on the lock and took it from etcd"
+    assert_eq!(
+        waited, 2,
+        "the two replicas that did not order took the certificate from etcd"
     );
 }
 
@@ -294,8 +346,10 @@ async fn killed_replica_leaves_dns_within_its_lease_and_clients_lose_no_request(
     let gone_after = when - killed;
     eprintln!("DNS stopped answering the killed replica {gone_after:?} after the kill (lease 3 s): now {after:?}");
     assert_eq!(after, vec![ips[0], ips[2]]);
+    // The lease lapses at most 3 s after the kill; etcd notices expired leases on a
+    // 500 ms tick, and the DNS sees the deletion through its watch.
     assert!(
-        gone_after <= Duration::from_millis(3500),
+        gone_after <= Duration::from_secs(4),
         "within the replica lease (3 s, plus etcd's expiry check): {gone_after:?}"
     );
     let at_gone = load.ok.load(Ordering::Relaxed);
@@ -319,6 +373,16 @@ async fn killed_replica_leaves_dns_within_its_lease_and_clients_lose_no_request(
         "served before and after the kill"
     );
     assert!(replicas[1].gw.proc.child.as_mut().unwrap().wait().is_ok());
+
+    // A replica that stops cleanly gives its lease back: DNS drops it at once.
+    replicas[2].gw.proc.signal(libc::SIGTERM);
+    let stopping = Instant::now();
+    let (after, when) =
+        wait_for_dns(dns.udp, &host, Duration::from_secs(2), |a| a == [ips[0]]).await;
+    eprintln!(
+        "DNS dropped the stopped replica {:?} after SIGTERM: now {after:?}",
+        when - stopping
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,7 +553,7 @@ async fn etcd_outage(members: usize, kill: &[usize]) {
     wait_until_served(
         &client(&replicas[0]),
         &host_b,
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         |s, b| s == 200 && b.starts_with("instance=b"),
         "B registered at replica 2 after the outage, served by replica 1",
     )
@@ -579,14 +643,26 @@ async fn replica_cut_off_from_etcd_serves_its_last_state_and_catches_up_on_retur
     .await;
     assert_eq!(s, 503, "{body}");
     assert!(body.contains("etcd"), "{body}");
-    let (s, body) = register(
-        r2.gw.ports.registration,
-        set.ca_pem(),
-        &cert_b,
-        &register_body(front_b.addr, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
+    // Losing member 0 may cost the cluster its leader: a registration racing the election
+    // is refused, and the sidecar's next try gets through.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, body) = register(
+            r2.gw.ports.registration,
+            set.ca_pem(),
+            &cert_b,
+            &register_body(front_b.addr, &[80]),
+        )
+        .await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            s == 503 && Instant::now() < deadline,
+            "registration at replica 2: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     wait_until_served(
         c2,
         &host_b,

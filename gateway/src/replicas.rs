@@ -21,6 +21,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::certs::CertResolver;
 use crate::metrics::Metrics;
+use crate::registration::is_refused_addr;
 use crate::registry::Registry;
 use crate::store::{EtcdStore, InstanceRecord, ReplicaRecord, Store, StoreEvent};
 
@@ -46,6 +47,8 @@ pub struct StoreSync {
     pub registry: Arc<Registry>,
     pub resolver: Arc<CertResolver>,
     pub metrics: Arc<Metrics>,
+    /// As `registration.allow_loopback`: the same address rule as for a registration here.
+    pub allow_loopback: bool,
     events: std::sync::Mutex<Option<broadcast::Receiver<StoreEvent>>>,
 }
 
@@ -57,6 +60,7 @@ impl StoreSync {
         registry: Arc<Registry>,
         resolver: Arc<CertResolver>,
         metrics: Arc<Metrics>,
+        allow_loopback: bool,
     ) -> Self {
         let events = std::sync::Mutex::new(Some(store.subscribe()));
         Self {
@@ -65,6 +69,7 @@ impl StoreSync {
             registry,
             resolver,
             metrics,
+            allow_loopback,
             events,
         }
     }
@@ -73,20 +78,25 @@ impl StoreSync {
         if record.lease_expires <= ratls::verifier::unix_now() {
             return;
         }
+        let known = self.registry.instance(&record.instance_id);
         // This replica's own registrations arrive here too, already in the table.
-        if self
-            .registry
-            .instance(&record.instance_id)
-            .is_some_and(|i| i.record == record)
-        {
+        if known.as_ref().is_some_and(|i| i.record == record) {
             return;
         }
-        if verifies(&record, &self.verifier) {
-            tracing::info!(app = %record.app_id, instance = %record.instance_id, "registration from the store");
+        let refused = !self.allow_loopback && is_refused_addr(record.front_addr.ip());
+        if !refused && verifies(&record, &self.verifier) {
+            if known.is_none() {
+                tracing::info!(app = %record.app_id, instance = %record.instance_id, "registration from the store");
+            }
             self.registry.upsert(record);
-        } else {
-            tracing::warn!(instance = %record.instance_id, "stored registration does not verify here; not routed");
+            return;
         }
+        tracing::warn!(
+            instance = %record.instance_id, front = %record.front_addr,
+            "stored registration does not verify here or points at a refused address; not routed"
+        );
+        // The store no longer holds the version this replica verified: stop routing it too.
+        self.registry.remove(&record.instance_id);
     }
 
     async fn apply_cert(&self, name: &str) {

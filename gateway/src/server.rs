@@ -548,6 +548,7 @@ pub fn run(
             registry.clone(),
             resolver.clone(),
             metrics.clone(),
+            cfg.registration.allow_loopback,
         );
         server.add_service(GenBackgroundService::new(
             "teegate store sync".into(),

@@ -36,9 +36,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         let (stop_replicas, replicas_stopped) = tokio::sync::watch::channel(false);
         if let config::StoreConfig::Etcd(etcd) = &cfg.store {
-            let store = gateway::store::EtcdStore::connect(etcd, None)
-                .await
-                .context("dns: store.etcd")?;
+            // Settings that cannot work stop the start; an unreachable cluster does not:
+            // the zone answers `gateway_addrs` until etcd is there.
+            let store = match gateway::store::EtcdStore::connect(etcd, None).await {
+                Ok(store) => Some(store),
+                Err(e @ gateway::store::StoreError::Config(_)) => {
+                    return Err(anyhow::Error::new(e).context("dns: store.etcd"))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd unreachable; answering gateway_addrs until it is");
+                    None
+                }
+            };
             eprintln!(
                 "  gateway replicas from etcd {} (prefix {}), else {:?}",
                 etcd.endpoints
@@ -51,6 +60,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
             tokio::spawn(follow_replicas(
                 store,
+                etcd.clone(),
                 server.zone(),
                 cfg.gateway_addrs.clone(),
                 replicas_stopped,
@@ -68,11 +78,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// configured `gateway_addrs` while no replica advertises any (so a cluster that lost every
 /// replica, or was never set up with `advertise_addrs`, still resolves as configured).
 async fn follow_replicas(
-    store: gateway::store::EtcdStore,
+    store: Option<gateway::store::EtcdStore>,
+    etcd: config::EtcdConfig,
     zone: dns::ZoneHandle,
     fallback: Vec<std::net::IpAddr>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut store = store;
+    let store = loop {
+        if let Some(s) = store.take() {
+            break s;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+        match gateway::store::EtcdStore::connect(&etcd, None).await {
+            Ok(s) => store = Some(s),
+            Err(e) => tracing::warn!(error = %e, "etcd still unreachable"),
+        }
+    };
     let mut current: Option<Vec<std::net::IpAddr>> = None;
     store
         .watch_replicas(shutdown, move |replicas| {

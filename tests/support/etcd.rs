@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, spawn_teegate, Gateway, GatewayPorts, Proc, BASE};
+use super::{spawn_teegate, Gateway, GatewayPorts, Proc, BASE};
 
 /// Lines of a child's stderr, collected by a thread.
 fn collect(child: &mut std::process::Child) -> Arc<Mutex<Vec<String>>> {
@@ -122,7 +122,9 @@ pub struct Etcd {
 
 /// Starts an `n`-member cluster (data under `dir`) and waits until every member serves.
 pub fn start_etcd(dir: &Path, n: usize) -> Etcd {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    // Members keep their ports across a restart: outside the ephemeral range, no client
+    // connection can take one while its member is down.
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (quiet_port(), quiet_port())).collect();
     let initial_cluster = ports
         .iter()
         .enumerate()
@@ -178,6 +180,33 @@ impl Etcd {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Takes the store lock `key` as a stand-in holder would: under a 2 s lease that an
+    /// `etcdctl lease keep-alive` process renews. Killing that process (dropping the
+    /// returned `Proc`) is the holder dying.
+    pub fn hold_lock(&self, key: &str) -> Proc {
+        let granted = self.etcdctl(&["lease", "grant", "2"]);
+        let lease = granted
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("lease id in {granted:?}"))
+            .to_string();
+        self.etcdctl(&["put", &format!("--lease={lease}"), key, "stand-in holder"]);
+        let endpoints: Vec<String> = self.nodes.iter().map(|n| n.endpoint()).collect();
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(["lease", "keep-alive", &lease])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl");
+        let lines = collect(&mut child);
+        Proc {
+            child: Some(child),
+            stderr: lines,
+        }
     }
 
     /// Restarts the killed members `which` on their data and waits until the cluster serves.
@@ -249,7 +278,7 @@ impl ReplicaSet {
     pub fn new(dir: &Path, etcd: &Etcd, extra: &str) -> Self {
         let ca = (!extra.contains("[tls]")).then(|| test_ca(&dir.join("ca")));
         ReplicaSet {
-            https_port: free_port(),
+            https_port: quiet_port(),
             etcd_endpoints: etcd.endpoints_toml(),
             extra: extra.to_string(),
             ca,
@@ -314,7 +343,11 @@ impl ReplicaSet {
         );
         let ip = Ipv4Addr::new(127, 0, 0, n);
         let https = SocketAddr::from((ip, self.https_port));
-        wait_for_addr(https, Duration::from_secs(10));
+        assert!(
+            addr_opens(https, Duration::from_secs(10)),
+            "replica {n}: {https} did not open; its log:\n{}",
+            proc.log()
+        );
         Replica {
             gw: Gateway {
                 proc,
@@ -340,15 +373,35 @@ impl ReplicaSet {
     }
 }
 
-pub fn wait_for_addr(addr: SocketAddr, within: Duration) {
+/// A port free on 127.0.0.1 to 127.0.0.3 (the replicas' shared HTTPS port, etcd's ports).
+/// It lies below Linux's ephemeral range (32768 and up), so the many client connections of
+/// a load test cannot take it between this check and the bind, or while its etcd member is
+/// down.
+pub fn quiet_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        let free = (1..=3)
+            .all(|n| std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, n), port)).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 on 127.0.0.1-3");
+}
+
+/// Whether `addr` accepts connections within `within`.
+pub fn addr_opens(addr: SocketAddr, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(addr).is_ok() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{addr} did not open within {within:?}");
+    false
 }
 
 /// HTTPS clients trusting `ca_pem`, one per replica address, each sending `hosts` there.

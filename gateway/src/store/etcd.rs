@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 /// answers wait on this, so it is short.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest pause between reconnection attempts of a watch or a lease.
-const MAX_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(1);
 /// A lock's lease: a dead holder's lock frees within this, however long its `ttl`.
 const LOCK_LEASE_SECS: i64 = 10;
 
@@ -69,6 +69,9 @@ struct Inner {
     rt: tokio::runtime::Handle,
     metrics: Option<Arc<Metrics>>,
     up: AtomicBool,
+    /// Wakes waiting watches when a call succeeds after an outage, so they resynchronise
+    /// at once rather than at their next retry.
+    back: tokio::sync::Notify,
 }
 
 /// A change below a watched prefix, keys relative to it.
@@ -94,7 +97,8 @@ impl EtcdStore {
             .map(|u| u.as_str().trim_end_matches('/').to_string())
             .collect();
         let desc = endpoints.join(",");
-        let config_err =
+        let config_err = |message: String| StoreError::Config(format!("etcd ({desc}): {message}"));
+        let unavailable =
             |message: String| StoreError::Unavailable(format!("etcd ({desc}): {message}"));
         let any_https = cfg.endpoints.iter().any(|e| e.is_https());
         if cfg.tls.is_some() && cfg.endpoints.iter().any(|e| !e.is_https()) {
@@ -118,22 +122,22 @@ impl EtcdStore {
         if any_https {
             opts = opts.with_tls(tls_options(cfg.tls.as_ref()).map_err(config_err)?);
         }
-        // tonic spawns the channel's connection tasks on the runtime current at connect
-        // time. The gateway sets up on a short-lived runtime and serves on pingora's, so
-        // the client gets a runtime of its own that lives as long as the process.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("teegate-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| config_err(format!("starting its runtime: {e}")))?;
-        let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
-        let handle = rt.handle().clone();
-        let client = handle
-            .spawn(async move { Client::connect(endpoints, Some(opts)).await })
+        let handle =
+            client_runtime().map_err(|e| config_err(format!("starting its runtime: {e}")))?;
+        // With credentials, connecting authenticates: bounded, as every other call.
+        let connecting = handle.spawn(async move {
+            tokio::time::timeout(OP_TIMEOUT, Client::connect(endpoints, Some(opts))).await
+        });
+        let client = connecting
             .await
-            .map_err(|e| config_err(e.to_string()))?
-            .map_err(|e| config_err(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|_| unavailable(format!("no answer within {OP_TIMEOUT:?}")))?
+            .map_err(|e| match e {
+                etcd_client::Error::InvalidArgs(_)
+                | etcd_client::Error::InvalidUri(_)
+                | etcd_client::Error::EndpointError(_) => config_err(e.to_string()),
+                other => unavailable(other.to_string()),
+            })?;
         let (events, _) = broadcast::channel(4096);
         if let Some(m) = &metrics {
             m.store_up.set(1);
@@ -147,6 +151,7 @@ impl EtcdStore {
                 rt: handle,
                 metrics,
                 up: AtomicBool::new(true),
+                back: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -162,6 +167,7 @@ impl EtcdStore {
     fn mark_up(&self) {
         if !self.inner.up.swap(true, Ordering::SeqCst) {
             tracing::info!(etcd = %self.inner.endpoints, "etcd reachable again");
+            self.inner.back.notify_waiters();
         }
         if let Some(m) = &self.inner.metrics {
             m.store_up.set(1);
@@ -261,6 +267,7 @@ impl EtcdStore {
             }
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
+                _ = self.inner.back.notified() => {}
                 _ = shutdown.changed() => return,
             }
             retry = (retry * 2).min(MAX_RETRY);
@@ -420,7 +427,7 @@ impl EtcdStore {
         })?;
         let mut c = self.client();
         self.call(
-            "list replica",
+            "put replica",
             c.put(
                 self.key(&format!("replicas/{}", record.id)),
                 value,
@@ -501,6 +508,31 @@ impl EtcdStore {
             }
         }
     }
+}
+
+/// The runtime etcd clients run their connections on. tonic spawns a channel's
+/// connection tasks on the runtime current at connect time; the gateway sets up on a
+/// short-lived runtime and serves on pingora's, so clients get one of their own that
+/// lives as long as the process (shared, so reconnecting never adds threads).
+fn client_runtime() -> Result<tokio::runtime::Handle, std::io::Error> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt.handle().clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("teegate-etcd")
+        .enable_all()
+        .build()?;
+    if let Err(lost) = RUNTIME.set(rt) {
+        // Another thread set it first. Dropping a runtime inside an async context panics,
+        // and this one has no tasks: let it go.
+        std::mem::forget(lost);
+    }
+    RUNTIME
+        .get()
+        .map(|rt| rt.handle().clone())
+        .ok_or_else(|| std::io::Error::other("the etcd client runtime is not set"))
 }
 
 fn tls_options(tls: Option<&EtcdTlsConfig>) -> Result<TlsOptions, String> {
@@ -650,6 +682,7 @@ impl Store for EtcdStore {
         let lease = self.grant(lease_secs).await?;
         let deadline = Instant::now() + wait;
         let mut c = self.client();
+        let mut waiting = false;
         loop {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -660,6 +693,14 @@ impl Store for EtcdStore {
                 )]);
             match self.call("take lock", c.txn(txn)).await {
                 Ok(r) if r.succeeded() => break,
+                Ok(_) if !waiting && !wait.is_zero() => {
+                    waiting = true;
+                    tracing::info!(
+                        lock = name,
+                        ?wait,
+                        "store lock held elsewhere; waiting for it"
+                    );
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.revoke_later(lease);
@@ -722,11 +763,16 @@ mod tests {
     }
 
     fn start_etcd() -> Etcd {
+        start_etcd_with("http", &[])
+    }
+
+    fn start_etcd_with(scheme: &str, args: &[String]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        let client = format!("http://127.0.0.1:{}", port());
+        let client = format!("{scheme}://127.0.0.1:{}", port());
         let peer = format!("http://127.0.0.1:{}", port());
         let mut child = Command::new("etcd")
-            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(args)
             .args([
                 "--listen-client-urls",
                 &client,
@@ -953,5 +999,119 @@ mod tests {
             text.contains("store unavailable") && text.contains("etcd") && text.contains(&dead),
             "{text}"
         );
+    }
+
+    /// Writes a CA and certificates it signs (PEM files in `dir`); returns the CA's path.
+    fn pki(
+        dir: &std::path::Path,
+        tag: &str,
+    ) -> (std::path::PathBuf, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{tag} CA"));
+        let cert = params.self_signed(&key).unwrap();
+        let path = dir.join(format!("{tag}-ca.pem"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        (path, rcgen::Issuer::new(params, key))
+    }
+
+    fn leaf(
+        dir: &std::path::Path,
+        name: &str,
+        sans: &[&str],
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_with_client_certificates_and_password_auth_and_no_way_around_them() {
+        let pki_dir = tempfile::tempdir().unwrap();
+        let d = pki_dir.path();
+        let (ca, issuer) = pki(d, "etcd");
+        let (other_ca, _) = pki(d, "other");
+        let (server_cert, server_key) = leaf(d, "server", &["127.0.0.1", "localhost"], &issuer);
+        let (client_cert, client_key) = leaf(d, "client", &[], &issuer);
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let etcd = start_etcd_with(
+            "https",
+            &[
+                "--cert-file".into(),
+                path(&server_cert),
+                "--key-file".into(),
+                path(&server_key),
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                path(&ca),
+            ],
+        );
+        for args in [
+            &["user", "add", "root:etcd-root-pw"][..],
+            &["auth", "enable"][..],
+        ] {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &etcd.endpoint, "--cacert", &path(&ca)])
+                .args(["--cert", &path(&client_cert), "--key", &path(&client_key)])
+                .args(args)
+                .output()
+                .expect("etcdctl is installed (scripts/test installs etcd-client)");
+            assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        }
+        let cfg = |ca: &std::path::Path, client: bool, password: &str| EtcdConfig {
+            endpoints: vec![config::HttpUrl::parse(&etcd.endpoint).unwrap()],
+            prefix: "/unit".into(),
+            tls: Some(EtcdTlsConfig {
+                ca_file: Some(ca.to_path_buf()),
+                cert_file: client.then(|| client_cert.clone()),
+                key_file: client.then(|| client_key.clone()),
+            }),
+            username: Some("root".into()),
+            password: Some(config::Secret::new(password)),
+        };
+        let good = EtcdStore::connect(&cfg(&ca, true, "etcd-root-pw"), None)
+            .await
+            .unwrap();
+        good.put_value("k", "v").await.unwrap();
+        assert_eq!(good.get_value("k").await.unwrap().as_deref(), Some("v"));
+
+        // Each missing or wrong piece is an error, never a weaker connection.
+        for (what, bad) in [
+            ("an unknown server CA", cfg(&other_ca, true, "etcd-root-pw")),
+            ("no client certificate", cfg(&ca, false, "etcd-root-pw")),
+            ("a wrong password", cfg(&ca, true, "wrong")),
+        ] {
+            let result = match EtcdStore::connect(&bad, None).await {
+                Err(e) => Err(e),
+                Ok(store) => store.get_value("k").await.map(drop),
+            };
+            let e = result.expect_err(what);
+            assert!(e.to_string().contains("etcd"), "{what}: {e}");
+        }
+        let mut plain = cfg(&ca, true, "etcd-root-pw");
+        plain.endpoints =
+            vec![config::HttpUrl::parse(&etcd.endpoint.replace("https", "http")).unwrap()];
+        let e = EtcdStore::connect(&plain, None)
+            .await
+            .err()
+            .expect("TLS config with http://");
+        assert!(matches!(e, StoreError::Config(_)), "{e}");
     }
 }

@@ -78,6 +78,9 @@ pub enum StoreError {
     Corrupt { path: String, message: String },
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store's settings cannot be used as given (TLS files, endpoints).
+    #[error("store configuration: {0}")]
+    Config(String),
 }
 
 #[async_trait]
