@@ -15,6 +15,8 @@ struct Started {
     curls: Vec<String>,
     ports: Vec<u16>,
     https: u16,
+    /// The DNS server's port, also taken for UDP.
+    dns: u16,
     ca: PathBuf,
     app_ids: Vec<String>,
 }
@@ -130,8 +132,15 @@ impl Dev {
                 host.split('.').next().unwrap().to_string()
             })
             .collect();
+        let dns = ports_line
+            .split(", ")
+            .find_map(|w| w.strip_prefix("dns "))
+            .and_then(|w| w.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .expect("the DNS port");
         Started {
             https: ports[0],
+            dns,
             lines,
             curls,
             ports,
@@ -208,9 +217,13 @@ fn sh(command: &str) -> (bool, String) {
 }
 
 fn attestation_json(s: &Started) -> String {
+    attestation_json_at(s, "/")
+}
+
+fn attestation_json_at(s: &Started, path: &str) -> String {
     let base = "teegate.localhost";
     let (ok, body) = sh(&format!(
-        "curl -sS --resolve {base}:{p}:127.0.0.1 --cacert '{ca}' -H 'Accept: application/json' https://{base}:{p}/",
+        "curl -sS --resolve {base}:{p}:127.0.0.1 --cacert '{ca}' -H 'Accept: application/json' https://{base}:{p}{path}",
         p = s.https,
         ca = s.ca.display()
     ));
@@ -218,13 +231,49 @@ fn attestation_json(s: &Started) -> String {
     body
 }
 
+/// Sockets on `port` in /proc/net/tcp{,6}, as (state, owner uid) — `0A` is LISTEN.
+fn sockets_on(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                found.push(format!("local {} remote {} state {}", f[1], f[2], f[3]));
+            }
+        }
+    }
+    found
+}
+
 fn assert_nothing_left(dev: &Dev, s: &Started) {
     let left = dev.processes();
     assert!(left.is_empty(), "processes left behind: {left:#?}");
     for port in &s.ports {
-        std::net::TcpListener::bind(("127.0.0.1", *port))
-            .unwrap_or_else(|e| panic!("TCP port {port} is still taken after stop: {e}"));
+        let listening = |p: u16| sockets_on(p).iter().any(|s| s.ends_with("state 0A"));
+        assert!(
+            !listening(*port),
+            "a socket still listens on port {port}: {:?}",
+            sockets_on(*port)
+        );
+        // A port can also be busy for a moment for reasons outside this test (another
+        // process's outgoing connection picked it as its ephemeral port): retry briefly.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *port)) {
+            assert!(
+                Instant::now() < deadline,
+                "TCP port {port} cannot be bound after stop ({e}); sockets on it: {:?}",
+                sockets_on(*port)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+    std::net::UdpSocket::bind(("127.0.0.1", s.dns))
+        .unwrap_or_else(|e| panic!("UDP port {} is still taken after stop: {e}", s.dns));
 }
 
 /// Checks what every run prints: SIMULATED TDX everywhere, one curl per app.
@@ -275,6 +324,13 @@ fn dev_without_docker_serves_two_apps_and_stops_cleanly_on_sigint() {
             listing.contains(id.as_str()),
             "the attestation page lists app {id}: {listing}"
         );
+        // The whole chain verifies, from the dev KMS root the gateway pins down.
+        let page: serde_json::Value =
+            serde_json::from_str(&attestation_json_at(&s, &format!("/apps/{id}"))).unwrap();
+        let inst = &page["instances"][0];
+        assert_eq!(inst["verdict"], "verified", "{page}");
+        assert_eq!(inst["chain"][0]["role"], "KMS root CA", "{page}");
+        assert!(inst["compose"]["file"].is_string(), "{page}");
     }
 
     let running = dev.processes();

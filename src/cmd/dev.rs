@@ -150,7 +150,7 @@ struct Stack {
 }
 
 pub(crate) fn secs(since: Instant) -> String {
-    format!("{:.1} s", since.elapsed().as_secs_f64())
+    format!("{:.2} s", since.elapsed().as_secs_f64())
 }
 
 /// Prints `label… `, runs `f`, then `ok (0.4 s)` or `failed`.
@@ -202,6 +202,13 @@ async fn supervise(args: Args) -> Result<ExitCode> {
 
     if let Err(e) = &outcome {
         eprintln!("error: {e:#}");
+    }
+    if procs.list.is_empty() && stack.docker.is_none() {
+        return Ok(if outcome.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     println!("stopping…");
     let stopping = Instant::now();
@@ -305,8 +312,8 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
     let kms_cfg = stack::kms_config(layout, &ports, &apps)?;
     let dns_cfg = stack::dns_config(layout, &ports)?;
     let gw_cfg = stack::gateway_config(layout, &ports)?;
-    // Registrations of the last run point at fronts that are gone; the dev CA and the
-    // certificates it issued live outside this file and are kept.
+    // Registrations of the last run point at fronts that are gone. The dev CA lives
+    // beside this file and is kept; the gateway issues a new wildcard from it.
     let _ = std::fs::remove_file(layout.gateway_dir().join("state.json"));
 
     let spawn = |procs: &mut Procs, name: &str, log: &str, args: &[&str]| -> Result<usize> {
@@ -314,18 +321,19 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
         Ok(procs.list.len() - 1)
     };
     let path = |p: &Path| p.display().to_string();
-    // The three services start together; each is then awaited in turn.
+    // KMS and DNS start together; the gateway waits for the KMS, whose root CA (published
+    // when it is ready) the gateway's attestation page pins.
     let t = Instant::now();
     let kms = spawn(procs, "KMS", "kms", &["kms", "--config", &path(&kms_cfg)])?;
     let dns = spawn(procs, "DNS", "dns", &["dns", "--config", &path(&dns_cfg)])?;
+    let wait = Duration::from_secs(30);
+    step("starting KMS", t, procs.list[kms].ready(wait)).await?;
     let gw = spawn(
         procs,
         "gateway",
         "gateway",
         &["gateway", "--config", &path(&gw_cfg)],
     )?;
-    let wait = Duration::from_secs(30);
-    step("starting KMS", t, procs.list[kms].ready(wait)).await?;
     step("starting DNS", t, procs.list[dns].ready(wait)).await?;
     step("starting gateway", t, async {
         procs.list[gw].ready(wait).await?;

@@ -93,19 +93,26 @@ fn rootfs_tar() -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-/// Removes the demo apps' containers (the sidecar leaves them running on purpose, for
-/// adoption; dev's Ctrl-C means stop everything).
+/// Removes the demo apps' containers, all apps at once (the sidecar leaves them running
+/// on purpose, for adoption; dev's Ctrl-C means stop everything).
 pub async fn remove_apps(docker: &Docker, apps: &[ratls::AppId]) -> Result<()> {
     let cfg = guest_sidecar::containers::ManagerConfig {
-        stop_grace: Duration::from_secs(1),
+        // A demo container has nothing to save: kill it rather than wait for it.
+        stop_grace: Duration::ZERO,
         step_timeout: Duration::from_secs(15),
         ..Default::default()
     };
-    for app in apps {
+    let removals = apps.iter().map(|app| {
         let id = guest_sidecar::compose::AppId(app.0);
-        guest_sidecar::containers::remove_app(docker, &id, true, &cfg)
-            .await
-            .with_context(|| format!("removing the containers of app {app}"))?;
-    }
-    Ok(())
+        let cfg = &cfg;
+        async move {
+            guest_sidecar::containers::remove_app(docker, &id, true, cfg)
+                .await
+                .with_context(|| format!("removing the containers of app {app}"))
+        }
+    });
+    futures_util::future::join_all(removals)
+        .await
+        .into_iter()
+        .collect()
 }

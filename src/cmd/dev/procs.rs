@@ -146,10 +146,8 @@ pub struct Procs {
 }
 
 impl Procs {
-    pub fn push(&mut self, p: Proc) -> &mut Proc {
+    pub fn push(&mut self, p: Proc) {
         self.list.push(p);
-        let last = self.list.len() - 1;
-        &mut self.list[last]
     }
 
     /// The first child that has exited, with its status.
