@@ -26,10 +26,10 @@ use crate::ondemand::OnDemand;
 use crate::proxy::{GatewayProxy, ProxySettings};
 use crate::refused::RefusedLog;
 use crate::registration::Registrar;
-use crate::trust_page::TrustPages;
 use crate::registry::{Balance, Registry};
 use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
 use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, Store};
+use crate::trust_page::TrustPages;
 use crate::{attest, http_util};
 
 #[derive(Debug, thiserror::Error)]
