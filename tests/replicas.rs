@@ -45,6 +45,25 @@ async fn metrics_of(r: &Replica) -> String {
     http_get(r.gw.ports.admin, "/metrics", None, "GET").await.1
 }
 
+/// Waits (bounded) until the replica's `teegate_store_up` reads `up`.
+async fn wait_store_up(r: &Replica, up: bool, within: Duration) {
+    let want = if up { 1.0 } else { 0.0 };
+    let deadline = Instant::now() + within;
+    loop {
+        let m = metrics_of(r).await;
+        if metric(&m, "teegate_store_up") == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {} does not report store_up = {want} within {within:?}:\n{m}\n{}",
+            r.ip,
+            r.gw.proc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -462,19 +481,7 @@ async fn etcd_outage(members: usize, kill: &[usize]) {
     }
     let outage = Instant::now();
     for r in &replicas {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let m = metrics_of(r).await;
-            if metric(&m, "teegate_store_up") == 0.0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {} does not report the outage:\n{m}",
-                r.ip
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_store_up(r, false, Duration::from_secs(10)).await;
     }
     eprintln!(
         "outage reported by both replicas after {:?}",
@@ -512,20 +519,7 @@ async fn etcd_outage(members: usize, kill: &[usize]) {
     etcd.restart(kill);
     let back = Instant::now();
     for r in &replicas {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = metrics_of(r).await;
-            if metric(&m, "teegate_store_up") == 1.0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {} does not see etcd again:\n{m}\n{}",
-                r.ip,
-                r.gw.proc.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_store_up(r, true, Duration::from_secs(15)).await;
     }
     eprintln!(
         "replicas saw etcd again {:?} after its restart",
@@ -626,11 +620,7 @@ async fn replica_cut_off_from_etcd_serves_its_last_state_and_catches_up_on_retur
     .await;
 
     etcd.nodes[0].kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics_of(&r1).await, "teegate_store_up") != 0.0 {
-        assert!(Instant::now() < deadline, "replica 1 does not notice");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_store_up(&r1, false, Duration::from_secs(10)).await;
     // Cut off, replica 1 serves what it knew; the others go on registering.
     let cert_b = ratls_cert(&b);
     let front_b = start_front(&cert_b, "b").await;
