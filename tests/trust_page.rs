@@ -310,5 +310,19 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         "{} bytes",
         png.len()
     );
+    // The same page at a phone's width, for a person to look at.
+    let phone = artifact_dir().join("trust-page-phone.png");
+    tokio::task::block_in_place(|| {
+        chromium(
+            &gw,
+            &profile,
+            &url,
+            &[
+                &format!("--screenshot={}", phone.display()),
+                "--window-size=390,1400",
+            ],
+        )
+    });
+    assert!(std::fs::metadata(&phone).is_ok_and(|m| m.len() > 10_000));
     drop(front);
 }

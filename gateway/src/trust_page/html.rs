@@ -15,7 +15,7 @@ const STYLE: &str = r#"
 *{box-sizing:border-box}
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:62rem;padding:1rem;background:var(--bg);color:var(--fg)}
 h1{font-size:1.5rem;margin:.2rem 0 1rem}h2{font-size:1.2rem;margin:1.8rem 0 .6rem}h3{font-size:1.05rem;margin:1.2rem 0 .4rem}
-a{color:inherit}
+a{color:inherit;overflow-wrap:anywhere}
 code,pre,.hex{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85rem}
 .hex{word-break:break-all}
 pre{background:var(--code);padding:.8rem;overflow-x:auto;border-radius:6px;max-height:28rem}
