@@ -20,7 +20,11 @@ use crate::certs::{x509_not_after, x509_not_before, CertResolver};
 use crate::metrics::Metrics;
 use crate::store::{CertRecord, Store};
 
-const ACCOUNT_KEY: &str = "acme/account";
+/// The account is stored per ACME directory: moving from a staging CA to production (or
+/// to another CA) must create an account there, not present one the new CA never issued.
+fn account_key(directory_url: &str) -> String {
+    format!("acme/account/{directory_url}")
+}
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How often the renewal loop looks at the certificate when nothing is due.
@@ -151,7 +155,11 @@ impl Acme {
 
     /// The stored account, or a new one (saved before use, so a crash cannot orphan it).
     async fn account(&self) -> Result<Account, AcmeError> {
-        if let Some(json) = self.store.get_value(ACCOUNT_KEY).await? {
+        if let Some(json) = self
+            .store
+            .get_value(&account_key(&self.settings.directory_url))
+            .await?
+        {
             let creds: AccountCredentials = serde_json::from_str(&json)
                 .map_err(|e| AcmeError::Account(format!("stored credentials: {e}")))?;
             return self
@@ -175,7 +183,9 @@ impl Acme {
             .await
             .map_err(|e| AcmeError::Account(e.to_string()))?;
         let json = serde_json::to_string(&creds).map_err(|e| AcmeError::Account(e.to_string()))?;
-        self.store.put_value(ACCOUNT_KEY, &json).await?;
+        self.store
+            .put_value(&account_key(&self.settings.directory_url), &json)
+            .await?;
         tracing::info!(account = account.id(), "ACME account created");
         Ok(account)
     }
@@ -453,4 +463,14 @@ mod tests {
             "a certificate with no lifetime is due"
         );
     }
+
+    #[test]
+    fn accounts_are_kept_per_directory() {
+        let staging = account_key("https://acme-staging-v02.api.letsencrypt.org/directory");
+        let production = account_key(LETS_ENCRYPT_PRODUCTION);
+        assert_ne!(staging, production);
+        assert!(production.starts_with("acme/account/"));
+    }
+
+    const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 }
