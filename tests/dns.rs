@@ -32,6 +32,7 @@ fn start_dns() -> Dns {
              listen_tcp = \"127.0.0.1:0\"\n\
              gateway_addrs = [\"192.0.2.10\", \"2001:db8::10\"]\n\
              ns_names = [\"ns1.{BASE}\", \"ns2.{BASE}\"]\n\
+             ns_addrs = [\"198.51.100.53\"]\n\
              ttl_secs = 30\n\
              [api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
         ),
@@ -121,6 +122,8 @@ async fn dig_sees_the_zone_served_by_teegate_dns() {
         short(at, &[BASE, "NS"]),
         [format!("ns1.{BASE}."), format!("ns2.{BASE}.")]
     );
+    // The zone's own name servers resolve to ns_addrs (the glue), not to the gateways.
+    assert_eq!(short(at, &[&format!("ns2.{BASE}"), "A"]), ["198.51.100.53"]);
 
     // TXT set and cleared through the API, from this process.
     let api = HttpAcmeDnsClient::new(&format!("http://{}", d.api), Some(TOKEN.into())).unwrap();

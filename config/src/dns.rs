@@ -35,6 +35,11 @@ pub struct DnsConfig {
     /// NS records; `["ns1.<base_domain>"]` when left empty (filled at load).
     #[serde(default)]
     pub ns_names: Vec<DnsName>,
+    /// This server's own addresses: what the `ns_names` inside `base_domain` resolve to
+    /// (the glue at the parent zone). Empty: those names fall under the wildcard and
+    /// resolve to the gateways, which is right only when the DNS runs on the gateways.
+    #[serde(default)]
+    pub ns_addrs: Vec<IpAddr>,
     /// SOA record.
     #[serde(default)]
     pub soa: SoaConfig,
@@ -95,13 +100,24 @@ impl Component for DnsConfig {
 
 impl Validate for DnsConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        for (i, ip) in self.gateway_addrs.iter().enumerate() {
-            if ip.is_unspecified() || ip.is_multicast() {
-                return Err(ConfigError::invalid(
-                    key(at, &format!("gateway_addrs[{i}]")),
-                    format!("{ip} is not a usable host address"),
-                ));
+        for (field, addrs) in [
+            ("gateway_addrs", &self.gateway_addrs),
+            ("ns_addrs", &self.ns_addrs),
+        ] {
+            for (i, ip) in addrs.iter().enumerate() {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(ConfigError::invalid(
+                        key(at, &format!("{field}[{i}]")),
+                        format!("{ip} is not a usable host address"),
+                    ));
+                }
             }
+        }
+        if self.ns_addrs.len() > 16 {
+            return Err(ConfigError::invalid(
+                key(at, "ns_addrs"),
+                "at most 16 addresses",
+            ));
         }
         in_range(at, "ttl_secs", self.ttl_secs, 1..=86_400)?;
         self.store.validate(&key(at, "store"))?;

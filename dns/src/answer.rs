@@ -5,6 +5,7 @@
 //! | outside `<base>`                       | any                 | REFUSED, AA=0 (no recursion)    |
 //! | `<base>`                               | SOA, NS, A, AAAA, CAA | the records (NODATA if none)  |
 //! | `<base>`                               | ANY                 | the SOA (RFC 8482 minimal)      |
+//! | an in-zone `ns_names` entry, with `ns_addrs` | A, AAAA (ANY: both) | `ns_addrs` (the glue)   |
 //! | `<host>.<base>` (wildcard)             | A, AAAA (ANY: both) | the gateway addresses           |
 //! | `_acme-challenge.<base or host>`       | TXT (ANY: TXT)      | the challenge values            |
 //! | a name with another `_label` below base| any                 | NXDOMAIN                        |
@@ -59,7 +60,7 @@ pub(crate) fn answer(
     }
     let lower = LowerName::new(qname);
     let place = fixed.place(&lower);
-    let addresses = |want: RecordType| -> Vec<Record> {
+    let addresses_of = |want: RecordType, v4s: &[RData], v6s: &[RData]| -> Vec<Record> {
         let v4 = matches!(want, RecordType::A | RecordType::ANY);
         let v6 = matches!(want, RecordType::AAAA | RecordType::ANY);
         let mut owner = qname.clone();
@@ -72,10 +73,11 @@ pub(crate) fn answer(
                 .map(|r| Record::from_rdata(owner.clone(), fixed.ttl, r.clone()))
                 .collect()
         };
-        let mut out = pick(v4, &snap.v4);
-        out.extend(pick(v6, &snap.v6));
+        let mut out = pick(v4, v4s);
+        out.extend(pick(v6, v6s));
         out
     };
+    let addresses = |want: RecordType| addresses_of(want, &snap.v4, &snap.v6);
     let records: Vec<Record> = match place {
         Place::Outside => return Answer::refused(),
         Place::Absent => {
@@ -95,6 +97,12 @@ pub(crate) fn answer(
         },
         Place::Host => match qtype {
             RecordType::A | RecordType::AAAA | RecordType::ANY => addresses(qtype),
+            _ => Vec::new(),
+        },
+        Place::NameServer => match qtype {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                addresses_of(qtype, &fixed.ns_v4, &fixed.ns_v6)
+            }
             _ => Vec::new(),
         },
         Place::Challenge => match qtype {
@@ -173,6 +181,34 @@ mod tests {
             && a.authoritative
             && a.answers.is_empty()
             && matches!(a.authority.as_slice(), [r] if r.record_type() == RecordType::SOA)
+    }
+
+    #[test]
+    fn in_zone_name_servers_answer_their_own_addresses_when_given() {
+        let with = zone(
+            "ns_names = [\"ns1.apps.example.com\", \"ns.other.example.net\"]\n\
+             ns_addrs = [\"198.51.100.53\", \"2001:db8::53\"]\n",
+        );
+        let a = ask(&with, "NS1.apps.example.com.", RecordType::A);
+        assert_eq!(ips(&a), ["198.51.100.53".parse::<IpAddr>().unwrap()]);
+        let aaaa = ask(&with, "ns1.apps.example.com.", RecordType::AAAA);
+        assert_eq!(ips(&aaaa), ["2001:db8::53".parse::<IpAddr>().unwrap()]);
+        assert!(is_nodata(&ask(
+            &with,
+            "ns1.apps.example.com.",
+            RecordType::TXT
+        )));
+        // Other hosts still get the gateways; the out-of-zone NS name is refused.
+        let host = ask(&with, "ns2.apps.example.com.", RecordType::A);
+        assert_eq!(ips(&host)[0], "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            ask(&with, "ns.other.example.net.", RecordType::A).code,
+            ResponseCode::Refused
+        );
+        // Without ns_addrs the wildcard covers the name-server name, as before.
+        let without = zone("ns_names = [\"ns1.apps.example.com\"]\n");
+        let a = ask(&without, "ns1.apps.example.com.", RecordType::A);
+        assert_eq!(ips(&a)[0], "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

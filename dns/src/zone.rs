@@ -30,6 +30,12 @@ pub(crate) struct Fixed {
     soa: SOA,
     ns: Vec<Name>,
     caa_issuer: String,
+    /// Name-server names inside the zone, answered with this server's own addresses
+    /// (`ns_addrs`) instead of the gateways'; empty when `ns_addrs` is.
+    ns_hosts: Vec<LowerName>,
+    /// A and AAAA data of `ns_addrs`.
+    pub ns_v4: Vec<RData>,
+    pub ns_v6: Vec<RData>,
 }
 
 /// The records served at one moment.
@@ -73,6 +79,8 @@ pub(crate) enum Place {
     Absent,
     /// Any other name below the apex: the wildcard `*.<base>` covers it.
     Host,
+    /// One of the zone's own name-server names, when `ns_addrs` gives its addresses.
+    NameServer,
 }
 
 impl Fixed {
@@ -110,13 +118,26 @@ impl Fixed {
             timer(cfg.soa.expire),
             cfg.soa.minimum,
         );
+        let origin_lower = LowerName::new(&origin);
+        let ns_hosts = if cfg.ns_addrs.is_empty() {
+            Vec::new()
+        } else {
+            ns.iter()
+                .map(LowerName::new)
+                .filter(|n| origin_lower.zone_of(n) && *n != origin_lower)
+                .collect()
+        };
+        let (ns_v4, ns_v6) = split_addrs(&cfg.ns_addrs);
         Ok(Fixed {
-            origin_lower: LowerName::new(&origin),
+            origin_lower,
             origin,
             ttl: cfg.ttl_secs,
             soa,
             ns,
             caa_issuer: cfg.caa_issuer.as_str().to_owned(),
+            ns_hosts,
+            ns_v4,
+            ns_v6,
         })
     }
 
@@ -128,6 +149,9 @@ impl Fixed {
         let below = usize::from(name.num_labels()) - usize::from(self.origin.num_labels());
         if below == 0 {
             return Place::Apex;
+        }
+        if self.ns_hosts.contains(name) {
+            return Place::NameServer;
         }
         let mut labels = name.iter().take(below);
         let first = labels.next().unwrap_or_default();
@@ -175,22 +199,7 @@ impl Fixed {
                 .collect()
             }
         };
-        let v4 = state
-            .gateway_addrs
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(RData::A(A(*v4))),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let v6 = state
-            .gateway_addrs
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V6(v6) => Some(RData::AAAA(AAAA(*v6))),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
+        let (v4, v6) = split_addrs(&state.gateway_addrs);
         let txt = state
             .acme
             .iter()
@@ -256,6 +265,25 @@ impl Fixed {
 /// `<issuer>; accounturi=<uri>; validationmethods=dns-01` (RFC 8659 section 4.2, RFC 8657).
 fn caa_value(issuer: &str, account_uri: &str) -> Vec<u8> {
     format!("{issuer}; accounturi={account_uri}; validationmethods=dns-01").into_bytes()
+}
+
+/// A and AAAA record data for a list of addresses.
+fn split_addrs(addrs: &[IpAddr]) -> (Vec<RData>, Vec<RData>) {
+    let v4 = addrs
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(RData::A(A(*v4))),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let v6 = addrs
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(RData::AAAA(AAAA(*v6))),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    (v4, v6)
 }
 
 /// The zone, shared by the DNS listeners, the record API and in-process callers. Cheap to

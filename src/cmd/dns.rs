@@ -34,6 +34,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             eprintln!("  api  http://{api} ({auth})");
         }
+        let base = cfg.base_domain.as_str();
+        let in_zone: Vec<&str> = cfg
+            .ns_names
+            .iter()
+            .map(|n| n.as_str())
+            .filter(|n| n.ends_with(&format!(".{base}")))
+            .collect();
+        if !in_zone.is_empty() && cfg.ns_addrs.is_empty() {
+            eprintln!(
+                "  warning: {} inside {base} resolve to the gateways (wildcard); set ns_addrs to this server's addresses (the glue) unless DNS runs on the gateways",
+                in_zone.join(", ")
+            );
+        }
         let (stop_replicas, replicas_stopped) = tokio::sync::watch::channel(false);
         if let config::StoreConfig::Etcd(etcd) = &cfg.store {
             // Settings that cannot work stop the start; an unreachable cluster does not:
