@@ -5,9 +5,8 @@
 //! the reason. Every page has a JSON twin (`Accept: application/json`, or `.json`).
 //!
 //! Certificates are re-checked with the gateway's own verifier (`ratls` inspect), so the
-//! page shows what the gateway would decide now, not a second opinion. Inspections are
-//! cached briefly per certificate to keep a public page from costing a verification per
-//! view.
+//! page shows what the gateway would decide now, not a second opinion. Each chain's checks
+//! are cached briefly to keep a public page from costing a verification per view.
 
 mod html;
 pub mod model;
@@ -15,6 +14,7 @@ pub mod model;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use ratls::chain::ChainLink;
 use ratls::{AppId, CachingVerifier, Fingerprint, Inspection};
 
 use crate::refused::{Refused, RefusedLog};
@@ -47,7 +47,7 @@ pub struct TrustPages {
     pub refused: Arc<RefusedLog>,
     /// DER of the KMS root CAs this gateway vouches for (`web.kms_root_ca`).
     pub kms_roots: Vec<Vec<u8>>,
-    inspections: Mutex<HashMap<Fingerprint, (u64, Arc<Inspection>)>>,
+    checked: Mutex<HashMap<Fingerprint, Arc<Checked>>>,
 }
 
 enum Format {
@@ -71,7 +71,7 @@ impl TrustPages {
             verifier,
             refused,
             kms_roots,
-            inspections: Mutex::new(HashMap::new()),
+            checked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -251,32 +251,43 @@ impl TrustPages {
     }
 
     fn view_of(&self, chain: &[Vec<u8>], compose: Option<String>, now: u64) -> InstanceView {
-        let ins = self.inspect(&chain[0], now);
-        let links = ratls::chain::explain(chain, &self.kms_roots, now);
-        InstanceView::new(&ins, links, compose)
+        let checked = self.checked(chain, now);
+        InstanceView::new(&checked.inspection, checked.links.clone(), compose)
     }
 
-    fn inspect(&self, der: &[u8], now: u64) -> Arc<Inspection> {
-        let fp = Fingerprint::of(der);
+    /// The leaf's inspection and the chain's links, reused for a while per chain.
+    fn checked(&self, chain: &[Vec<u8>], now: u64) -> Arc<Checked> {
+        let key = Fingerprint::of(&chain.concat());
         {
-            let cache = self.inspections.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, ins)) = cache.get(&fp) {
-                if now < at + INSPECTION_TTL_SECS {
-                    return ins.clone();
+            let cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(&key) {
+                if now < c.at + INSPECTION_TTL_SECS {
+                    return c.clone();
                 }
             }
         }
-        let ins = Arc::new(self.verifier.verifier().inspect_at(der, now));
-        let mut cache = self.inspections.lock().unwrap_or_else(|p| p.into_inner());
+        let checked = Arc::new(Checked {
+            at: now,
+            inspection: self.verifier.verifier().inspect_at(&chain[0], now),
+            links: ratls::chain::explain(chain, &self.kms_roots, now),
+        });
+        let mut cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_INSPECTIONS {
-            cache.retain(|_, (at, _)| now < *at + INSPECTION_TTL_SECS);
+            cache.retain(|_, c| now < c.at + INSPECTION_TTL_SECS);
             if cache.len() >= MAX_CACHED_INSPECTIONS {
                 cache.clear();
             }
         }
-        cache.insert(fp, (now, ins.clone()));
-        ins
+        cache.insert(key, checked.clone());
+        checked
     }
+}
+
+/// One chain's verification, as cached.
+struct Checked {
+    at: u64,
+    inspection: Inspection,
+    links: Vec<ChainLink>,
 }
 
 fn json_page<T: serde::Serialize>(status: u16, value: &T) -> Page {
