@@ -45,6 +45,27 @@ async fn metrics_of(r: &Replica) -> String {
     http_get(r.gw.ports.admin, "/metrics", None, "GET").await.1
 }
 
+/// A simulated instance of `id` with its front running, registered at `replica`
+/// (registration must succeed).
+async fn registered_at(
+    replica: &Replica,
+    ca_pem: &str,
+    id: &ratls::cert::Identity,
+    name: &str,
+) -> Front {
+    let cert = ratls_cert(id);
+    let front = start_front(&cert, name).await;
+    let (s, body) = register(
+        replica.gw.ports.registration,
+        ca_pem,
+        &cert,
+        &register_body(front.addr, &[80]),
+    )
+    .await;
+    assert_eq!(s, 200, "registration at {}: {body}", replica.ip);
+    front
+}
+
 /// Waits (bounded) until the replica's `teegate_store_up` reads `up`.
 async fn wait_store_up(r: &Replica, up: bool, within: Duration) {
     let want = if up { 1.0 } else { 0.0 };
@@ -84,16 +105,7 @@ async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_e
     let (s, _) = get(&client(&replicas[1]), &host).await.unwrap();
     assert_ne!(s, 200, "not registered yet");
 
-    let cert = ratls_cert(&id);
-    let front = start_front(&cert, "one").await;
-    let (s, body) = register(
-        replicas[0].gw.ports.registration,
-        set.ca_pem(),
-        &cert,
-        &register_body(front.addr, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
+    let front = registered_at(&replicas[0], set.ca_pem(), &id, "one").await;
     let registered = Instant::now();
     for r in &replicas[1..] {
         wait_until_served(
@@ -324,16 +336,7 @@ async fn killed_replica_leaves_dns_within_its_lease_and_clients_lose_no_request(
     let ips: Vec<IpAddr> = replicas.iter().map(|r| IpAddr::V4(r.ip)).collect();
     wait_for_dns(dns.udp, &host, Duration::from_secs(10), |a| a == ips).await;
 
-    let cert = ratls_cert(&id);
-    let front = start_front(&cert, "one").await;
-    let (s, body) = register(
-        replicas[0].gw.ports.registration,
-        set.ca_pem(),
-        &cert,
-        &register_body(front.addr, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
+    let _front = registered_at(&replicas[0], set.ca_pem(), &id, "one").await;
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.https).collect();
     let clients = Arc::new(replica_clients(
         set.ca_pem(),
@@ -432,16 +435,7 @@ async fn etcd_outage(members: usize, kill: &[usize]) {
     ));
     let client = |r: &Replica| clients[&IpAddr::V4(r.ip)].clone();
 
-    let cert_a = ratls_cert(&a);
-    let front_a = start_front(&cert_a, "a").await;
-    let (s, body) = register(
-        replicas[0].gw.ports.registration,
-        set.ca_pem(),
-        &cert_a,
-        &register_body(front_a.addr, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
+    let _front_a = registered_at(&replicas[0], set.ca_pem(), &a, "a").await;
     wait_until_served(
         &client(&replicas[1]),
         &host_a,
@@ -600,16 +594,7 @@ async fn replica_cut_off_from_etcd_serves_its_last_state_and_catches_up_on_retur
         &[r1.https, r2.https],
     );
     let (c1, c2) = (&clients[&IpAddr::V4(r1.ip)], &clients[&IpAddr::V4(r2.ip)]);
-    let cert_a = ratls_cert(&a);
-    let front_a = start_front(&cert_a, "a").await;
-    let (s, body) = register(
-        r2.gw.ports.registration,
-        set.ca_pem(),
-        &cert_a,
-        &register_body(front_a.addr, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
+    let _front_a = registered_at(&r2, set.ca_pem(), &a, "a").await;
     wait_until_served(
         c1,
         &host_a,
