@@ -296,6 +296,21 @@ async fn admin_api_requires_the_token() {
     .await;
     assert_eq!(status, 200);
     assert!(body.contains(&id.app_id.to_hex()), "{body}");
+    let (status, body) = http_get(
+        gw.ports.admin,
+        "/v1/replicas",
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"store\":\"embedded\""), "{body}");
+    assert_eq!(
+        http_get(gw.ports.admin, "/v1/replicas", None, "GET")
+            .await
+            .0,
+        401
+    );
     let path = format!("/v1/instances/{}", id.instance_id);
     assert_eq!(
         http_get(

@@ -1,6 +1,7 @@
 //! The admin listener: Prometheus `/metrics`, and an admin API (`GET /v1/apps`,
-//! `GET /v1/apps/<id>`, `DELETE /v1/instances/<id>`) that requires the configured bearer
-//! token; with no token configured the admin API is off. Also the port-80 redirect.
+//! `GET /v1/apps/<id>`, `DELETE /v1/instances/<id>`, `GET /v1/replicas`,
+//! `POST /v1/acme/renew`) that requires the configured bearer token; with no token
+//! configured the admin API is off. Also the port-80 redirect.
 
 use std::sync::Arc;
 
@@ -11,13 +12,15 @@ use crate::http_util::{error, json, text, Body, Peer};
 use crate::metrics::Metrics;
 use crate::proxy::now_ms;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{EtcdStore, Store};
 
 pub struct Admin {
     pub acme: Option<Arc<crate::acme::Acme>>,
     pub token: Option<String>,
     pub registry: Arc<Registry>,
     pub store: Arc<dyn Store>,
+    /// The etcd store when replicas share one; `None` with the embedded store.
+    pub etcd: Option<EtcdStore>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -83,6 +86,19 @@ impl Admin {
                 ),
             },
             (Method::GET, ["apps"]) => json(StatusCode::OK, &self.registry.apps(now_ms())),
+            (Method::GET, ["replicas"]) => match &self.etcd {
+                Some(etcd) => match etcd.replicas().await {
+                    Ok(list) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "store": "etcd", "replicas": list }),
+                    ),
+                    Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                },
+                None => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "store": "embedded", "replicas": [] }),
+                ),
+            },
             (Method::GET, ["apps", id]) => match id.parse::<ratls::AppId>() {
                 Ok(app) => match self.registry.app(&app, now_ms()) {
                     Some(info) => json(StatusCode::OK, &info),

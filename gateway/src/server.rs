@@ -515,6 +515,7 @@ pub fn run(
         token: cfg.admin_token.as_ref().map(|t| t.expose().to_string()),
         registry: registry.clone(),
         store: store.clone(),
+        etcd: etcd.clone(),
         metrics: metrics.clone(),
     });
     let admin_handler: Handler =

@@ -468,6 +468,16 @@ impl EtcdStore {
         }
     }
 
+    /// The live replicas now (each one's key lives only as long as its lease).
+    pub async fn replicas(&self) -> Result<Vec<ReplicaRecord>, StoreError> {
+        Ok(self
+            .list("replicas/", "list replicas")
+            .await?
+            .into_iter()
+            .filter_map(|(k, v)| self.decode(&format!("replicas/{k}"), &v))
+            .collect())
+    }
+
     /// Calls `on_change` with the live replicas each time the list changes, until
     /// shutdown. While etcd is away the last list stands (leases cannot be observed).
     pub async fn watch_replicas(
