@@ -190,6 +190,38 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("app_compose hashes to"), "{text}");
 
+    // A KMS root that is not hex, or not a certificate, and an oversized compose file are
+    // refused, each naming the field.
+    for (field, value, expect) in [
+        (
+            "kms_root_ca",
+            serde_json::Value::from("zz"),
+            "kms_root_ca is not hex",
+        ),
+        (
+            "kms_root_ca",
+            "00ff".into(),
+            "kms_root_ca is not a certificate",
+        ),
+        (
+            "app_compose",
+            "x".repeat(129 * 1024).into(),
+            "app_compose is over",
+        ),
+    ] {
+        let mut bad_body = body.clone();
+        bad_body[field] = value;
+        let (status, text) = register(
+            gw.ports.registration,
+            &gw.dev_ca_pem(),
+            &good_cert,
+            &bad_body,
+        )
+        .await;
+        assert_eq!(status, 400, "{field}: {text}");
+        assert!(text.contains(expect), "{field}: {text}");
+    }
+
     // The injected failure: same app, an event log RTMR3 never saw.
     let bad = identity(COMPOSE.as_bytes(), 2);
     let bad_cert = cert_from(Arc::new(NoRtmr3(SimulatedProvider::new())), &bad, &app_ca);
@@ -262,6 +294,8 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         (r.status().as_u16(), r.text().await.unwrap())
     };
     assert_eq!(status, 404);
+    let post = client.post(format!("{base}/")).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
 
     // The HTML page as a browser renders it.
     let profile = dir.path().join("chromium");
@@ -325,4 +359,31 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     });
     assert!(std::fs::metadata(&phone).is_ok_and(|m| m.len() > 10_000));
     drop(front);
+}
+
+#[test]
+fn a_kms_root_that_cannot_be_read_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    for (path, expect) in [
+        (dir.path().join("missing.pem"), "No such file"),
+        (not_pem, "no CERTIFICATE"),
+    ] {
+        let cfg = gateway_config(
+            &dir.path().join("gw"),
+            &GatewayPorts::new(),
+            &format!("[web]\nkms_root_ca = [\"{}\"]\n", path.display()),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_teegate"))
+            .args(["gateway", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("web.kms_root_ca") && err.contains(expect),
+            "{err}"
+        );
+    }
 }
