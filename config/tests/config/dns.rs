@@ -85,6 +85,13 @@ fn rejects_bad_values_naming_the_key() {
     assert_contains(&e, &["dns.soa.serial"]);
     let e = error::<DnsConfig>(&with("caa_account_uri = \"http://acme.example/acct/1\""));
     assert_contains(&e, &["dns.caa_account_uri", "https://"]);
+    let e = error::<DnsConfig>(&with("ns_addrs = [\"::\"]"));
+    assert_contains(&e, &["dns.ns_addrs[0]", "not a usable"]);
+    let many = (1..=17)
+        .map(|i| format!("\"198.51.100.{i}\""))
+        .collect::<Vec<_>>();
+    let e = error::<DnsConfig>(&with(&format!("ns_addrs = [{}]", many.join(", "))));
+    assert_contains(&e, &["dns.ns_addrs", "at most 16"]);
 }
 
 #[test]

@@ -62,6 +62,25 @@ fn rejects_unknown_nested_key_naming_its_full_path() {
 }
 
 #[test]
+fn web_pages_are_on_by_default_and_kms_roots_must_be_paths() {
+    let cfg: GatewayConfig = parse(&with("")).unwrap();
+    assert!(cfg.web.enabled && cfg.web.kms_root_ca.is_empty());
+    let cfg: GatewayConfig = parse(&with(
+        "[web]\nenabled = false\nkms_root_ca = [\"/etc/root.pem\"]",
+    ))
+    .unwrap();
+    assert!(!cfg.web.enabled);
+    assert_eq!(
+        cfg.web.kms_root_ca,
+        [std::path::PathBuf::from("/etc/root.pem")]
+    );
+    let e = error::<GatewayConfig>(&with("[web]\nkms_root_ca = [\"\"]"));
+    assert_contains(&e, &["gateway.web.kms_root_ca"]);
+    let e = error::<GatewayConfig>(&with("[web]\nkms_roots = []"));
+    assert_contains(&e, &["kms_roots"]);
+}
+
+#[test]
 fn rejects_missing_base_domain() {
     let e = error::<GatewayConfig>("");
     assert_eq!(e, "missing required key gateway.base_domain");
