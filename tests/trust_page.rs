@@ -133,6 +133,30 @@ fn run_bounded(mut cmd: Command, within: Duration) -> std::process::Output {
     }
 }
 
+/// Saves a screenshot of `url` at `size` ("W,H") under `target/test-artifacts/name`,
+/// never passing on a stale file from an earlier run.
+fn screenshot(gw: &Gateway, profile: &Path, url: &str, name: &str, size: &str) {
+    let shot = artifact_dir().join(name);
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::block_in_place(|| {
+        chromium(
+            gw,
+            profile,
+            url,
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={size}"),
+            ],
+        )
+    });
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{name}: {} bytes",
+        png.len()
+    );
+}
+
 /// The `<section …>` of the page whose `data-instance` is `instance` (and refused or not).
 fn section<'a>(dom: &'a str, instance: &str, refused: bool) -> &'a str {
     dom.split("<section")
@@ -325,39 +349,9 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     );
     assert!(failing[0].1.contains("replays to RTMR3"), "{failing:?}");
 
-    let shot = artifact_dir().join("trust-page.png");
-    let _ = std::fs::remove_file(&shot);
-    tokio::task::block_in_place(|| {
-        chromium(
-            &gw,
-            &profile,
-            &url,
-            &[
-                &format!("--screenshot={}", shot.display()),
-                "--window-size=1100,2600",
-            ],
-        )
-    });
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{} bytes",
-        png.len()
-    );
+    screenshot(&gw, &profile, &url, "trust-page.png", "1100,2600");
     // The same page at a phone's width, for a person to look at.
-    let phone = artifact_dir().join("trust-page-phone.png");
-    tokio::task::block_in_place(|| {
-        chromium(
-            &gw,
-            &profile,
-            &url,
-            &[
-                &format!("--screenshot={}", phone.display()),
-                "--window-size=390,1400",
-            ],
-        )
-    });
-    assert!(std::fs::metadata(&phone).is_ok_and(|m| m.len() > 10_000));
+    screenshot(&gw, &profile, &url, "trust-page-phone.png", "390,1400");
     drop(front);
 }
 
