@@ -80,6 +80,14 @@ impl Validate for KmsConfig {
         if let Some(url) = &self.onboard_from {
             check(at, "onboard_from", url.require_https())?;
         }
+        if !self.verifier.kms_roots.is_empty() {
+            // The KMS is the authority kms_roots point to; it decides named app ids by
+            // its [policy.apps] tables, so a root here would mean nothing.
+            return Err(ConfigError::invalid(
+                key(&key(at, "verifier"), "kms_roots"),
+                "does not apply to the KMS: it authorises app ids by its [policy.apps] tables",
+            ));
+        }
         self.verifier.validate(&key(at, "verifier"))
     }
 }

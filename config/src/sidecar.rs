@@ -76,6 +76,11 @@ pub struct SidecarConfig {
     /// on this machine, which the front forwards that port to.
     #[serde(default, deserialize_with = "upstreams")]
     pub upstreams: BTreeMap<u16, SocketAddr>,
+    /// Boot an app-compose that names its `app_id` with `key_provider = "none"`. Nothing
+    /// authorises such an id (no KMS vouches for it), so gateways refuse it at
+    /// `app-authorisation`; for development with simulated quotes only.
+    #[serde(default)]
+    pub dev_allow_named_app_without_kms: bool,
 }
 
 /// What runs the app's services.
@@ -173,6 +178,12 @@ impl Validate for SidecarConfig {
             check(at, &format!("gateways[{i}]"), url.require_https())?;
         }
         self.quote_provider.validate(&key(at, "quote_provider"))?;
+        if self.dev_allow_named_app_without_kms && !self.quote_provider.is_simulated() {
+            return Err(ConfigError::invalid(
+                key(at, "dev_allow_named_app_without_kms"),
+                "is for development only: it needs quote_provider = \"simulated\"",
+            ));
+        }
         match self.runtime {
             Runtime::Docker if !self.upstreams.is_empty() => {
                 return Err(ConfigError::invalid(

@@ -112,6 +112,9 @@ impl Validate for CollateralConfig {
     }
 }
 
+/// Most KMS roots a verifier pins.
+pub const MAX_KMS_ROOTS: usize = 16;
+
 fn default_tcb_statuses() -> Vec<TcbStatusName> {
     vec![TcbStatusName::UpToDate]
 }
@@ -139,6 +142,10 @@ pub struct VerifierConfig {
     pub compose_hashes: Allowlist<ComposeHash>,
     /// Allowed app ids.
     pub app_ids: Allowlist<AppId>,
+    /// KMS root CA certificates (PEM files) trusted to authorise named app ids: an
+    /// instance may use an app id that is not its compose hash's own only when its
+    /// certificate chains to that app's CA signed by one of these roots.
+    pub kms_roots: Vec<PathBuf>,
 }
 
 impl Default for VerifierConfig {
@@ -153,6 +160,7 @@ impl Default for VerifierConfig {
             rtmr2: Allowlist::default(),
             compose_hashes: Allowlist::default(),
             app_ids: Allowlist::default(),
+            kms_roots: Vec::new(),
         }
     }
 }
@@ -170,6 +178,15 @@ impl Validate for VerifierConfig {
             return Err(ConfigError::invalid(
                 key(at, "tcb_statuses"),
                 "must list at least one status (for example [\"UpToDate\"])",
+            ));
+        }
+        for (i, file) in self.kms_roots.iter().enumerate() {
+            non_empty_path(at, &format!("kms_roots[{i}]"), file)?;
+        }
+        if self.kms_roots.len() > MAX_KMS_ROOTS {
+            return Err(ConfigError::invalid(
+                key(at, "kms_roots"),
+                format!("at most {MAX_KMS_ROOTS} KMS roots"),
             ));
         }
         self.collateral.validate(&key(at, "collateral"))

@@ -111,13 +111,18 @@ impl Admin {
             },
             (Method::DELETE, ["instances", id]) => match id.parse::<ratls::InstanceId>() {
                 Ok(inst) => {
-                    if self.registry.remove(&inst).is_none() {
+                    let Some(key) = self
+                        .registry
+                        .instance(&inst)
+                        .map(|i| i.record.key())
+                        .filter(|k| self.registry.remove(k).is_some())
+                    else {
                         return error(
                             StatusCode::NOT_FOUND,
                             format!("instance {inst} is not registered"),
                         );
-                    }
-                    if let Err(e) = self.store.delete_instance(&inst).await {
+                    };
+                    if let Err(e) = self.store.delete_instance(&key).await {
                         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
                     }
                     tracing::info!(instance = %inst, "instance removed by admin");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ratls::collateral::{CachedSource, CollateralSource, FileSource, PccsClient, SourceChain};
-use ratls::{Allowlist, AttestationVerifier, Policy, TcbPolicy, TcbStatus};
+use ratls::{Allowlist, AppAuthority, AttestationVerifier, Policy, TcbPolicy, TcbStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttestConfigError {
@@ -13,6 +13,27 @@ pub enum AttestConfigError {
     Tcb(String),
     #[error("verifier.collateral: {0}")]
     Collateral(#[from] ratls::collateral::CollateralError),
+    #[error("verifier.kms_roots[{index}] ({path}): {message}")]
+    KmsRoot {
+        index: usize,
+        path: String,
+        message: String,
+    },
+}
+
+/// The pinned KMS roots (DER), each file a PEM certificate.
+pub fn kms_roots(cfg: &config::VerifierConfig) -> Result<Vec<Vec<u8>>, AttestConfigError> {
+    let mut roots = Vec::with_capacity(cfg.kms_roots.len());
+    for (index, path) in cfg.kms_roots.iter().enumerate() {
+        let fail = |message: String| AttestConfigError::KmsRoot {
+            index,
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        roots.push(ratls::authorise::read_kms_root(&bytes).map_err(fail)?);
+    }
+    Ok(roots)
 }
 
 fn list<C, R: Ord>(cfg: &config::Allowlist<C>, f: impl Fn(&C) -> R) -> Allowlist<R> {
@@ -65,9 +86,17 @@ pub fn collateral(
     Ok(Arc::new(chain))
 }
 
+/// The verifier for `cfg`: its policy, collateral and the KMS roots that may authorise
+/// named app ids (none pinned: content-addressed app ids only).
 pub fn verifier(cfg: &config::VerifierConfig) -> Result<AttestationVerifier, AttestConfigError> {
-    Ok(AttestationVerifier::new(
-        collateral(&cfg.collateral)?,
-        policy(cfg)?,
-    ))
+    let roots = kms_roots(cfg)?;
+    let authority = if roots.is_empty() {
+        AppAuthority::content_addressed_only()
+    } else {
+        AppAuthority::kms_roots(roots)
+    };
+    Ok(
+        AttestationVerifier::new(collateral(&cfg.collateral)?, policy(cfg)?)
+            .with_authority(authority),
+    )
 }

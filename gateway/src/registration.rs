@@ -1,6 +1,9 @@
 //! The registration API: `POST /v1/register` over mutual RA-TLS. The handshake proves the
 //! client holds its certificate's key; the handler then verifies the attestation (so a
-//! refusal can name the failed step) and records the instance from verified claims only.
+//! refusal can name the failed step, `app-authorisation` among them: the app id must be
+//! the compose hash's own or vouched for by a pinned KMS) and records the instance from
+//! verified claims only, never moving an instance id away from its live holder
+//! (`instance-conflict`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -88,9 +91,14 @@ impl Registrar {
                         .map(|c| c.to_vec())
                         .collect(),
                     e.to_string(),
+                    peer.addr.ip(),
                     ratls::verifier::unix_now(),
                 );
-                return self.refuse(StatusCode::FORBIDDEN, "attestation", e.to_string());
+                let result = match e.step {
+                    ratls::Step::AppAuthorisation => "app-authorisation",
+                    _ => "attestation",
+                };
+                return self.refuse(StatusCode::FORBIDDEN, result, e.to_string());
             }
         };
         let body = match read_body(req.into_body(), MAX_REGISTER_BODY).await {
@@ -148,10 +156,19 @@ impl Registrar {
         let client_cert = peer.certs.first().map(|c| c.to_vec()).unwrap_or_default();
         let mut certs = vec![client_cert];
         let mut fingerprints = vec![*attestation.fingerprint()];
+        // Front certificates come from the same instance: judged with the issuers its
+        // client certificate was presented with.
+        let issuers: Vec<&[u8]> = peer
+            .certs
+            .iter()
+            .skip(1)
+            .take(MAX_ISSUERS)
+            .map(|c| c.as_ref())
+            .collect();
         for (i, hex_der) in req.front_certs.iter().enumerate() {
             let der = hex::decode(hex_der)
                 .map_err(|e| bad("front-certs", format!("front_certs[{i}] is not hex: {e}")))?;
-            let v = self.verifier.verify(&der).map_err(|e| {
+            let v = self.verifier.verify_chain(&der, &issuers).map_err(|e| {
                 (
                     StatusCode::FORBIDDEN,
                     "front-cert-attestation",
@@ -232,14 +249,30 @@ impl Registrar {
             kms_root_ca,
             app_compose,
         };
-        self.store.put_instance(&record).await.map_err(|e| {
+        let conflict = |e: crate::store::Conflict| {
             (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store",
-                format!("could not record the registration: {e}"),
+                StatusCode::CONFLICT,
+                "instance-conflict",
+                format!("instance-conflict: {e}"),
             )
-        })?;
-        self.registry.upsert(record.clone());
+        };
+        // Judged against the routing table first, so a refusal writes nothing; the store
+        // judges again atomically (another replica may hold the id).
+        self.registry.check_claim(&record, now).map_err(conflict)?;
+        self.store
+            .put_instance(&record)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Conflict(c) => conflict(c),
+                e => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store",
+                    format!("could not record the registration: {e}"),
+                ),
+            })?;
+        self.registry
+            .upsert(record.clone(), now)
+            .map_err(conflict)?;
         self.metrics
             .registered_instances
             .set(self.registry.instance_count() as i64);

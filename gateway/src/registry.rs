@@ -1,5 +1,8 @@
 //! The in-memory routing table: app id → instances, instance id → instance, certificate
 //! fingerprint → instance. Filled from verified registrations only; read on every request.
+//! An instance id has one holder at a time: a record of another app, or of another
+//! certificate key lineage, never replaces a live holder ([`InstanceRecord::may_replace`]),
+//! and a pinned name routes only within the app that holds the id.
 //! Also holds passive health (an instance that failed to connect is skipped until its
 //! back-off passes) and the in-flight count used by least-connections balancing.
 
@@ -10,7 +13,7 @@ use dashmap::DashMap;
 use ratls::{AppId, Fingerprint, InstanceId};
 
 use crate::api::{AppInfo, InstanceInfo};
-use crate::store::InstanceRecord;
+use crate::store::{Conflict, InstanceKey, InstanceRecord};
 
 /// How to choose among an app's healthy instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,21 +111,50 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds or replaces an instance (a renewal keeps its health state).
-    pub fn upsert(&self, record: InstanceRecord) {
+    /// Whether `record` may take its instance id now (see [`InstanceRecord::may_replace`]).
+    pub fn check_claim(&self, record: &InstanceRecord, now: u64) -> Result<(), Conflict> {
+        match self.instances.get(&record.instance_id) {
+            Some(holder) => record.may_replace(&holder.record, now),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds or renews an instance (a renewal keeps its health state). Refused, changing
+    /// nothing, when the id's live holder may not be replaced by `record`.
+    pub fn upsert(&self, record: InstanceRecord, now: u64) -> Result<(), Conflict> {
         let id = record.instance_id;
-        let old = self.instances.get(&id).map(|e| e.value().clone());
+        // The instance-id entry is the lock: the check and the swap happen under it.
+        let mut slot = match self.instances.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(e) => {
+                record.may_replace(&e.get().record, now)?;
+                e
+            }
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let fresh = Arc::new(Instance::new(record));
+                for fp in &fresh.record.fingerprints {
+                    self.fingerprints.insert(*fp, id);
+                }
+                self.apps
+                    .entry(fresh.record.app_id)
+                    .or_default()
+                    .push(fresh.clone());
+                v.insert(fresh);
+                return Ok(());
+            }
+        };
+        let old = slot.get().clone();
         let fresh = Arc::new(Instance::new(record));
-        if let Some(old) = &old {
+        if old.record.app_id == fresh.record.app_id {
             fresh
                 .down_until_ms
                 .store(old.down_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
-            for fp in &old.record.fingerprints {
-                self.fingerprints.remove_if(fp, |_, owner| *owner == id);
-            }
-            if old.record.app_id != fresh.record.app_id {
-                self.detach(&old.record.app_id, &id);
-            }
+        }
+        for fp in &old.record.fingerprints {
+            self.fingerprints.remove_if(fp, |_, owner| *owner == id);
+        }
+        if old.record.app_id != fresh.record.app_id {
+            // Only a lapsed holder gets here.
+            self.detach(&old.record.app_id, &id);
         }
         for fp in &fresh.record.fingerprints {
             self.fingerprints.insert(*fp, id);
@@ -131,7 +163,8 @@ impl Registry {
         list.retain(|i| i.record.instance_id != id);
         list.push(fresh.clone());
         drop(list);
-        self.instances.insert(id, fresh);
+        *slot.get_mut() = fresh;
+        Ok(())
     }
 
     fn detach(&self, app: &AppId, id: &InstanceId) {
@@ -141,25 +174,29 @@ impl Registry {
         self.apps.remove_if(app, |_, list| list.is_empty());
     }
 
-    pub fn remove(&self, id: &InstanceId) -> Option<Arc<Instance>> {
-        let (_, inst) = self.instances.remove(id)?;
+    /// Removes the instance `key` names; an instance id held by another app is untouched.
+    pub fn remove(&self, key: &InstanceKey) -> Option<Arc<Instance>> {
+        let (_, inst) = self
+            .instances
+            .remove_if(&key.instance, |_, i| i.record.app_id == key.app)?;
         for fp in &inst.record.fingerprints {
-            self.fingerprints.remove_if(fp, |_, owner| owner == id);
+            self.fingerprints
+                .remove_if(fp, |_, owner| *owner == key.instance);
         }
-        self.detach(&inst.record.app_id, id);
+        self.detach(&inst.record.app_id, &key.instance);
         Some(inst)
     }
 
     /// Drops instances whose lease ended before `now` (unix seconds); returns their ids.
-    pub fn expire(&self, now: u64) -> Vec<InstanceId> {
-        let lapsed: Vec<InstanceId> = self
+    pub fn expire(&self, now: u64) -> Vec<InstanceKey> {
+        let lapsed: Vec<InstanceKey> = self
             .instances
             .iter()
             .filter(|e| e.record.lease_expires <= now)
-            .map(|e| *e.key())
+            .map(|e| e.record.key())
             .collect();
-        for id in &lapsed {
-            self.remove(id);
+        for key in &lapsed {
+            self.remove(key);
         }
         lapsed
     }
@@ -190,8 +227,12 @@ impl Registry {
                 && i.record.ports.contains(&port)
         };
         match target {
-            Resolved::Instance(_, id) => {
+            Resolved::Instance(app, id) => {
                 let inst = self.instances.get(&id).ok_or(PickError::Unknown)?.clone();
+                // The id may have changed hands since the name was resolved.
+                if inst.record.app_id != app {
+                    return Err(PickError::Unknown);
+                }
                 if usable(&inst) {
                     Ok(inst)
                 } else {
@@ -322,8 +363,8 @@ mod tests {
     #[test]
     fn round_robin_spreads_and_skips_down_and_tried() {
         let r = Registry::new();
-        r.upsert(rec(1, 1, &[80]));
-        r.upsert(rec(1, 2, &[80]));
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        r.upsert(rec(1, 2, &[80]), 0).unwrap();
         let t = r.resolve(&[1; 20]).unwrap();
         let a = r.pick(t, 80, &[], Balance::RoundRobin, 0).unwrap();
         let b = r.pick(t, 80, &[], Balance::RoundRobin, 0).unwrap();
@@ -355,8 +396,8 @@ mod tests {
     #[test]
     fn least_connections_prefers_idle_instance() {
         let r = Registry::new();
-        r.upsert(rec(1, 1, &[80]));
-        r.upsert(rec(1, 2, &[80]));
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        r.upsert(rec(1, 2, &[80]), 0).unwrap();
         let busy = r.instance(&InstanceId([1; 20])).unwrap();
         let _g1 = busy.begin();
         let _g2 = busy.begin();
@@ -378,8 +419,8 @@ mod tests {
     #[test]
     fn instance_id_pins_and_ports_filter() {
         let r = Registry::new();
-        r.upsert(rec(1, 1, &[80]));
-        r.upsert(rec(1, 2, &[80, 8080]));
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        r.upsert(rec(1, 2, &[80, 8080]), 0).unwrap();
         let pinned = r.resolve(&[1; 20].map(|_| 1u8)).unwrap();
         assert_eq!(pinned, Resolved::App(AppId([1; 20])));
         let t = r.resolve(&[2; 20]).unwrap();
@@ -411,17 +452,78 @@ mod tests {
     #[test]
     fn fingerprints_follow_upserts_removals_and_expiry() {
         let r = Registry::new();
-        r.upsert(rec(1, 1, &[80]));
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
         assert_eq!(r.owner_of(&Fingerprint([1; 32])), Some(InstanceId([1; 20])));
+        // A rotation registers the new certificate beside the current one, then drops it.
+        let mut rotating = rec(1, 1, &[80]);
+        rotating.fingerprints = vec![Fingerprint([1; 32]), Fingerprint([7; 32])];
+        r.upsert(rotating, 0).unwrap();
         let mut renewed = rec(1, 1, &[80]);
         renewed.fingerprints = vec![Fingerprint([7; 32])];
-        r.upsert(renewed);
+        r.upsert(renewed, 0).unwrap();
         assert_eq!(r.owner_of(&Fingerprint([1; 32])), None);
         assert_eq!(r.owner_of(&Fingerprint([7; 32])), Some(InstanceId([1; 20])));
         assert_eq!(r.expire(99), vec![]);
-        assert_eq!(r.expire(100), vec![InstanceId([1; 20])]);
+        assert_eq!(r.expire(100), vec![rec(1, 1, &[80]).key()]);
         assert!(r.resolve(&[1; 20]).is_none());
         assert_eq!(r.owner_of(&Fingerprint([7; 32])), None);
         assert_eq!(r.instance_count(), 0);
+    }
+
+    #[test]
+    fn an_instance_id_stays_with_its_live_holder() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        // App 2 names app 1's instance id.
+        let mut thief = rec(2, 1, &[80]);
+        thief.fingerprints = vec![Fingerprint([66; 32])];
+        assert!(matches!(
+            r.upsert(thief.clone(), 50),
+            Err(Conflict::OtherApp { .. })
+        ));
+        // App 1 with a certificate of another lineage.
+        let mut other_key = rec(1, 1, &[80]);
+        other_key.fingerprints = vec![Fingerprint([67; 32])];
+        assert!(matches!(
+            r.upsert(other_key, 50),
+            Err(Conflict::OtherLineage { .. })
+        ));
+        // Nothing moved: the pinned name and the app still reach the holder.
+        let pinned = r.resolve(&[1; 20]).unwrap();
+        assert_eq!(pinned, Resolved::App(AppId([1; 20])));
+        let inst = r
+            .pick(
+                Resolved::Instance(AppId([1; 20]), InstanceId([1; 20])),
+                80,
+                &[],
+                Balance::RoundRobin,
+                0,
+            )
+            .unwrap();
+        assert_eq!(inst.record.app_id, AppId([1; 20]));
+        assert_eq!(r.owner_of(&Fingerprint([66; 32])), None);
+        assert!(r.app(&AppId([2; 20]), 0).is_none());
+        // An instance-pinned name of another app does not reach it.
+        assert_eq!(
+            r.pick(
+                Resolved::Instance(AppId([2; 20]), InstanceId([1; 20])),
+                80,
+                &[],
+                Balance::RoundRobin,
+                0
+            )
+            .unwrap_err(),
+            PickError::Unknown
+        );
+        // Removing under another app's name leaves it alone.
+        assert!(r.remove(&thief.key()).is_none());
+        assert_eq!(r.instance_count(), 1);
+        // After the holder's lease (100) lapses the id is free.
+        r.upsert(thief, 100).unwrap();
+        assert!(r.app(&AppId([1; 20]), 0).is_none());
+        assert_eq!(
+            r.owner_of(&Fingerprint([66; 32])),
+            Some(InstanceId([1; 20]))
+        );
     }
 }

@@ -23,16 +23,23 @@ use crate::certs::CertResolver;
 use crate::metrics::Metrics;
 use crate::registration::is_refused_addr;
 use crate::registry::Registry;
-use crate::store::{EtcdStore, InstanceRecord, ReplicaRecord, Store, StoreEvent};
+use crate::store::{EtcdStore, InstanceKey, InstanceRecord, ReplicaRecord, Store, StoreEvent};
 
-/// Whether every certificate of a stored record verifies now and attests the record's own
-/// app and instance.
+/// Whether every certificate of a stored record verifies now (with the issuers the
+/// instance presented, so a named app id is authorised as at registration) and attests the
+/// record's own app and instance.
 pub fn verifies(record: &InstanceRecord, verifier: &CachingVerifier) -> bool {
+    let issuers: Vec<Vec<u8>> = record
+        .chain
+        .iter()
+        .filter_map(|h| hex::decode(h).ok())
+        .collect();
+    let issuers: Vec<&[u8]> = issuers.iter().map(Vec::as_slice).collect();
     !record.certs.is_empty()
         && record.certs.iter().all(|h| {
             hex::decode(h)
                 .ok()
-                .and_then(|der| verifier.verify(&der).ok())
+                .and_then(|der| verifier.verify_chain(&der, &issuers).ok())
                 .is_some_and(|v| {
                     *v.instance_id() == record.instance_id && *v.app_id() == record.app_id
                 })
@@ -85,10 +92,18 @@ impl StoreSync {
         }
         let refused = !self.allow_loopback && is_refused_addr(record.front_addr.ip());
         if !refused && verifies(&record, &self.verifier) {
-            if known.is_none() {
-                tracing::info!(app = %record.app_id, instance = %record.instance_id, "registration from the store");
+            let (app, instance) = (record.app_id, record.instance_id);
+            match self.registry.upsert(record, ratls::verifier::unix_now()) {
+                Ok(()) if known.is_none() => {
+                    tracing::info!(%app, %instance, "registration from the store")
+                }
+                Ok(()) => {}
+                // The store refuses such writes; one that got there anyway (written to
+                // etcd by hand, or a race lost) does not move the instance.
+                Err(e) => {
+                    tracing::warn!(%app, %instance, error = %e, "stored registration conflicts with the routed instance; not routed")
+                }
             }
-            self.registry.upsert(record);
             return;
         }
         tracing::warn!(
@@ -96,7 +111,7 @@ impl StoreSync {
             "stored registration does not verify here or points at a refused address; not routed"
         );
         // The store no longer holds the version this replica verified: stop routing it too.
-        self.registry.remove(&record.instance_id);
+        self.registry.remove(&record.key());
     }
 
     async fn apply_cert(&self, name: &str) {
@@ -134,19 +149,24 @@ impl StoreSync {
                 return;
             }
         };
-        let keep: HashSet<_> = records.iter().map(|r| r.instance_id).collect();
+        let keep: HashSet<_> = records.iter().map(|r| r.key()).collect();
         let now_ms = ratls::verifier::unix_now().saturating_mul(1000);
-        let stale: Vec<ratls::InstanceId> = self
+        let stale: Vec<InstanceKey> = self
             .registry
             .apps(now_ms)
             .into_iter()
             .flat_map(|a| a.instances)
-            .filter_map(|i| i.instance_id.parse().ok())
-            .filter(|id| !keep.contains(id))
+            .filter_map(|i| {
+                Some(InstanceKey {
+                    app: i.app_id.parse().ok()?,
+                    instance: i.instance_id.parse().ok()?,
+                })
+            })
+            .filter(|k| !keep.contains(k))
             .collect();
-        for id in &stale {
-            tracing::info!(instance = %id, "registration gone from the store; removed");
-            self.registry.remove(id);
+        for key in &stale {
+            tracing::info!(instance = %key, "registration gone from the store; removed");
+            self.registry.remove(key);
         }
         let count = records.len();
         for r in records {

@@ -69,23 +69,20 @@ async fn restore(
     let mut restored = 0;
     for record in store.instances().await? {
         if record.lease_expires <= now {
-            store.delete_instance(&record.instance_id).await?;
+            store.delete_instance(&record.key()).await?;
             continue;
         }
-        let still_valid = record.certs.iter().all(|h| {
-            hex::decode(h)
-                .ok()
-                .and_then(|der| verifier.verify(&der).ok())
-                .is_some_and(|v| {
-                    *v.instance_id() == record.instance_id && *v.app_id() == record.app_id
-                })
-        });
-        if still_valid {
-            registry.upsert(record);
-            restored += 1;
+        if crate::replicas::verifies(&record, verifier) {
+            let key = record.key();
+            match registry.upsert(record, now) {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    tracing::warn!(instance = %key, error = %e, "stored registration conflicts with another; not routed")
+                }
+            }
         } else {
             tracing::warn!(instance = %record.instance_id, "stored registration no longer verifies; dropped");
-            store.delete_instance(&record.instance_id).await?;
+            store.delete_instance(&record.key()).await?;
         }
     }
     Ok(restored)
@@ -267,9 +264,9 @@ impl BackgroundService for LeaseReaper {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            for id in self.registry.expire(ratls::verifier::unix_now()) {
-                tracing::info!(instance = %id, "registration lease expired");
-                if let Err(e) = self.store.delete_instance(&id).await {
+            for key in self.registry.expire(ratls::verifier::unix_now()) {
+                tracing::info!(instance = %key, "registration lease expired");
+                if let Err(e) = self.store.delete_instance(&key).await {
                     tracing::warn!(error = %e, "could not delete expired registration");
                 }
             }
@@ -300,6 +297,15 @@ pub fn run(
         tracing::warn!(
             "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
         );
+    }
+    match cfg.verifier.kms_roots.len() {
+        0 => tracing::info!(
+            "app authorisation: content-addressed app ids only (no verifier.kms_roots pinned)"
+        ),
+        n => tracing::info!(
+            kms_roots = n,
+            "app authorisation: content-addressed app ids, and named ones whose app CA a pinned KMS root signed"
+        ),
     }
     let (store, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
         StoreConfig::Embedded => (Arc::new(EmbeddedStore::open(&cfg.data_dir)?), None),
@@ -413,13 +419,20 @@ pub fn run(
     };
     let refused = Arc::new(RefusedLog::new());
     let pages = if cfg.web.enabled {
+        // The pages vouch for the roots the verifier pins too.
+        let mut page_roots = load_kms_roots(&cfg.web.kms_root_ca)?;
+        for root in verifier.verifier().authority().pinned_roots() {
+            if !page_roots.contains(root) {
+                page_roots.push(root.clone());
+            }
+        }
         Some(Arc::new(TrustPages::new(
             base.clone(),
             https_addr.port(),
             registry.clone(),
             verifier.clone(),
             refused.clone(),
-            load_kms_roots(&cfg.web.kms_root_ca)?,
+            page_roots,
         )))
     } else {
         None

@@ -361,6 +361,18 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         instance_id: instance_id(&cfg.data_dir)?,
     };
     tracing::info!(app = %identity.app_id, compose_hash = %identity.compose_hash, instance = %identity.instance_id, "compose loaded");
+    if loaded.app_id_named
+        && loaded.compose.key_provider == KeyProvider::None
+        && !cfg.dev_allow_named_app_without_kms
+    {
+        // Only a KMS can authorise a named app id; without one this CVM would claim an
+        // app that nobody gave it.
+        return Err(step("compose")(format!(
+            "app-compose.json names app_id {} with key_provider = \"none\": only a KMS can authorise a named app id (use key_provider = \"kms\", or drop app_id to use the compose hash's own id {})",
+            identity.app_id,
+            identity.compose_hash.default_app_id()
+        )));
+    }
 
     // measure
     let provider: Arc<dyn QuoteProvider> = match &cfg.quote_provider {

@@ -65,9 +65,10 @@ impl SigningKey for P256Key {
     }
 }
 
-/// The subject common name of an app's CA certificate.
+/// The subject common name of an app's CA certificate: `ratls`' convention, which its
+/// app-authorisation check reads back (with the app id as the organisational unit).
 pub fn app_ca_common_name(app_id: &[u8; 20]) -> String {
-    format!("teegate app {} CA", hex::encode(app_id))
+    ratls::authorise::app_ca_common_name(&ratls::AppId(*app_id))
 }
 
 /// Issues the app CA certificate (DER) for `app_key`, signed by the root CA.

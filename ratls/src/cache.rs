@@ -95,14 +95,29 @@ impl CachingVerifier {
         self.cache.get(fp, self.verifier.now())
     }
 
-    /// Verifies a DER certificate, answering from the cache when it can.
+    /// Verifies a DER certificate presented alone, answering from the cache when it can.
     pub fn verify(&self, der: &[u8]) -> Result<Arc<VerifiedAttestation>, VerifyError> {
+        self.verify_chain(der, &[])
+    }
+
+    /// Verifies a certificate presented with its issuers (app CA first). A hit needs no
+    /// issuers: what authorised the app id (the app CA's signature on this very
+    /// certificate) is part of the cached certificate's bytes.
+    pub fn verify_chain(
+        &self,
+        der: &[u8],
+        issuers: &[&[u8]],
+    ) -> Result<Arc<VerifiedAttestation>, VerifyError> {
         let now = self.verifier.now();
         let fp = Fingerprint::of(der);
         if let Some(hit) = self.cache.get(&fp, now) {
             return Ok(hit);
         }
-        let verified = Arc::new(self.verifier.verify_at(der, now)?);
+        let verified = Arc::new(
+            self.verifier
+                .inspect_chain_at(der, issuers, now)
+                .into_verdict()?,
+        );
         self.cache.insert(verified.clone(), now);
         Ok(verified)
     }

@@ -22,6 +22,9 @@ pub enum Step {
     KeyBinding,
     /// The event log does not replay to RTMR3, or the claims disagree with it.
     EventLogReplay,
+    /// The app id is not authorised for the compose hash: neither content-addressed nor
+    /// vouched for by a pinned KMS root (through the app's CA).
+    AppAuthorisation,
     /// A measurement, app id or compose hash is not in the allowlist.
     Policy,
 }
@@ -34,6 +37,7 @@ impl Step {
             Step::TcbStatus => "tcb-status",
             Step::KeyBinding => "key-binding",
             Step::EventLogReplay => "event-log-replay",
+            Step::AppAuthorisation => "app-authorisation",
             Step::Policy => "policy",
         }
     }
@@ -95,6 +99,12 @@ pub enum Reason {
         claim: &'static str,
         claimed: String,
         logged: String,
+    },
+    #[error("app id {app} is not authorised for compose hash {compose}: {why}")]
+    AppNotAuthorised {
+        app: String,
+        compose: String,
+        why: String,
     },
     #[error("{what} {value} is not in the allowlist")]
     NotAllowed { what: &'static str, value: String },

@@ -149,7 +149,7 @@ pub struct Inspection {
 }
 
 /// The order and titles of the steps, as shown.
-pub(crate) const STEPS: [(Step, &str); 6] = [
+pub(crate) const STEPS: [(Step, &str); 7] = [
     (
         Step::Parse,
         "Certificate and evidence decode, and the certificate is valid now",
@@ -169,6 +169,10 @@ pub(crate) const STEPS: [(Step, &str); 6] = [
     (
         Step::EventLogReplay,
         "RTMR3 event log replays to the quoted RTMR3 and matches the claims",
+    ),
+    (
+        Step::AppAuthorisation,
+        "App id authorised for this compose hash (content-addressed, or by a pinned KMS)",
     ),
     (
         Step::Policy,

@@ -9,7 +9,8 @@
 //!  QuoteProvider (tsm | simulated) ─▶ Measurer (RTMR3 + EventLog) ─▶ cert::issue ─▶ RaTlsCert
 //!
 //!  DER cert ─▶ parse ─▶ QuoteVerifier (dcap-qvl + CollateralSource) ─▶ key binding
-//!           ─▶ event-log replay ─▶ Policy ─▶ VerifiedAttestation ─▶ VerifiedCache
+//!           ─▶ event-log replay ─▶ app authorisation (AppAuthority) ─▶ Policy
+//!           ─▶ VerifiedAttestation ─▶ VerifiedCache
 //!                                                  ▲
 //!  rustls handshake ─▶ tls::RaTls{Server,Client}Verifier (chain checks, then the above)
 //! ```
@@ -18,6 +19,7 @@
 //! same dcap-qvl path with the mock root as anchor, are labelled SIMULATED, and are
 //! rejected unless the policy sets `allow_simulated`.
 
+pub mod authorise;
 pub mod cache;
 pub mod cert;
 pub mod chain;
@@ -37,6 +39,7 @@ pub mod tls;
 pub mod types;
 pub mod verifier;
 
+pub use authorise::AppAuthority;
 pub use cache::{CachingVerifier, VerifiedCache};
 pub use error::{Reason, Step, VerifyError};
 pub use inspect::{Inspection, Outcome};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::collateral::{CollateralSource, SourceChain};
 use crate::policy::{Allowlist, Policy};
 use crate::tls::{ChainTrust, RaTlsCheck, RaTlsServerVerifier};
-use crate::{AppId, AttestationVerifier, CachingVerifier, ComposeHash, Measurement};
+use crate::{AppAuthority, AppId, AttestationVerifier, CachingVerifier, ComposeHash, Measurement};
 
 /// What the server must attest. Unset pins accept any value.
 #[derive(Clone, Default)]
@@ -78,8 +78,14 @@ impl Pins {
             .collateral
             .clone()
             .unwrap_or_else(|| Arc::new(SourceChain::new()));
+        // A pinned KMS root is also the authority for named app ids; without one only
+        // content-addressed app ids are believed.
+        let authority = match &self.kms_root {
+            Some(root) => AppAuthority::kms_roots(vec![root.clone()]),
+            None => AppAuthority::content_addressed_only(),
+        };
         let verifier = Arc::new(CachingVerifier::new(
-            AttestationVerifier::new(collateral, self.policy()),
+            AttestationVerifier::new(collateral, self.policy()).with_authority(authority),
             64,
         ));
         let trust = match &self.kms_root {

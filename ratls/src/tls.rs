@@ -149,10 +149,14 @@ impl RaTlsCheck {
         usage: webpki::KeyUsage,
     ) -> Result<Arc<VerifiedAttestation>, rustls::Error> {
         self.check_chain(end_entity, intermediates, now, usage)?;
-        let verified = self.verifier.verify(end_entity).map_err(|e| {
-            tracing::warn!(error = %e, "RA-TLS peer rejected");
-            other(e)
-        })?;
+        let issuers: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        let verified = self
+            .verifier
+            .verify_chain(end_entity, &issuers)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "RA-TLS peer rejected");
+                other(e)
+            })?;
         if let Some(expected) = self.expected_app {
             if *verified.app_id() != expected {
                 return Err(other(WrongApp {
@@ -175,7 +179,8 @@ impl RaTlsCheck {
                 "no client certificate".into(),
             ))
         })?;
-        let verified = self.verifier.verify(leaf)?;
+        let issuers: Vec<&[u8]> = peer_chain[1..].iter().map(|c| c.as_ref()).collect();
+        let verified = self.verifier.verify_chain(leaf, &issuers)?;
         if let Some(expected) = self.expected_app {
             if *verified.app_id() != expected {
                 return Err(crate::error::VerifyError::new(

@@ -1,5 +1,5 @@
 //! RA-TLS certificate verification: parse → quote signature and TCB status → key binding
-//! → event-log replay → policy. The result, [`VerifiedAttestation`], can only be made here,
+//! → event-log replay → app authorisation → policy. The result, [`VerifiedAttestation`], can only be made here,
 //! so code that routes traffic cannot be handed an unverified certificate by mistake.
 
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::authorise::{AppAuthority, Authorised};
 use crate::cert::evidence::{self, ClaimsBuffer};
 use crate::cert::{parse_ratls_cert, ParsedRaTlsCert};
 use crate::collateral::CollateralSource;
@@ -33,6 +34,7 @@ pub struct VerifiedAttestation {
     advisory_ids: Vec<String>,
     simulated: bool,
     event_log: EventLog,
+    authorised: Authorised,
     dns_names: Vec<String>,
     not_after: i64,
     /// Unix seconds after which this verdict must be re-checked.
@@ -73,6 +75,10 @@ impl VerifiedAttestation {
     pub fn event_log(&self) -> &EventLog {
         &self.event_log
     }
+    /// How the app id was authorised for the compose hash.
+    pub fn authorised(&self) -> &Authorised {
+        &self.authorised
+    }
     pub fn dns_names(&self) -> &[String] {
         &self.dns_names
     }
@@ -97,6 +103,7 @@ pub fn unix_now() -> u64 {
 pub struct AttestationVerifier {
     quotes: QuoteVerifier,
     policy: Policy,
+    authority: AppAuthority,
     fixed_now: Option<u64>,
 }
 
@@ -108,8 +115,19 @@ impl AttestationVerifier {
         Self {
             quotes,
             policy,
+            authority: AppAuthority::content_addressed_only(),
             fixed_now: None,
         }
+    }
+
+    /// Who may authorise named app ids (by default nobody: only content-addressed ids).
+    pub fn with_authority(mut self, authority: AppAuthority) -> Self {
+        self.authority = authority;
+        self
+    }
+
+    pub fn authority(&self) -> &AppAuthority {
+        &self.authority
     }
 
     /// Verify as if the time were `now` (unix seconds). For tests and offline audits.
@@ -126,13 +144,24 @@ impl AttestationVerifier {
         self.fixed_now.unwrap_or_else(unix_now)
     }
 
-    /// Verifies a DER certificate now.
+    /// Verifies a DER certificate now, presented alone (so a named app id cannot be
+    /// authorised through an app CA: use [`Self::verify_chain`] for that).
     pub fn verify(&self, der: &[u8]) -> Result<VerifiedAttestation, VerifyError> {
         self.verify_at(der, self.now())
     }
 
     pub fn verify_at(&self, der: &[u8], now: u64) -> Result<VerifiedAttestation, VerifyError> {
-        self.inspect_at(der, now).into_verdict()
+        self.inspect_chain_at(der, &[], now).into_verdict()
+    }
+
+    /// Verifies a certificate presented with its issuers (app CA first) now.
+    pub fn verify_chain(
+        &self,
+        der: &[u8],
+        issuers: &[&[u8]],
+    ) -> Result<VerifiedAttestation, VerifyError> {
+        self.inspect_chain_at(der, issuers, self.now())
+            .into_verdict()
     }
 
     /// Every step of verifying `der` now, with the values behind each outcome.
@@ -140,10 +169,19 @@ impl AttestationVerifier {
         self.inspect_at(der, self.now())
     }
 
+    /// [`Self::inspect`] of a certificate presented with its issuers.
+    pub fn inspect_chain(&self, der: &[u8], issuers: &[&[u8]]) -> Inspection {
+        self.inspect_chain_at(der, issuers, self.now())
+    }
+
+    pub fn inspect_at(&self, der: &[u8], now: u64) -> Inspection {
+        self.inspect_chain_at(der, &[], now)
+    }
+
     /// Runs the verification steps in order. The verdict is the first failure in that
     /// order (so `verify` reports exactly what it always did); later steps still run where
     /// their inputs exist, and are marked not checked where they would prove nothing.
-    pub fn inspect_at(&self, der: &[u8], now: u64) -> Inspection {
+    pub fn inspect_chain_at(&self, der: &[u8], issuers: &[&[u8]], now: u64) -> Inspection {
         let mut ins = Inspection::new();
         let mut first: Option<VerifyError> = None;
         let mut fail = |ins: &mut Inspection, e: VerifyError| {
@@ -160,6 +198,7 @@ impl AttestationVerifier {
             Step::TcbStatus,
             Step::KeyBinding,
             Step::EventLogReplay,
+            Step::AppAuthorisation,
             Step::Policy,
         ];
 
@@ -268,10 +307,15 @@ impl AttestationVerifier {
             Ok(()) if verified.is_some() => ins.set(
                 Step::KeyBinding,
                 Outcome::Verified {
-                    detail: "report data = SHA-512 of the claims buffer, which holds the certificate key's hash".into(),
+                    detail: evidence::key_binding_text(),
                 },
             ),
-            Ok(()) => ins.set(Step::KeyBinding, Outcome::NotChecked { why: untrusted.into() }),
+            Ok(()) => ins.set(
+                Step::KeyBinding,
+                Outcome::NotChecked {
+                    why: untrusted.into(),
+                },
+            ),
             Err(e) => fail(&mut ins, e),
         }
         let simulated = verified.as_ref().map(|v| v.simulated);
@@ -292,6 +336,31 @@ impl AttestationVerifier {
             Err(e) => fail(&mut ins, e),
         }
 
+        let authorised = match self.check_authorisation(&cert, der, issuers, now_i) {
+            Ok(a) if verified.is_some() => {
+                ins.set(
+                    Step::AppAuthorisation,
+                    Outcome::Verified {
+                        detail: a.describe(&cert.claims.app_id),
+                    },
+                );
+                Some(a)
+            }
+            Ok(_) => {
+                ins.set(
+                    Step::AppAuthorisation,
+                    Outcome::NotChecked {
+                        why: untrusted.into(),
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                fail(&mut ins, e);
+                None
+            }
+        };
+
         let rtmrs = quote.rtmrs();
         let mrtd = quote.mrtd();
         match self.policy.check(&Subject {
@@ -309,9 +378,9 @@ impl AttestationVerifier {
             Err(e) => fail(&mut ins, e),
         }
 
-        ins.verdict = match (first, verified) {
-            (Some(e), _) => Err(e),
-            (None, Some(verified)) => {
+        ins.verdict = match (first, verified, authorised) {
+            (Some(e), _, _) => Err(e),
+            (None, Some(verified), Some(authorised)) => {
                 let not_after = u64::try_from(cert.not_after).unwrap_or(0);
                 Ok(VerifiedAttestation {
                     fingerprint: cert.fingerprint,
@@ -325,14 +394,34 @@ impl AttestationVerifier {
                     advisory_ids: verified.advisory_ids,
                     simulated: verified.simulated,
                     event_log: cert.claims.event_log,
+                    authorised,
                     dns_names: cert.dns_names,
                     not_after: cert.not_after,
                     valid_until: not_after.min(verified.collateral_expires),
                 })
             }
-            (None, None) => Err(unreachable_parse()),
+            (None, _, _) => Err(unreachable_parse()),
         };
         ins
+    }
+
+    fn check_authorisation(
+        &self,
+        cert: &ParsedRaTlsCert,
+        der: &[u8],
+        issuers: &[&[u8]],
+        now: i64,
+    ) -> Result<Authorised, VerifyError> {
+        let leaf = x509_parser::parse_x509_certificate(der)
+            .map(|(_, c)| c)
+            .map_err(|e| VerifyError::parse(Reason::Certificate(e.to_string())))?;
+        self.authority.check(
+            &cert.claims.app_id,
+            &cert.claims.compose_hash,
+            &leaf,
+            issuers,
+            now,
+        )
     }
 }
 

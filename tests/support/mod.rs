@@ -729,3 +729,61 @@ pub async fn start_test_dns(
     (addr, seen)
 }
 pub mod etcd;
+
+// ---------------------------------------------------------------- KMS-issued app CAs
+
+/// A KMS's root of trust, made by the KMS's own code, for certifying app CAs in tests that
+/// need a named app id authorised (or not) without running a KMS process.
+pub struct TestKms {
+    pub root: kms::root::RootOfTrust,
+}
+
+impl TestKms {
+    pub fn new() -> Self {
+        Self {
+            root: kms::root::RootOfTrust::generate().expect("KMS root"),
+        }
+    }
+
+    /// Writes the root CA (PEM) to `path`, as a gateway's `verifier.kms_roots` reads it.
+    pub fn write_root(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.root.ca_cert_pem()).expect("write KMS root");
+        path.to_path_buf()
+    }
+
+    /// App `app`'s CA as the KMS releases it: derived key, certificate signed by the root.
+    pub fn app_ca(&self, app: &ratls::AppId) -> ratls::cert::CertAuthority {
+        use p256::pkcs8::EncodePrivateKey;
+        let key = kms::derive::app_ca_key(self.root.secret(), &app.0);
+        let cert = kms::appca::issue_app_ca(
+            &app.0,
+            &key.public_key(),
+            self.root.ca_cert_der(),
+            self.root.ca_key(),
+        )
+        .expect("app CA");
+        let pkcs8 = key.to_pkcs8_der().expect("pkcs8");
+        ratls::cert::CertAuthority::from_der(cert, pkcs8.as_bytes()).expect("app CA authority")
+    }
+}
+
+/// An identity that names `app` although its compose hash is `compose`'s.
+pub fn named_identity(app: ratls::AppId, compose: &[u8], instance: u8) -> Identity {
+    Identity {
+        app_id: app,
+        compose_hash: ComposeHash::of(compose),
+        instance_id: InstanceId([instance; 20]),
+    }
+}
+
+/// An RA-TLS certificate for `id` signed by `ca` (an app CA), presented with it.
+pub fn ratls_cert_by(id: &Identity, ca: &ratls::cert::CertAuthority) -> RaTlsCert {
+    let m = booted(Arc::new(SimulatedProvider::new()), id);
+    issue(
+        &m,
+        id,
+        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
+        Some(ca),
+    )
+    .unwrap()
+}

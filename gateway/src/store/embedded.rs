@@ -11,12 +11,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Mutex};
 
-use super::{CertRecord, InstanceRecord, LockGuard, Store, StoreError, StoreEvent};
+use super::{CertRecord, InstanceKey, InstanceRecord, LockGuard, Store, StoreError, StoreEvent};
 
 const FILE_NAME: &str = "state.json";
 
 #[derive(Default, Serialize, Deserialize)]
 struct State {
+    /// By `<app id>/<instance id>` (files written before instances were scoped by app
+    /// used the instance id alone; they are re-keyed on open).
     instances: BTreeMap<String, InstanceRecord>,
     certs: BTreeMap<String, CertRecord>,
     #[serde(default)]
@@ -40,7 +42,7 @@ impl EmbeddedStore {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(FILE_NAME);
-        let state = match std::fs::read(&path) {
+        let mut state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                 path: path.display().to_string(),
                 message: e.to_string(),
@@ -48,6 +50,10 @@ impl EmbeddedStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io(e)),
         };
+        state.instances = std::mem::take(&mut state.instances)
+            .into_values()
+            .map(|r| (r.key().to_string(), r))
+            .collect();
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             path,
@@ -90,19 +96,43 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
+        let now = ratls::verifier::unix_now();
+        // Every record of this instance id, whichever app it is filed under.
+        let holders: Vec<String> = state
+            .instances
+            .iter()
+            .filter(|(_, r)| r.instance_id == record.instance_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &holders {
+            if let Some(holder) = state.instances.get(k) {
+                record.may_replace(holder, now)?;
+            }
+        }
+        let mut lapsed = Vec::new();
+        for k in holders {
+            if let Some(old) = state.instances.remove(&k) {
+                if old.app_id != record.app_id {
+                    lapsed.push(old.key());
+                }
+            }
+        }
         state
             .instances
-            .insert(record.instance_id.to_hex(), record.clone());
+            .insert(record.key().to_string(), record.clone());
         self.persist(&state)?;
+        for key in lapsed {
+            self.emit(StoreEvent::InstanceDeleted(key));
+        }
         self.emit(StoreEvent::InstancePut(Box::new(record.clone())));
         Ok(())
     }
 
-    async fn delete_instance(&self, id: &ratls::InstanceId) -> Result<(), StoreError> {
+    async fn delete_instance(&self, key: &InstanceKey) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
-        if state.instances.remove(&id.to_hex()).is_some() {
+        if state.instances.remove(&key.to_string()).is_some() {
             self.persist(&state)?;
-            self.emit(StoreEvent::InstanceDeleted(*id));
+            self.emit(StoreEvent::InstanceDeleted(*key));
         }
         Ok(())
     }
@@ -175,6 +205,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Conflict;
 
     fn record(n: u8) -> InstanceRecord {
         InstanceRecord {
@@ -202,10 +233,7 @@ mod tests {
         let mut events = store.subscribe();
         store.put_instance(&record(1)).await.unwrap();
         store.put_instance(&record(2)).await.unwrap();
-        store
-            .delete_instance(&ratls::InstanceId([2; 20]))
-            .await
-            .unwrap();
+        store.delete_instance(&record(2).key()).await.unwrap();
         store
             .put_cert(&CertRecord {
                 name: "*.x.test".into(),
@@ -223,6 +251,47 @@ mod tests {
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(reopened.instances().await.unwrap(), vec![record(1)]);
         assert_eq!(reopened.certs().await.unwrap()[0].name, "*.x.test");
+    }
+
+    #[tokio::test]
+    async fn an_instance_id_is_never_taken_from_its_live_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let now = ratls::verifier::unix_now();
+        let mut victim = record(1);
+        victim.lease_expires = now + 60;
+        store.put_instance(&victim).await.unwrap();
+        // Another app names the victim's instance id.
+        let mut other_app = record(2);
+        other_app.instance_id = victim.instance_id;
+        other_app.lease_expires = now + 60;
+        let e = store.put_instance(&other_app).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::OtherApp { .. })),
+            "{e}"
+        );
+        // The same app with a certificate of another lineage.
+        let mut other_key = victim.clone();
+        other_key.fingerprints = vec![ratls::Fingerprint([9; 32])];
+        let e = store.put_instance(&other_key).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::OtherLineage { .. })),
+            "{e}"
+        );
+        assert_eq!(store.instances().await.unwrap(), vec![victim.clone()]);
+        // A renewal with the same certificate, and a rotation that keeps the current one.
+        let mut rotated = victim.clone();
+        rotated.fingerprints = vec![ratls::Fingerprint([1; 32]), ratls::Fingerprint([7; 32])];
+        store.put_instance(&rotated).await.unwrap();
+        // Once the holder's lease lapses, the id is free again.
+        let mut lapsed = rotated.clone();
+        lapsed.lease_expires = now - 1;
+        store.put_instance(&lapsed).await.unwrap();
+        store.put_instance(&other_app).await.unwrap();
+        assert_eq!(store.instances().await.unwrap(), vec![other_app.clone()]);
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.instances().await.unwrap(), vec![other_app]);
     }
 
     #[tokio::test]

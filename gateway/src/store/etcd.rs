@@ -4,7 +4,10 @@
 //! embedded store writes, so fields added later with `#[serde(default)]` pass through:
 //!
 //! ```text
-//! P/instances/<instance id hex>  InstanceRecord, under an etcd lease ending with the registration
+//! P/instances/<app>/<instance>   InstanceRecord, under an etcd lease ending with the registration
+//! P/instance-owners/<instance>   the app id holding that instance id (same lease), so an
+//!                                instance id has one holder across apps; written in the
+//!                                same transaction as the record
 //! P/certs/<name>                 CertRecord (chain and key, PEM)
 //! P/values/<key>                 small named values (the ACME account)
 //! P/locks/<name>                 held under the holder's lease, kept alive while held
@@ -33,8 +36,11 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use super::{CertRecord, InstanceRecord, LockGuard, Store, StoreError, StoreEvent};
+use super::{CertRecord, InstanceKey, InstanceRecord, LockGuard, Store, StoreError, StoreEvent};
 use crate::metrics::Metrics;
+
+/// Rounds of read-judge-write a registration gets before it is told to retry.
+const MAX_CLAIM_ATTEMPTS: usize = 3;
 
 /// How long one etcd call may take before the caller hears "unavailable". Registration
 /// answers wait on this, so it is short.
@@ -356,7 +362,11 @@ impl EtcdStore {
             Change::Put(key, value) => {
                 if let Some(id) = key.strip_prefix("instances/") {
                     match serde_json::from_slice::<InstanceRecord>(&value) {
-                        Ok(r) => emit(StoreEvent::InstancePut(Box::new(r))),
+                        // A record filed under a key that is not its own is not believed.
+                        Ok(r) if r.key().to_string() == id => {
+                            emit(StoreEvent::InstancePut(Box::new(r)))
+                        }
+                        Ok(_) => tracing::warn!(instance = id, "instance record filed under another key in etcd; ignored"),
                         Err(e) => tracing::warn!(instance = id, error = %e, "unreadable instance record in etcd; ignored"),
                     }
                 } else if let Some(name) = key.strip_prefix("certs/") {
@@ -365,8 +375,8 @@ impl EtcdStore {
             }
             Change::Delete(key) => {
                 if let Some(id) = key.strip_prefix("instances/") {
-                    if let Ok(id) = id.parse::<ratls::InstanceId>() {
-                        emit(StoreEvent::InstanceDeleted(id));
+                    if let Ok(key) = id.parse::<InstanceKey>() {
+                        emit(StoreEvent::InstanceDeleted(key));
                     }
                 }
             }
@@ -509,6 +519,91 @@ impl EtcdStore {
         .await;
     }
 
+    /// One read-judge-write round of [`Store::put_instance`]; `Ok(false)`: lost a race.
+    async fn try_claim(
+        &self,
+        record: &InstanceRecord,
+        key: &str,
+        owner_key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.client();
+        let owner = self
+            .call("read instance owner", c.get(owner_key, None))
+            .await?;
+        let owner = owner.kvs().first().map(|kv| {
+            (
+                String::from_utf8_lossy(kv.value()).to_string(),
+                kv.mod_revision(),
+            )
+        });
+        let mut when = vec![match &owner {
+            Some((_, rev)) => Compare::mod_revision(owner_key, CompareOp::Equal, *rev),
+            None => Compare::version(owner_key, CompareOp::Equal, 0),
+        }];
+        let mut ops = Vec::new();
+        let mut old_leases = Vec::new();
+        // The holder's record: under the owning app's key, or this app's own.
+        let holder_app = owner
+            .as_ref()
+            .map(|(app, _)| app.clone())
+            .unwrap_or_else(|| record.app_id.to_hex());
+        let holder_key = self.key(&format!(
+            "instances/{holder_app}/{}",
+            record.instance_id.to_hex()
+        ));
+        let holder = self
+            .call("read instance", c.get(holder_key.clone(), None))
+            .await?;
+        match holder.kvs().first() {
+            Some(kv) => {
+                let held: InstanceRecord =
+                    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+                        path: holder_key.clone(),
+                        message: e.to_string(),
+                    })?;
+                // A record filed under a key not its own is no holder (nobody routes it).
+                if held.key().to_string() == format!("{holder_app}/{}", record.instance_id) {
+                    record.may_replace(&held, ratls::verifier::unix_now())?;
+                }
+                when.push(Compare::mod_revision(
+                    holder_key.clone(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                ));
+                if holder_key != key {
+                    ops.push(TxnOp::delete(holder_key, None));
+                }
+                if kv.lease() != 0 && kv.lease() != lease {
+                    old_leases.push(kv.lease());
+                }
+            }
+            None => when.push(Compare::version(holder_key, CompareOp::Equal, 0)),
+        }
+        ops.push(TxnOp::put(
+            owner_key,
+            record.app_id.to_hex(),
+            Some(PutOptions::new().with_lease(lease)),
+        ));
+        ops.push(TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ));
+        let resp = self
+            .call("put instance", c.txn(Txn::new().when(when).and_then(ops)))
+            .await?;
+        if !resp.succeeded() {
+            return Ok(false);
+        }
+        // The renewed registration moved to a new lease; the old one holds nothing now.
+        for l in old_leases {
+            self.revoke_later(l);
+        }
+        Ok(true)
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
         match serde_json::from_slice(bytes) {
             Ok(v) => Some(v),
@@ -571,49 +666,55 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<Vec<u8>, StoreError> {
 #[async_trait]
 impl Store for EtcdStore {
     async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
-        let key = self.key(&format!("instances/{}", record.instance_id.to_hex()));
+        let key = self.key(&format!("instances/{}", record.key()));
+        let owner_key = self.key(&format!("instance-owners/{}", record.instance_id.to_hex()));
         let value = encode(&key, record)?;
-        // The key lives exactly as long as the registration, on every replica, even if
-        // no replica is left to delete it.
+        // The keys live exactly as long as the registration, on every replica, even if
+        // no replica is left to delete them.
         let ttl = record
             .lease_expires
             .saturating_sub(ratls::verifier::unix_now())
             .max(1);
         let lease = self.grant(i64::try_from(ttl).unwrap_or(i64::MAX)).await?;
-        let mut c = self.client();
-        let resp = self
-            .call(
-                "put instance",
-                c.put(
-                    key,
-                    value,
-                    Some(PutOptions::new().with_lease(lease).with_prev_key()),
-                ),
-            )
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                self.revoke_later(lease);
-                return Err(e);
-            }
-        };
-        // The renewed registration moved to a new lease; the old one holds nothing now.
-        if let Some(prev) = resp.prev_key() {
-            if prev.lease() != 0 && prev.lease() != lease {
-                self.revoke_later(prev.lease());
+        // Read the holder, judge, then write only if nobody changed either key meanwhile;
+        // a lost race is read and judged again.
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
+            let result = self
+                .try_claim(record, &key, &owner_key, value.clone(), lease)
+                .await;
+            match result {
+                Ok(true) => return Ok(()),
+                Ok(false) => continue,
+                Err(e) => {
+                    self.revoke_later(lease);
+                    return Err(e);
+                }
             }
         }
-        Ok(())
+        self.revoke_later(lease);
+        Err(StoreError::Unavailable(format!(
+            "instance {} changed under {MAX_CLAIM_ATTEMPTS} attempts to register it; retry",
+            record.instance_id
+        )))
     }
 
-    async fn delete_instance(&self, id: &ratls::InstanceId) -> Result<(), StoreError> {
+    async fn delete_instance(&self, key: &InstanceKey) -> Result<(), StoreError> {
         let mut c = self.client();
+        let owner_key = self.key(&format!("instance-owners/{}", key.instance.to_hex()));
+        // The owner key goes too, but only while it still names this app.
+        let txn = Txn::new()
+            .when(vec![Compare::value(
+                owner_key.clone(),
+                CompareOp::Equal,
+                key.app.to_hex(),
+            )])
+            .and_then(vec![TxnOp::delete(owner_key, None)]);
+        self.call("delete instance owner", c.txn(txn)).await?;
         let resp = self
             .call(
                 "delete instance",
                 c.delete(
-                    self.key(&format!("instances/{}", id.to_hex())),
+                    self.key(&format!("instances/{key}")),
                     Some(DeleteOptions::new().with_prev_key()),
                 ),
             )
@@ -631,7 +732,10 @@ impl Store for EtcdStore {
             .list("instances/", "list instances")
             .await?
             .into_iter()
-            .filter_map(|(k, v)| self.decode(&format!("instances/{k}"), &v))
+            .filter_map(|(k, v)| {
+                self.decode::<InstanceRecord>(&format!("instances/{k}"), &v)
+                    .filter(|r| r.key().to_string() == k)
+            })
             .collect())
     }
 
@@ -866,6 +970,46 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_id_is_never_taken_from_its_live_holder_at_any_replica() {
+        use crate::store::Conflict;
+        let etcd = start_etcd();
+        let (one, two) = (store(&etcd).await, store(&etcd).await);
+        let victim = record(1, 60);
+        one.put_instance(&victim).await.unwrap();
+        let mut other_app = record(2, 60);
+        other_app.instance_id = victim.instance_id;
+        let e = two.put_instance(&other_app).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::OtherApp { .. })),
+            "{e}"
+        );
+        let mut other_key = victim.clone();
+        other_key.fingerprints = vec![ratls::Fingerprint([9; 32])];
+        let e = two.put_instance(&other_key).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(Conflict::OtherLineage { .. })),
+            "{e}"
+        );
+        assert_eq!(two.instances().await.unwrap(), vec![victim.clone()]);
+        // A record written straight into etcd under the victim's key but for another app
+        // is not believed.
+        let mut c = one.client();
+        c.put(
+            one.key(&format!("instances/{}", victim.key())),
+            serde_json::to_vec(&other_app).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(two.instances().await.unwrap().is_empty());
+        // Renewal by the holder restores it, and deleting frees the id for another app.
+        one.put_instance(&victim).await.unwrap();
+        one.delete_instance(&victim.key()).await.unwrap();
+        two.put_instance(&other_app).await.unwrap();
+        assert_eq!(one.instances().await.unwrap(), vec![other_app]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn changes_at_one_replica_reach_the_others_and_leases_end_registrations() {
         let etcd = start_etcd();
         let (one, two) = (store(&etcd).await, store(&etcd).await);
@@ -905,7 +1049,7 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(gone, StoreEvent::InstanceDeleted(id) if id == ratls::InstanceId([1; 20]))
+            matches!(gone, StoreEvent::InstanceDeleted(k) if k.instance == ratls::InstanceId([1; 20]))
         );
         let left: Vec<_> = one
             .instances()

@@ -42,6 +42,88 @@ pub struct InstanceRecord {
     pub app_compose: Option<String>,
 }
 
+impl InstanceRecord {
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey {
+            app: self.app_id,
+            instance: self.instance_id,
+        }
+    }
+
+    /// Whether `self` (a new registration) may replace `holder`, the live record of the
+    /// same instance id: the same app, and the same certificate key lineage (they share a
+    /// fingerprint, as a renewal or a rotation announced with the current certificate
+    /// does). A lapsed holder can always be replaced.
+    pub fn may_replace(&self, holder: &InstanceRecord, now: u64) -> Result<(), Conflict> {
+        if holder.lease_expires <= now {
+            return Ok(());
+        }
+        if holder.app_id != self.app_id {
+            return Err(Conflict::OtherApp {
+                instance: self.instance_id,
+                holder: holder.app_id,
+                until: holder.lease_expires,
+            });
+        }
+        if !self
+            .fingerprints
+            .iter()
+            .any(|f| holder.fingerprints.contains(f))
+        {
+            return Err(Conflict::OtherLineage {
+                instance: self.instance_id,
+                app: self.app_id,
+                until: holder.lease_expires,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An instance's identity in the routing table and the store: instance ids are scoped by
+/// app, so no registration of one app can name another app's instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    pub app: ratls::AppId,
+    pub instance: ratls::InstanceId,
+}
+
+impl std::fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app, self.instance)
+    }
+}
+
+impl std::str::FromStr for InstanceKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (app, instance) = s.split_once('/').ok_or("expected <app id>/<instance id>")?;
+        Ok(Self {
+            app: app.parse().map_err(|_| format!("bad app id {app:?}"))?,
+            instance: instance
+                .parse()
+                .map_err(|_| format!("bad instance id {instance:?}"))?,
+        })
+    }
+}
+
+/// Why a registration may not take an instance id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("instance id {instance} is held by another app ({holder}) until its lease ends (unix {until})")]
+    OtherApp {
+        instance: ratls::InstanceId,
+        holder: ratls::AppId,
+        until: u64,
+    },
+    #[error("instance id {instance} of app {app} is held by a certificate of another key lineage until its lease ends (unix {until}); a restarted instance can take it then")]
+    OtherLineage {
+        instance: ratls::InstanceId,
+        app: ratls::AppId,
+        until: u64,
+    },
+}
+
 /// A certificate and key the gateway serves (PEM), by name (`*.<base>` or a custom domain).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertRecord {
@@ -64,7 +146,7 @@ impl std::fmt::Debug for CertRecord {
 #[derive(Debug, Clone)]
 pub enum StoreEvent {
     InstancePut(Box<InstanceRecord>),
-    InstanceDeleted(ratls::InstanceId),
+    InstanceDeleted(InstanceKey),
     CertPut(String),
     /// Events may have been missed (a replicated store reconnected): re-read everything.
     Resync,
@@ -81,12 +163,18 @@ pub enum StoreError {
     /// The store's settings cannot be used as given (TLS files, endpoints).
     #[error("store configuration: {0}")]
     Config(String),
+    /// The registration may not take this instance id (see [`InstanceRecord::may_replace`]).
+    #[error("{0}")]
+    Conflict(#[from] Conflict),
 }
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Records a registration. Refused with [`StoreError::Conflict`], changing nothing, when
+    /// a live record of the same instance id may not be replaced by it
+    /// ([`InstanceRecord::may_replace`]); the check and the write are one atomic step.
     async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError>;
-    async fn delete_instance(&self, id: &ratls::InstanceId) -> Result<(), StoreError>;
+    async fn delete_instance(&self, key: &InstanceKey) -> Result<(), StoreError>;
     async fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
     async fn put_cert(&self, record: &CertRecord) -> Result<(), StoreError>;
     async fn certs(&self) -> Result<Vec<CertRecord>, StoreError>;

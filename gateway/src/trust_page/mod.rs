@@ -268,7 +268,12 @@ impl TrustPages {
         }
         let checked = Arc::new(Checked {
             at: now,
-            inspection: self.verifier.verifier().inspect_at(&chain[0], now),
+            inspection: {
+                let issuers: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
+                self.verifier
+                    .verifier()
+                    .inspect_chain_at(&chain[0], &issuers, now)
+            },
             links: ratls::chain::explain(chain, &self.kms_roots, now),
         });
         let mut cache = self.checked.lock().unwrap_or_else(|p| p.into_inner());

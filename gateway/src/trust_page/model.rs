@@ -96,7 +96,8 @@ pub struct RefusedInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportDataView {
     pub quoted: Option<ReportData>,
-    /// SHA-512 of the certificate's claims buffer (which holds its key's hash).
+    /// The hash (`ratls::cert::evidence::REPORT_DATA_HASH`) of the certificate's claims
+    /// buffer, which holds its key's hash.
     pub expected: Option<ReportData>,
     pub binds_certificate_key: bool,
 }

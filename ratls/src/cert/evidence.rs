@@ -32,6 +32,15 @@ impl HashAlg {
         }
     }
 
+    /// The algorithm's name as people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "SHA-256",
+            Self::Sha384 => "SHA-384",
+            Self::Sha512 => "SHA-512",
+        }
+    }
+
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             Self::Sha256 => Sha256::digest(data).to_vec(),
@@ -120,11 +129,24 @@ impl ClaimsBuffer {
     }
 }
 
-/// `report_data` for a claims buffer: SHA-256 in the first half, zeros after.
+/// The hash of the claims buffer that the quote's report data carries (as CCC defines it).
+pub const REPORT_DATA_HASH: HashAlg = HashAlg::Sha256;
+
+/// `report_data` for a claims buffer: [`REPORT_DATA_HASH`] of it first, zeros after.
 pub fn report_data_for(claims_buffer: &[u8]) -> ReportData {
+    let digest = REPORT_DATA_HASH.digest(claims_buffer);
     let mut rd = [0u8; 64];
-    rd[..32].copy_from_slice(&Sha256::digest(claims_buffer));
+    rd[..digest.len()].copy_from_slice(&digest);
     ReportData(rd)
+}
+
+/// How the key binding reads, derived from [`report_data_for`]'s algorithm so the page
+/// cannot state another.
+pub fn key_binding_text() -> String {
+    format!(
+        "report data = {} of the claims buffer, which holds the certificate key's hash",
+        REPORT_DATA_HASH.name()
+    )
 }
 
 /// Encodes `60000([quote, claims-buffer])`.
