@@ -313,3 +313,27 @@ async fn front_fingerprint(front: std::net::SocketAddr, app: &ratls::AppId) -> S
         .unwrap();
     ratls::Fingerprint::of(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref()).to_hex()
 }
+
+#[tokio::test]
+async fn a_named_app_id_without_a_kms_stops_the_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose_path = dir.path().join("app-compose.json");
+    let mut compose: serde_json::Value =
+        serde_json::from_str(&compose_json("named-without-kms")).unwrap();
+    compose["app_id"] = "42".repeat(20).into();
+    compose["key_provider"] = "none".into();
+    compose.as_object_mut().unwrap().remove("kms_url");
+    std::fs::write(&compose_path, compose.to_string()).unwrap();
+    let cfg = sidecar_config(dir.path(), &compose_path, 1, None, None);
+    let err = match boot::boot(&cfg).await {
+        Ok(_) => panic!("boot must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.step, "compose");
+    assert!(
+        err.to_string().contains("only a KMS can authorise a named app id"),
+        "{err}"
+    );
+    // Nothing was measured: no event log was written for this TD.
+    assert!(!dir.path().join("sidecar-data").join("event-log.json").exists());
+}

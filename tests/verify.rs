@@ -153,3 +153,45 @@ async fn verifies_a_live_instance_through_a_passthrough_name() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["certificate"]["instance_id"], id.instance_id.to_hex());
 }
+
+#[test]
+fn a_named_app_id_verifies_only_with_the_kms_root_that_signed_its_app_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TestKms::new();
+    let root = kms.write_root(&dir.path().join("kms-root.pem"));
+    let app: ratls::AppId = "6a".repeat(20).parse().unwrap();
+    let id = named_identity(app, COMPOSE, 1);
+    let write_chain = |name: &str, cert: &ratls::cert::RaTlsCert| {
+        let path = dir.path().join(name);
+        let pem: String = cert
+            .rustls_chain()
+            .iter()
+            .map(|c| ratls::cert::pem_encode("CERTIFICATE", c))
+            .collect();
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let good = write_chain("good.pem", &ratls_cert_by(&id, &kms.app_ca(&app)));
+    let good = good.to_str().unwrap();
+    let root = root.to_str().unwrap();
+    let app_hex = app.to_hex();
+
+    let o = verify(&[good, "--allow-simulated", "--kms-root", root, "--app-id", &app_hex]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without the KMS root nothing vouches for the name.
+    let o = verify(&[good, "--allow-simulated", "--app-id", &app_hex]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("app-authorisation"), "{}", stderr(&o));
+    // Self-signed, and signed by another app's CA: refused at the same step.
+    let selfsigned = write_chain("self.pem", &ratls_cert(&id));
+    let o = verify(&[selfsigned.to_str().unwrap(), "--allow-simulated", "--kms-root", root]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("app-authorisation") || stderr(&o).contains("pinned KMS root"), "{}", stderr(&o));
+    let other = write_chain(
+        "other.pem",
+        &ratls_cert_by(&id, &kms.app_ca(&ratls::AppId([1; 20]))),
+    );
+    let o = verify(&[other.to_str().unwrap(), "--allow-simulated", "--kms-root", root]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("app-authorisation"), "{}", stderr(&o));
+}

@@ -132,7 +132,9 @@ fn verifier(
         policy.rtmr2 = m.rtmr2.clone();
         policy.compose_hashes = Allowlist::only([kms_compose_hash()]);
     }
-    Ok(AttestationVerifier::new(source, policy))
+    // The KMS is the authority for named app ids: its [policy.apps] tables decide them
+    // (content-addressed ones too, since every release needs an app table).
+    Ok(AttestationVerifier::new(source, policy).with_authority(ratls::AppAuthority::kms_policy()))
 }
 
 /// Runs the KMS until `shutdown` completes.

@@ -226,7 +226,7 @@ pub fn dns_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
 
 pub fn gateway_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
     let text = format!(
-        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_https = \"127.0.0.1:{https}\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_registration = \"127.0.0.1:{reg}\"\nlisten_admin = \"127.0.0.1:{admin}\"\ndata_dir = {dir}\ngrace_period_secs = 1\nworkers = 2\n\n[tls]\nmode = \"self_signed\"\n\n[registration]\nallow_loopback = true\nlease_secs = 30\n\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n\n# The attestation page vouches for the dev KMS's root.\n[web]\nkms_root_ca = [{root}]\n",
+        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_https = \"127.0.0.1:{https}\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_registration = \"127.0.0.1:{reg}\"\nlisten_admin = \"127.0.0.1:{admin}\"\ndata_dir = {dir}\ngrace_period_secs = 1\nworkers = 2\n\n[tls]\nmode = \"self_signed\"\n\n[registration]\nallow_loopback = true\nlease_secs = 30\n\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n# Named app ids are routed only when the dev KMS signed their app CA.\nkms_roots = [{root}]\n\n# The attestation page vouches for the dev KMS's root.\n[web]\nkms_root_ca = [{root}]\n",
         root = path_str(&layout.kms_root_ca()),
         https = ports.https,
         http = ports.http,
