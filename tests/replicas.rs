@@ -186,7 +186,11 @@ async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_e
     });
     etcd.etcdctl(&[
         "put",
-        &format!("/teegate-test/instances/{}", forged.instance_id.to_hex()),
+        &format!(
+            "/teegate-test/instances/{}/{}",
+            forged.app_id.to_hex(),
+            forged.instance_id.to_hex()
+        ),
         &record.to_string(),
     ]);
     for r in &replicas {

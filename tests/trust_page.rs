@@ -329,8 +329,15 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let good_section = section(&dom, &good.instance_id.to_hex(), false);
     assert!(good_section.contains("data-verdict=\"verified\""));
     let good_links = links(good_section);
-    // Three certificates and six verification steps, all verified.
-    assert_eq!(good_links.len(), 9, "{good_links:?}");
+    // Three certificates and seven verification steps (app authorisation among them),
+    // all verified.
+    assert_eq!(good_links.len(), 10, "{good_links:?}");
+    assert!(
+        good_links
+            .iter()
+            .any(|(_, t)| t.contains("data-step="app-authorisation"")),
+        "{good_links:?}"
+    );
     for (class, text) in &good_links {
         assert_eq!(class, "verified", "{text}");
     }

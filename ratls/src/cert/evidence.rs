@@ -197,6 +197,18 @@ mod tests {
     }
 
     #[test]
+    fn the_key_binding_text_names_the_hash_report_data_uses() {
+        // SHA-256 as CCC defines it; the page once said SHA-512.
+        let cb = claims_buffer(b"spki", None);
+        let rd = report_data_for(&cb);
+        let digest = REPORT_DATA_HASH.digest(&cb);
+        assert_eq!(rd.0[..digest.len()], digest[..]);
+        assert_eq!(REPORT_DATA_HASH, HashAlg::Sha256);
+        assert!(key_binding_text().contains("SHA-256"), "{}", key_binding_text());
+        assert!(!key_binding_text().contains("SHA-512"));
+    }
+
+    #[test]
     fn evidence_roundtrip() {
         let ev = encode(b"quote", b"claims");
         assert_eq!(
