@@ -62,7 +62,7 @@ impl Access {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return ip == local || self.hosts.iter().any(|h| h.parse::<IpAddr>() == Ok(ip));
         }
-        self.hosts.iter().any(|h| *h == name)
+        self.hosts.contains(&name)
     }
 }
 
