@@ -13,7 +13,8 @@ async fn start_dns(
 ) -> (std::net::SocketAddr, u16, tokio::sync::oneshot::Sender<()>) {
     let (udp, api) = (free_port(), free_port());
     let text = format!(
-        "base_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:{udp}\"\nlisten_tcp = \"127.0.0.1:{udp}\"\ngateway_addrs = [\"127.0.0.1\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\n"
+        "base_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:{udp}\"\nlisten_tcp = \"127.0.0.1:{udp}\"\ngateway_addrs = [\"127.0.0.1\"]\n[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = \"{}\"\n",
+        dns_api_token_file(dir).display()
     );
     std::fs::write(dir.join("dns.toml"), &text).unwrap();
     let cfg: config::DnsConfig = config::from_toml_str(&text).unwrap();
@@ -26,11 +27,12 @@ async fn start_dns(
     (listening.udp, listening.api.unwrap().port(), stop)
 }
 
-fn acme_gateway_config(pebble: &Pebble, dns_api: u16) -> String {
+fn acme_gateway_config(pebble: &Pebble, dns_api: u16, dir: &std::path::Path) -> String {
     format!(
-        "[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"{}\"\nca_bundle = \"{}\"\ndns_api_url = \"http://127.0.0.1:{dns_api}\"\n",
+        "[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"{}\"\nca_bundle = \"{}\"\ndns_api_url = \"http://127.0.0.1:{dns_api}\"\ndns_api_token_file = \"{}\"\n",
         pebble.directory,
-        pebble.https_ca.display()
+        pebble.https_ca.display(),
+        dns_api_token_file(dir).display()
     )
 }
 
@@ -85,7 +87,11 @@ async fn wildcard_certificate_by_dns01_renewal_and_restart() {
     let root = pebble.issuing_root_pem().await;
     let gw_dir = dir.path().join("gw");
     let ports = GatewayPorts::new();
-    let mut gw = start_gateway_in(&gw_dir, ports, &acme_gateway_config(&pebble, dns_api));
+    let mut gw = start_gateway_in(
+        &gw_dir,
+        ports,
+        &acme_gateway_config(&pebble, dns_api, dir.path()),
+    );
 
     let first = served_cert(&gw, &root, Duration::from_secs(60)).await;
     let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
@@ -119,7 +125,11 @@ async fn wildcard_certificate_by_dns01_renewal_and_restart() {
         registration: gw.ports.registration,
         admin: gw.ports.admin,
     };
-    let gw2 = start_gateway_in(&gw_dir, ports, &acme_gateway_config(&pebble, dns_api));
+    let gw2 = start_gateway_in(
+        &gw_dir,
+        ports,
+        &acme_gateway_config(&pebble, dns_api, dir.path()),
+    );
     assert_eq!(
         served_cert(&gw2, &root, Duration::from_secs(10)).await,
         second
@@ -133,7 +143,10 @@ async fn unreachable_acme_server_backs_off_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let (_dns_udp, dns_api, _dns_stop) = start_dns(dir.path()).await;
     let dead = free_port();
-    let extra = format!("[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"https://127.0.0.1:{dead}/dir\"\ndns_api_url = \"http://127.0.0.1:{dns_api}\"\n");
+    let extra = format!(
+        "[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"https://127.0.0.1:{dead}/dir\"\ndns_api_url = \"http://127.0.0.1:{dns_api}\"\ndns_api_token_file = \"{}\"\n",
+        dns_api_token_file(dir.path()).display()
+    );
     let gw = start_gateway_in(&dir.path().join("gw"), GatewayPorts::new(), &extra);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -254,7 +267,7 @@ async fn custom_domain_gets_an_on_demand_http01_certificate_and_others_get_none(
     }
     let extra = format!(
         "{}[custom_domains]\nenabled = true\nnameservers = [\"{names_dns}\"]\nallow_internal_addresses = true\nask_url = \"http://127.0.0.1:{ask}/ask\"\n",
-        acme_gateway_config(&pebble, dns_api)
+        acme_gateway_config(&pebble, dns_api, dir.path())
     );
     let gw = start_gateway_in(&gw_dir, ports, &extra);
     let cert = ratls_cert(&id);
@@ -355,7 +368,7 @@ async fn failing_challenge_is_counted_and_the_existing_certificate_keeps_serving
     let gw = start_gateway_in(
         &gw_dir,
         GatewayPorts::new(),
-        &acme_gateway_config(&pebble, dns_api),
+        &acme_gateway_config(&pebble, dns_api, dir.path()),
     );
     let dev_ca = gw.dev_ca_pem();
     assert_eq!(

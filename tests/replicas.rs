@@ -208,10 +208,11 @@ async fn three_replicas_starting_together_order_one_certificate_and_all_serve_it
     let pebble = start_pebble(dir.path(), dns.udp, None);
     let root = pebble.issuing_root_pem().await;
     let extra = format!(
-        "[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"{}\"\nca_bundle = \"{}\"\ndns_api_url = \"http://{}\"\n",
+        "[tls]\nmode = \"acme\"\n[tls.acme]\ndirectory_url = \"{}\"\nca_bundle = \"{}\"\ndns_api_url = \"http://{}\"\ndns_api_token_file = \"{}\"\n",
         pebble.directory,
         pebble.https_ca.display(),
-        dns.api
+        dns.api,
+        dns_api_token_file(&dir.path().join("dns")).display()
     );
     // Another holder has the ACME lock, so all three replicas queue on it; then that
     // holder dies, and its lease frees the lock.

@@ -2,6 +2,7 @@
 //! records, ACME DNS-01 TXT records, CAA).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -9,7 +10,7 @@ use crate::error::ConfigError;
 use crate::load::Component;
 use crate::store::StoreConfig;
 use crate::types::{DnsName, HttpUrl, Secret};
-use crate::validate::{check, in_range, key, token, Validate};
+use crate::validate::{check, in_range, key, read_token_file, token, Validate};
 
 /// Largest SOA timer value (RFC 2181: 31-bit).
 const MAX_SOA_SECS: u32 = i32::MAX as u32;
@@ -94,7 +95,13 @@ impl Component for DnsConfig {
         if self.soa.rname.is_none() {
             self.soa.rname = Some(derived("hostmaster", "soa.rname")?);
         }
-        Ok(())
+        read_token_file(
+            &key(Self::NAME, "api"),
+            "token_file",
+            self.api.token_file.as_deref(),
+            &mut self.api.token,
+            "token",
+        )
     }
 }
 
@@ -195,15 +202,25 @@ impl Validate for SoaConfig {
 }
 
 /// `[api]`: the record-update API.
+///
+/// It can rewrite `_acme-challenge`, CAA and the gateway records (enough to have a
+/// certificate issued for the zone), so every call needs the token, also on loopback: a
+/// browser on the same machine reaches loopback, and through DNS rebinding with a name of
+/// the attacker's, which is why the `Host` header is checked too.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsApiConfig {
     /// Listener (default `127.0.0.1:8053`).
     #[serde(deserialize_with = "crate::types::socket_addr")]
     pub listen: SocketAddr,
-    /// Bearer token; required unless `listen` is a loopback address. Prefer
-    /// `TEEGATE_DNS__API__TOKEN`.
+    /// Bearer token. Prefer `token_file`, or `TEEGATE_DNS__API__TOKEN`. After loading it
+    /// holds the token read from `token_file` when that is set.
     pub token: Option<Secret>,
+    /// File holding the bearer token (read at load; a trailing newline is dropped). One
+    /// of `token_file` and `token` is required.
+    pub token_file: Option<PathBuf>,
+    /// Names besides `localhost` and the listen address that clients may send as `Host`.
+    pub allowed_hosts: Vec<DnsName>,
 }
 
 impl Default for DnsApiConfig {
@@ -211,22 +228,26 @@ impl Default for DnsApiConfig {
         DnsApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8053)),
             token: None,
+            token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
 
 impl Validate for DnsApiConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.allowed_hosts.len() > 64 {
+            return Err(ConfigError::invalid(
+                key(at, "allowed_hosts"),
+                "at most 64 names",
+            ));
+        }
         match &self.token {
             Some(t) => token(at, "token", t),
-            None if !self.listen.ip().is_loopback() => Err(ConfigError::invalid(
-                key(at, "token"),
-                format!(
-                    "is required because api.listen ({}) is not a loopback address",
-                    self.listen
-                ),
+            None => Err(ConfigError::invalid(
+                key(at, "token_file"),
+                "is required: the record API takes no call without a bearer token (set api.token_file to a file holding one, or api.token / TEEGATE_DNS__API__TOKEN)",
             )),
-            None => Ok(()),
         }
     }
 }

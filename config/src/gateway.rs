@@ -10,7 +10,9 @@ use crate::error::ConfigError;
 use crate::load::Component;
 use crate::store::StoreConfig;
 use crate::types::{DnsName, DomainSuffix, HttpUrl, Secret};
-use crate::validate::{check, distinct_listeners, in_range, key, non_empty_path, token, Validate};
+use crate::validate::{
+    check, distinct_listeners, in_range, key, non_empty_path, read_token_file, token, Validate,
+};
 use crate::verifier::VerifierConfig;
 
 /// Let's Encrypt's production ACME directory.
@@ -129,6 +131,17 @@ fn yes() -> bool {
 
 impl Component for GatewayConfig {
     const NAME: &'static str = "gateway";
+
+    fn resolve_defaults(&mut self) -> Result<(), ConfigError> {
+        let acme = &mut self.tls.acme;
+        read_token_file(
+            &key(Self::NAME, "tls.acme"),
+            "dns_api_token_file",
+            acme.dns_api_token_file.as_deref(),
+            &mut acme.dns_api_token,
+            "dns_api_token",
+        )
+    }
 }
 
 impl Validate for GatewayConfig {
@@ -234,7 +247,11 @@ pub struct AcmeConfig {
     /// teegate DNS record API that publishes the DNS-01 TXT records (required for `acme`).
     pub dns_api_url: Option<HttpUrl>,
     /// Bearer token for the DNS record API (better set by `TEEGATE_GATEWAY__TLS__ACME__DNS_API_TOKEN`).
+    /// After loading it holds the token read from `dns_api_token_file` when that is set.
     pub dns_api_token: Option<Secret>,
+    /// File holding that token (read at load). One of the two is required with
+    /// `dns_api_url`.
+    pub dns_api_token_file: Option<PathBuf>,
 }
 
 impl Default for AcmeConfig {
@@ -247,6 +264,7 @@ impl Default for AcmeConfig {
             renew_at_fraction: 0.666,
             dns_api_url: None,
             dns_api_token: None,
+            dns_api_token_file: None,
         }
     }
 }
@@ -277,6 +295,15 @@ impl Validate for AcmeConfig {
         }
         if let Some(url) = &self.dns_api_url {
             check(at, "dns_api_url", url.require_https_or_loopback())?;
+            match &self.dns_api_token {
+                Some(t) => token(at, "dns_api_token", t)?,
+                None => {
+                    return Err(ConfigError::invalid(
+                        key(at, "dns_api_token_file"),
+                        "is required with dns_api_url: the DNS record API takes no call without its bearer token (or set dns_api_token / TEEGATE_GATEWAY__TLS__ACME__DNS_API_TOKEN)",
+                    ))
+                }
+            }
         }
         let f = self.renew_at_fraction;
         if !(f > 0.0 && f < 1.0) {

@@ -48,6 +48,42 @@ pub struct KmsConfig {
     /// collateral, simulated quotes.
     #[serde(default)]
     pub verifier: VerifierConfig,
+    /// `[limits]`: bounds on the listener.
+    #[serde(default)]
+    pub limits: KmsLimits,
+}
+
+/// `[limits]`: what one client may hold of the listener. The KMS answers anyone who can
+/// reach it, so idle or slow connections must not be able to starve attested callers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsLimits {
+    /// Concurrent connections, handshaking or open (1 to 1000000, default 1024); one
+    /// beyond is closed at once.
+    pub max_connections: u32,
+    /// Seconds a connection has to complete its TLS handshake (1 to 300, default 10).
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for KmsLimits {
+    fn default() -> Self {
+        KmsLimits {
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Validate for KmsLimits {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        in_range(at, "max_connections", self.max_connections, 1..=1_000_000)?;
+        in_range(
+            at,
+            "handshake_timeout_secs",
+            self.handshake_timeout_secs,
+            1..=300,
+        )
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -88,6 +124,7 @@ impl Validate for KmsConfig {
                 "does not apply to the KMS: it authorises app ids by its [policy.apps] tables",
             ));
         }
+        self.limits.validate(&key(at, "limits"))?;
         self.verifier.validate(&key(at, "verifier"))
     }
 }

@@ -51,7 +51,7 @@ pub use gateway::{
 };
 pub use keys::{component_keys, config_keys, ConfigKey, COMPONENTS};
 pub use kms::{
-    AppPolicies, AppPolicy, KmsConfig, KmsPolicyConfig, MeasurementPolicy, WebhookConfig,
+    AppPolicies, AppPolicy, KmsConfig, KmsLimits, KmsPolicyConfig, MeasurementPolicy, WebhookConfig,
 };
 pub use load::{from_toml_str, from_toml_str_with_env, load, load_with_env, Component};
 pub use quote_provider::{QuoteProviderConfig, DEFAULT_TSM_PATH};

@@ -98,3 +98,40 @@ pub(crate) fn token(at: &str, field: &str, token: &crate::Secret) -> Result<(), 
     }
     Ok(())
 }
+
+/// Fills `secret` from the file at `path` (`at.field`, a `*_token_file` key), so the token
+/// need not be written into the config or the environment. The file holds the token alone;
+/// a trailing newline is dropped. Naming both the file and the token is an error, since
+/// one would silently win.
+pub(crate) fn read_token_file(
+    at: &str,
+    field: &str,
+    path: Option<&Path>,
+    secret: &mut Option<crate::Secret>,
+    token_field: &str,
+) -> Result<(), ConfigError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    non_empty_path(at, field, path)?;
+    if secret.is_some() {
+        return Err(ConfigError::invalid(
+            key(at, field),
+            format!("set either {field} or {token_field}, not both"),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key(at, field), format!("{}: {e}", path.display())))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(ConfigError::invalid(
+            key(at, field),
+            format!("{} is empty", path.display()),
+        ));
+    }
+    let value = crate::Secret::new(value);
+    // Checked under the file's key: the token itself is never shown.
+    token(at, field, &value)?;
+    *secret = Some(value);
+    Ok(())
+}

@@ -134,7 +134,8 @@ mod tests {
     fn zone(extra: &str) -> ZoneHandle {
         let cfg: config::DnsConfig = config::from_toml_str(&format!(
             "base_domain = \"apps.example.com\"\n\
-             gateway_addrs = [\"192.0.2.1\", \"192.0.2.2\", \"2001:db8::1\"]\n{extra}"
+             gateway_addrs = [\"192.0.2.1\", \"192.0.2.2\", \"2001:db8::1\"]\n\
+             api.token = \"dns-api-token-0123456789\"\n{extra}"
         ))
         .unwrap();
         ZoneHandle::from_config(&cfg).unwrap()

@@ -5,7 +5,8 @@
 //! [`HttpAcmeDnsClient`] needs the `client` feature. With the `server` feature,
 //! [`crate::ZoneHandle`] implements the same trait in-process.
 //!
-//! Routes (JSON bodies; `Authorization: Bearer <token>` when the server has a token):
+//! Routes (JSON bodies; every call needs `Authorization: Bearer <token>` and a `Host` that
+//! names the API: `localhost`, its listen address or one of `api.allowed_hosts`):
 //!
 //! | method   | path                          | body                  | success            |
 //! |----------|-------------------------------|-----------------------|--------------------|
@@ -17,7 +18,8 @@
 //! | `DELETE` | `/v1/caa-account`             |                       | 204                |
 //!
 //! `<name>` is the TXT record's owner name, `_acme-challenge.<domain>` (see
-//! [`challenge_record_name`]). Errors answer 400/401/404/405/413 with an [`ApiError`] body.
+//! [`challenge_record_name`]). Errors answer 400/401/404/405/413/421 with an [`ApiError`]
+//! body (421: the `Host` is not this API, checked before the token).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -20,8 +20,8 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// A client of a `teegate dns` record API at `http://host:port`.
 ///
-/// The API speaks plain HTTP: run it on loopback or a private network (the config refuses a
-/// non-loopback listener without a token).
+/// The API speaks plain HTTP: run it on loopback or a private network. It takes no call
+/// without its token, and checks that `Host` (here the endpoint's `host:port`) names it.
 #[derive(Clone)]
 pub struct HttpAcmeDnsClient {
     authority: String,

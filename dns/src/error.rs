@@ -58,8 +58,8 @@ pub enum DnsError {
     /// The zone could not be built from the config.
     #[error(transparent)]
     Zone(#[from] ZoneError),
-    /// The record API would listen off loopback without a token.
-    #[error("the record API on {0} is not loopback and has no token (set api.token)")]
+    /// The record API would take calls without a token.
+    #[error("the record API on {0} has no token (set api.token_file or api.token)")]
     ApiWithoutToken(SocketAddr),
     /// A listener stopped on its own.
     #[error("DNS listener failed: {0}")]

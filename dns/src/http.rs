@@ -1,7 +1,14 @@
-//! The record API server (HTTP/1.1 on hyper): bearer-token check, routing, JSON bodies, and
-//! bounds (connections, header and request time, body size). See [`crate::api`] for routes.
+//! The record API server (HTTP/1.1 on hyper): `Host` check, bearer-token check, routing,
+//! JSON bodies, and bounds (connections, header and request time, body size). See
+//! [`crate::api`] for routes.
+//!
+//! The token is required on every call, also on loopback, and the `Host` header must name
+//! this API (`localhost`, an address literal of the listener, or `api.allowed_hosts`): a
+//! browser on the operator's machine can reach loopback, and a page whose name the attacker
+//! rebinds to 127.0.0.1 sends `Host: <attacker's name>`, which is refused before anything
+//! else is looked at.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +34,71 @@ use crate::Limits;
 /// Largest request body read.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Who may call: the bearer token, and the names a `Host` header may give.
+pub(crate) struct Access {
+    token: String,
+    /// Lowercase, without a trailing dot: `localhost`, the listen address (when it is not
+    /// the unspecified address) and `api.allowed_hosts`.
+    hosts: Vec<String>,
+}
+
+impl Access {
+    pub(crate) fn new(token: String, listen: SocketAddr, allowed: &[config::DnsName]) -> Self {
+        let mut hosts = vec!["localhost".to_owned()];
+        if !listen.ip().is_unspecified() {
+            hosts.push(listen.ip().to_string());
+        }
+        hosts.extend(allowed.iter().map(|n| n.as_str().to_ascii_lowercase()));
+        Access { token, hosts }
+    }
+
+    /// Whether `host` (a `Host` header or URI authority, with or without a port) names this
+    /// API. An address literal of the socket the request came in on is accepted too (for a
+    /// listener on `0.0.0.0`): a rebinding page can only send a name, never such a literal.
+    fn host_allowed(&self, host: &str, local: IpAddr) -> bool {
+        let Some(name) = host_name(host) else {
+            return false;
+        };
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return ip == local || self.hosts.iter().any(|h| h.parse::<IpAddr>() == Ok(ip));
+        }
+        self.hosts.contains(&name)
+    }
+}
+
+/// The host part of a `Host` value, lowercase and without port or trailing dot; `None` if
+/// it is not of the shape `name[:port]`, `v4[:port]` or `[v6][:port]`.
+fn host_name(host: &str) -> Option<String> {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':')?.parse::<u16>().is_ok()) {
+            return None;
+        }
+        v6
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return None,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
 /// Serves the API until `shutdown`, then closes open connections after a second.
 pub(crate) async fn serve(
     listener: TcpListener,
     zone: ZoneHandle,
-    token: Option<String>,
+    access: Access,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let api = Arc::new(Api { zone, token });
+    let api = Arc::new(Api { zone, access });
     let slots = Arc::new(Semaphore::new(limits.api_max_connections));
     let mut conns = JoinSet::new();
     loop {
@@ -56,11 +119,15 @@ pub(crate) async fn serve(
         };
         let api = api.clone();
         let lifetime = limits.api_connection_timeout;
+        let local = match stream.local_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => continue,
+        };
         conns.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req, peer).await) }
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req, peer, local).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -81,13 +148,20 @@ pub(crate) async fn serve(
 
 struct Api {
     zone: ZoneHandle,
-    token: Option<String>,
+    access: Access,
 }
 
 type Answer = Response<Full<Bytes>>;
 
 impl Api {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, local: IpAddr) -> Answer {
+        if let Err(host) = self.host_checked(&req, local) {
+            tracing::warn!(%peer, host = %host.escape_debug(), path = req.uri().path(), "DNS API: Host is not this API (DNS rebinding?)");
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!("Host {host:?} is not this API: send Host: localhost or the listen address, or add the name to api.allowed_hosts"),
+            );
+        }
         if !self.authorised(&req) {
             tracing::warn!(%peer, path = req.uri().path(), "DNS API: missing or wrong token");
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -104,10 +178,26 @@ impl Api {
         resp
     }
 
-    fn authorised(&self, req: &Request<Incoming>) -> bool {
-        let Some(expected) = &self.token else {
-            return true;
+    /// `Err(the host given)` unless the `Host` header (and an absolute-form URI's
+    /// authority, which takes precedence over it) names this API.
+    fn host_checked(&self, req: &Request<Incoming>, local: IpAddr) -> Result<(), String> {
+        let header = req.headers().get(header::HOST).map(|v| v.to_str());
+        let header = match header {
+            Some(Ok(h)) => h,
+            Some(Err(_)) => return Err("<not text>".to_owned()),
+            None => return Err(String::new()),
         };
+        let uri_host = req.uri().authority().map(|a| a.as_str());
+        for host in std::iter::once(header).chain(uri_host) {
+            if !self.access.host_allowed(host, local) {
+                return Err(host.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let expected = &self.access.token;
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -230,7 +320,43 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, host_name, Access};
+
+    #[test]
+    fn host_names_this_api_or_not() {
+        let name = config::DnsName::parse("dns-api.internal").unwrap();
+        let a = Access::new("t".into(), "127.0.0.1:8053".parse().unwrap(), &[name]);
+        let lo = "127.0.0.1".parse().unwrap();
+        for ok in [
+            "localhost",
+            "LOCALHOST:8053",
+            "localhost.",
+            "127.0.0.1:8053",
+            "127.0.0.1",
+            "dns-api.internal:80",
+        ] {
+            assert!(a.host_allowed(ok, lo), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:8053",
+            "localhost.attacker.example",
+            "127.0.0.2",
+            "",
+            "localhost:x",
+            "[::1]:8053",
+            "127.0.0.1:8053@attacker.example",
+        ] {
+            assert!(!a.host_allowed(bad, lo), "{bad}");
+        }
+        // Listening on 0.0.0.0: the address the connection came in on is accepted.
+        let any = Access::new("t".into(), "0.0.0.0:8053".parse().unwrap(), &[]);
+        assert!(any.host_allowed("10.0.0.5:8053", "10.0.0.5".parse().unwrap()));
+        assert!(!any.host_allowed("0.0.0.0", "10.0.0.5".parse().unwrap()));
+        assert!(any.host_allowed("[::1]", "::1".parse().unwrap()));
+        assert_eq!(host_name("[::1]:80").as_deref(), Some("::1"));
+        assert_eq!(host_name("[::1]x"), None);
+    }
 
     #[test]
     fn token_comparison() {

@@ -58,7 +58,7 @@ pub struct DnsServer {
     zone: ZoneHandle,
     udp: UdpSocket,
     tcp: TcpListener,
-    api: Option<(TcpListener, Option<String>)>,
+    api: Option<(TcpListener, crate::http::Access)>,
     limits: Limits,
 }
 
@@ -67,10 +67,10 @@ impl DnsServer {
     /// ask for port 0, they get the same port (so `dig -p PORT` and `dig +tcp -p PORT` agree).
     pub async fn bind(cfg: &config::DnsConfig) -> Result<DnsServer, DnsError> {
         let api_addr = cfg.api.listen;
-        let token = cfg.api.token.as_ref().map(|t| t.expose().to_owned());
-        if token.is_none() && !api_addr.ip().is_loopback() {
+        // The config refuses to load without a token; this guards configs built in code.
+        let Some(token) = cfg.api.token.as_ref().map(|t| t.expose().to_owned()) else {
             return Err(DnsError::ApiWithoutToken(api_addr));
-        }
+        };
         let mut server = Self::bind_without_api(cfg).await?;
         let api = TcpListener::bind(api_addr)
             .await
@@ -79,7 +79,8 @@ impl DnsServer {
                 addr: api_addr,
                 source,
             })?;
-        server.api = Some((api, token));
+        let access = crate::http::Access::new(token, api_addr, &cfg.api.allowed_hosts);
+        server.api = Some((api, access));
         Ok(server)
     }
 
@@ -131,11 +132,11 @@ impl DnsServer {
             self.limits,
             stop.clone(),
         ));
-        let api = self.api.map(|(listener, token)| {
+        let api = self.api.map(|(listener, access)| {
             tokio::spawn(crate::http::serve(
                 listener,
                 self.zone.clone(),
-                token,
+                access,
                 self.limits,
                 stop.clone(),
             ))

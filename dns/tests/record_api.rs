@@ -43,7 +43,7 @@ async fn without_or_with_a_wrong_token_nothing_changes() {
     }
     let answer = raw(
         &s,
-        "GET /v1/zone HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Zm9vOmJhcg==\r\nConnection: close\r\n\r\n",
+        "GET /v1/zone HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Zm9vOmJhcg==\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
@@ -118,18 +118,19 @@ async fn bad_requests_are_refused_with_a_reason() {
 
     let auth = format!("Authorization: Bearer {TOKEN}\r\n");
     let bad_json = format!(
-        "PUT /v1/gateway-addrs HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 9\r\nConnection: close\r\n\r\n{{\"addrs\":"
+        "PUT /v1/gateway-addrs HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 9\r\nConnection: close\r\n\r\n{{\"addrs\":"
     );
     assert!(raw(&s, &bad_json).await.starts_with("HTTP/1.1 400"));
-    let unknown = format!("GET /v1/nothing HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+    let unknown =
+        format!("GET /v1/nothing HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     assert!(raw(&s, &unknown).await.starts_with("HTTP/1.1 404"));
     let wrong_method = format!(
-        "POST /v1/zone HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST /v1/zone HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     assert!(raw(&s, &wrong_method).await.starts_with("HTTP/1.1 405"));
     let big = "x".repeat(70_000);
     let too_big = format!(
-        "PUT /v1/gateway-addrs HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{big}",
+        "PUT /v1/gateway-addrs HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{big}",
         big.len()
     );
     assert!(raw(&s, &too_big).await.starts_with("HTTP/1.1 413"));
@@ -155,19 +156,56 @@ async fn the_zone_handle_is_an_in_process_acme_client() {
 }
 
 #[tokio::test]
-async fn api_off_loopback_without_a_token_does_not_start() {
-    let mut cfg = config("");
-    cfg.api.token = None;
-    cfg.api.listen = "0.0.0.0:0".parse().unwrap();
-    let e = teegate_dns::DnsServer::bind(&cfg)
-        .await
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("no token"), "{e}");
-    // On loopback no token is needed.
-    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
-    let s = start_with(cfg, teegate_dns::Limits::default()).await;
-    let c = client(&s, None);
-    assert!(c.zone().await.is_ok());
+async fn api_without_a_token_does_not_start_even_on_loopback() {
+    for listen in ["0.0.0.0:0", "127.0.0.1:0"] {
+        let mut cfg = config("");
+        cfg.api.token = None;
+        cfg.api.listen = listen.parse().unwrap();
+        let e = teegate_dns::DnsServer::bind(&cfg)
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("no token"), "{listen}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_the_api_is_refused_even_with_the_token() {
+    let s = start("").await;
+    let name = challenge_record_name(BASE);
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let body = r#"{"values":["rebound"]}"#;
+    for host in [
+        "Host: attacker.example\r\n",
+        "Host: attacker.example:8053\r\n",
+        "Host: localhost.attacker.example\r\n",
+        "",
+    ] {
+        let put = format!(
+            "PUT /v1/acme-challenge/{name} HTTP/1.1\r\n{host}{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = raw(&s, &put).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 421")
+                || (host.is_empty() && answer.starts_with("HTTP/1.1 400")),
+            "{host:?}: {answer}"
+        );
+    }
+    // An absolute-form target naming another host is refused too.
+    let put = format!(
+        "PUT http://attacker.example/v1/acme-challenge/{name} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw(&s, &put).await.starts_with("HTTP/1.1 421"));
+    assert!(s.zone.view().acme_challenges.is_empty());
+    // The names the API accepts still work.
+    for host in ["localhost:1", &s.at.api.unwrap().to_string()] {
+        let put = format!(
+            "PUT /v1/acme-challenge/{name} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert!(raw(&s, &put).await.starts_with("HTTP/1.1 204"), "{host}");
+    }
     s.stop().await;
 }

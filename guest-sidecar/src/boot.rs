@@ -408,18 +408,13 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     // kms
     // The KMS root named in registrations, so the attestation page can show the chain.
     let mut kms_root_der: Option<Vec<u8>> = None;
-    let (app_ca, keys): (Option<Arc<CertAuthority>>, Arc<dyn KeySource>) = match loaded
-        .compose
-        .key_provider
-    {
+    // Without a KMS there is no app secret: keys "derived" from the (public) compose hash
+    // could be computed by anyone, so the guest API serves none.
+    type Keys = (Option<Arc<CertAuthority>>, Option<Arc<dyn KeySource>>);
+    let (app_ca, keys): Keys = match loaded.compose.key_provider {
         KeyProvider::None => {
-            tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only)");
-            (
-                None,
-                Arc::new(DerivedKeys(kms::secret::SecretBytes::new(
-                    identity.compose_hash.0.to_vec(),
-                ))),
-            )
+            tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only); the guest API's /key and /tls-key answer 503");
+            (None, None)
         }
         KeyProvider::Kms => {
             let k = step("kms");
@@ -494,7 +489,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             }
             (
                 Some(Arc::new(ca)),
-                Arc::new(DerivedKeys(released.disk_key.clone())),
+                Some(Arc::new(DerivedKeys(released.disk_key.clone()))),
             )
         }
     };

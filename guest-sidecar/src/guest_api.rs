@@ -10,6 +10,9 @@
 //! | GET | /attestation | – | the instance certificate (PEM), its quote and the event log |
 //!
 //! Bodies are bounded; bad JSON, oversize bodies and unknown paths get 4xx with a message.
+//! Without a KMS (`key_provider = "none"`) the instance holds no secret of the app, so
+//! `/key` and `/tls-key` answer 503 [`NO_KEY_PROVIDER`]: anything they could return would be
+//! computable from public data (the compose hash) or would not chain to an app CA.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +35,9 @@ pub const MAX_BODY: usize = 64 * 1024;
 const MAX_NAMES: usize = 16;
 const MAX_CONNECTIONS: usize = 256;
 
+/// The 503 message of `/key` and `/tls-key` when no KMS released keys to this instance.
+pub const NO_KEY_PROVIDER: &str = "no key provider is configured (key_provider = \"none\"): this instance holds no app secret, so no key derived from one is served";
+
 /// Where `/key` derives keys from: the app's key material released by the KMS.
 pub trait KeySource: Send + Sync {
     fn derive(&self, path: &str, purpose: &str) -> [u8; 32];
@@ -41,7 +47,8 @@ pub trait KeySource: Send + Sync {
 pub struct GuestState {
     pub identity: Identity,
     pub measurer: Arc<Measurer>,
-    pub keys: Arc<dyn KeySource>,
+    /// The app's keys from the KMS; `None` with `key_provider = "none"`.
+    pub keys: Option<Arc<dyn KeySource>>,
     /// The app CA from the KMS, for `/tls-key`.
     pub app_ca: Option<Arc<CertAuthority>>,
     /// The instance's current RA-TLS certificate (PEM), for `/attestation`.
@@ -171,9 +178,12 @@ impl GuestState {
                         "path and purpose must be 1-256/1-64 characters of [A-Za-z0-9-_./]",
                     );
                 }
+                let Some(keys) = &self.keys else {
+                    return bad(StatusCode::SERVICE_UNAVAILABLE, NO_KEY_PROVIDER);
+                };
                 reply(
                     StatusCode::OK,
-                    json!({ "key": hex::encode(self.keys.derive(&r.path, &r.purpose)) }),
+                    json!({ "key": hex::encode(keys.derive(&r.path, &r.purpose)) }),
                 )
             }
             (Method::POST, "/tls-key") => {
@@ -191,10 +201,7 @@ impl GuestState {
                     return bad(StatusCode::BAD_REQUEST, "validity_secs must be 1..=7776000");
                 }
                 let Some(ca) = &self.app_ca else {
-                    return bad(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no app CA: keys were not released by a KMS",
-                    );
+                    return bad(StatusCode::SERVICE_UNAVAILABLE, NO_KEY_PROVIDER);
                 };
                 let profile =
                     CertProfile::server_and_client(r.names, Duration::from_secs(r.validity_secs));

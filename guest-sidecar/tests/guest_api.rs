@@ -46,7 +46,7 @@ async fn start() -> Api {
     let state = Arc::new(GuestState {
         identity: identity.clone(),
         measurer: Arc::new(m),
-        keys: Arc::new(TestKeys),
+        keys: Some(Arc::new(TestKeys)),
         app_ca: Some(ca.clone()),
         instance_cert_pem: Arc::new(std::sync::RwLock::new(
             "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".into(),

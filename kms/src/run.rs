@@ -252,7 +252,13 @@ pub async fn run(
         renew_after(SERVER_CERT_VALIDITY),
         stop_rx.clone(),
     ));
-    let server = tokio::spawn(serve(listener, Arc::new(tls), state, stop_rx));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(tls),
+        state,
+        (&cfg.limits).into(),
+        stop_rx,
+    ));
     on_ready(&Ready {
         addr,
         simulated,

@@ -32,8 +32,25 @@ use crate::root::RootOfTrust;
 use crate::secret::{SecretBytes, SecretString};
 
 const MAX_BODY: usize = 64 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on the listener (`[limits]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections held at once, from accept to close (handshake included).
+    pub max_connections: usize,
+    /// Time a connection has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl From<&config::KmsLimits> for Limits {
+    fn from(l: &config::KmsLimits) -> Self {
+        Limits {
+            max_connections: l.max_connections as usize,
+            handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+        }
+    }
+}
 
 /// Everything the handlers share.
 pub struct KmsState {
@@ -93,14 +110,19 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Resp {
     )
 }
 
-/// Accepts connections until `shutdown` flips to true.
+/// Accepts connections until `shutdown` flips to true. A connection holds one of
+/// `limits.max_connections` slots from accept to close; with none free it is closed before
+/// any TLS, so a flood of idle sockets costs the KMS a file descriptor each for at most
+/// `limits.handshake_timeout` and cannot grow past the cap.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<KmsState>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -113,11 +135,18 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, max = limits.max_connections, "connection limit reached; closing");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let state = state.clone();
         let mut conn_shutdown = shutdown.clone();
+        let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     tracing::info!(%remote, error = %e, "TLS handshake failed");

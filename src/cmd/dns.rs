@@ -27,12 +27,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("  udp  {}", at.udp);
         eprintln!("  tcp  {}", at.tcp);
         if let Some(api) = at.api {
-            let auth = if cfg.api.token.is_some() {
-                "bearer token"
-            } else {
-                "no token, loopback only"
+            // Never the token itself: only where it comes from.
+            let from = match &cfg.api.token_file {
+                Some(path) => format!("bearer token from {}", path.display()),
+                None => "bearer token".to_owned(),
             };
-            eprintln!("  api  http://{api} ({auth})");
+            eprintln!("  api  http://{api} ({from}; Host must name this API)");
         }
         let base = cfg.base_domain.as_str();
         let in_zone: Vec<&str> = cfg

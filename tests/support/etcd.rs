@@ -494,7 +494,9 @@ pub fn start_dns(dir: &Path, etcd: &Etcd, fallback: &str) -> DnsProc {
         format!(
             "base_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:0\"\nlisten_tcp = \"127.0.0.1:0\"\n\
              gateway_addrs = [\"{fallback}\"]\nttl_secs = 1\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             token_file = \"{}\"\n\
              [store.etcd]\nendpoints = {}\nprefix = \"/teegate-test\"\n",
+            super::dns_api_token_file(dir).display(),
             etcd.endpoints_toml()
         ),
     )

@@ -676,6 +676,20 @@ pub fn start_pebble(dir: &Path, dns: SocketAddr, http01_port: Option<u16>) -> Pe
     }
 }
 
+/// The record-API token the tests give `teegate dns` and the gateway.
+pub const DNS_API_TOKEN: &str = "dns-api-token-for-e2e-tests-0123456789";
+
+/// [`DNS_API_TOKEN`] in a 0600 file under `dir`, as `teegate dev` writes it; the path, for
+/// both `api.token_file` and `tls.acme.dns_api_token_file`.
+pub fn dns_api_token_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("dns-api-token");
+    std::fs::write(&path, format!("{DNS_API_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// A tiny DNS responder with fixed answers (for names outside teegate's zone); every
 /// question is recorded.
 pub async fn start_test_dns(

@@ -3,7 +3,7 @@
 use crate::common::{assert_contains, error, parse};
 use teegate_config::*;
 
-const MIN: &str = "base_domain = \"apps.example.com\"\n";
+const MIN: &str = "base_domain = \"apps.example.com\"\napi.token = \"dns-api-token-0123456789\"\n";
 
 fn with(extra: &str) -> String {
     format!("{MIN}{extra}")
@@ -27,7 +27,8 @@ fn defaults_are_computed_from_base_domain() {
     assert_eq!(cfg.soa.serial, 1);
     assert_eq!(cfg.ttl_secs, 60);
     assert_eq!(cfg.api.listen, "127.0.0.1:8053".parse().unwrap());
-    assert!(cfg.api.token.is_none());
+    assert!(cfg.api.token_file.is_none());
+    assert!(cfg.api.allowed_hosts.is_empty());
     assert!(cfg.caa_account_uri.is_none());
     assert_eq!(cfg.caa_issuer.as_str(), "letsencrypt.org");
 }
@@ -95,12 +96,55 @@ fn rejects_bad_values_naming_the_key() {
 }
 
 #[test]
-fn api_off_loopback_requires_a_token() {
-    let e = error::<DnsConfig>(&with("[api]\nlisten = \"0.0.0.0:8053\""));
-    assert_contains(&e, &["dns.api.token", "required"]);
-    let cfg: DnsConfig = parse(&with(
-        "[api]\nlisten = \"0.0.0.0:8053\"\ntoken = \"dns-api-token-0123456789\"",
+fn api_requires_a_token_even_on_loopback_naming_the_key() {
+    let base = "base_domain = \"apps.example.com\"\n";
+    for api in [
+        "",
+        "[api]\nlisten = \"127.0.0.1:8053\"",
+        "[api]\nlisten = \"0.0.0.0:8053\"",
+    ] {
+        let e = error::<DnsConfig>(&format!("{base}{api}"));
+        assert_contains(&e, &["dns.api.token_file", "required"]);
+    }
+    let cfg: DnsConfig = parse(&format!(
+        "{base}[api]\nlisten = \"0.0.0.0:8053\"\ntoken = \"dns-api-token-0123456789\"\nallowed_hosts = [\"dns-api.internal\"]"
     ))
     .unwrap();
     assert!(!format!("{cfg:?}").contains("dns-api-token-0123456789"));
+    assert_eq!(cfg.api.allowed_hosts[0].as_str(), "dns-api.internal");
+}
+
+#[test]
+fn api_token_file_is_read_at_load_and_checked_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "dns-api-token-from-a-file-0123\n").unwrap();
+    let base = "base_domain = \"apps.example.com\"\n";
+    let with_file =
+        |path: &std::path::Path| format!("{base}[api]\ntoken_file = \"{}\"\n", path.display());
+    let cfg: DnsConfig = parse(&with_file(&file)).unwrap();
+    assert_eq!(
+        cfg.api.token.as_ref().unwrap().expose(),
+        "dns-api-token-from-a-file-0123",
+        "the trailing newline is dropped"
+    );
+    assert!(!format!("{cfg:?}").contains("from-a-file"));
+
+    let e = error::<DnsConfig>(&with_file(&dir.path().join("absent")));
+    assert_contains(&e, &["dns.api.token_file", "absent"]);
+    std::fs::write(&file, "short\n").unwrap();
+    let e = error::<DnsConfig>(&with_file(&file));
+    assert_contains(&e, &["dns.api.token_file", "at least 16"]);
+    assert!(!e.contains("short"), "{e}");
+    std::fs::write(&file, "\n").unwrap();
+    assert_contains(
+        &error::<DnsConfig>(&with_file(&file)),
+        &["dns.api.token_file", "empty"],
+    );
+    std::fs::write(&file, "dns-api-token-from-a-file-0123\n").unwrap();
+    let e = error::<DnsConfig>(&format!(
+        "{}token = \"dns-api-token-0123456789\"\n",
+        with_file(&file)
+    ));
+    assert_contains(&e, &["dns.api.token_file", "not both"]);
 }

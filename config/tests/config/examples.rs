@@ -87,7 +87,11 @@ fn kms_example_parses_with_its_values() {
 
 #[test]
 fn dns_example_parses_with_its_values() {
-    let cfg: DnsConfig = parse(&read("dns.toml")).unwrap();
+    let cfg: DnsConfig = parse_env(
+        &read("dns.toml"),
+        &[("TEEGATE_DNS__API__TOKEN", "dns-api-token-0123456789")],
+    )
+    .unwrap();
     assert_eq!(cfg.base_domain.as_str(), "apps.example.com");
     assert_eq!(cfg.ns_names.len(), 2);
     assert_eq!(
@@ -96,7 +100,7 @@ fn dns_example_parses_with_its_values() {
     );
     assert_eq!(cfg.soa.serial, 2024060101);
     assert_eq!(cfg.gateway_addrs.len(), 3);
-    assert!(cfg.api.token.is_none());
+    assert!(cfg.api.token_file.is_none());
 }
 
 #[test]

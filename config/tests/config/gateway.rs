@@ -295,3 +295,31 @@ fn syntax_errors_give_line_and_column() {
     let e = error::<GatewayConfig>("base_domain = \"a.com\"\nworkers = = 2");
     assert_contains(&e, &["TOML syntax error at line 2"]);
 }
+
+#[test]
+fn dns_api_url_needs_a_token_and_reads_it_from_a_file() {
+    let acme = "[tls.acme]\ndns_api_url = \"http://127.0.0.1:8053\"\n";
+    let e = error::<GatewayConfig>(&with(acme));
+    assert_contains(&e, &["gateway.tls.acme.dns_api_token_file", "required"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dns-api-token");
+    std::fs::write(&file, "dns-api-token-from-a-file-0123\n").unwrap();
+    let cfg: GatewayConfig = parse(&with(&format!(
+        "{acme}dns_api_token_file = \"{}\"\n",
+        file.display()
+    )))
+    .unwrap();
+    assert_eq!(
+        cfg.tls.acme.dns_api_token.as_ref().unwrap().expose(),
+        "dns-api-token-from-a-file-0123"
+    );
+    assert!(!format!("{cfg:?}").contains("from-a-file"));
+    let e = error::<GatewayConfig>(&with(&format!(
+        "{acme}dns_api_token_file = \"{}\"\n",
+        dir.path().join("missing").display()
+    )));
+    assert_contains(&e, &["gateway.tls.acme.dns_api_token_file", "missing"]);
+    // Without dns_api_url no token is asked for.
+    assert!(parse::<GatewayConfig>(MIN).is_ok());
+}

@@ -135,3 +135,20 @@ fn rejects_bad_listen_address() {
     let e = error::<KmsConfig>(&with("listen = 8000"));
     assert_contains(&e, &["kms.listen"]);
 }
+
+#[test]
+fn listener_limits_default_and_are_bounded() {
+    let cfg: KmsConfig = parse(MIN).unwrap();
+    assert_eq!(cfg.limits.max_connections, 1024);
+    assert_eq!(cfg.limits.handshake_timeout_secs, 10);
+    let cfg: KmsConfig = parse(&with(
+        "[limits]\nmax_connections = 8\nhandshake_timeout_secs = 2",
+    ))
+    .unwrap();
+    assert_eq!(cfg.limits.max_connections, 8);
+    assert_eq!(cfg.limits.handshake_timeout_secs, 2);
+    let e = error::<KmsConfig>(&with("[limits]\nmax_connections = 0"));
+    assert_contains(&e, &["kms.limits.max_connections"]);
+    let e = error::<KmsConfig>(&with("[limits]\nhandshake_timeout_secs = 0"));
+    assert_contains(&e, &["kms.limits.handshake_timeout_secs"]);
+}

@@ -40,7 +40,10 @@ fn from_toml_str_reads_the_process_environment() {
     // SAFETY: std serialises its own environment accesses, and nothing in
     // this test binary reads the environment through libc directly.
     unsafe { std::env::set_var("TEEGATE_DNS__TTL_SECS", "120") };
-    let cfg: DnsConfig = from_toml_str("base_domain = \"apps.example.com\"").unwrap();
+    let cfg: DnsConfig = from_toml_str(
+        "base_domain = \"apps.example.com\"\napi.token = \"dns-api-token-0123456789\"",
+    )
+    .unwrap();
     unsafe { std::env::remove_var("TEEGATE_DNS__TTL_SECS") };
     assert_eq!(cfg.ttl_secs, 120);
 }

@@ -199,8 +199,15 @@ fn reference_documents_exactly_the_accepted_keys() {
 }
 
 /// The overrides the example file needs to load: the etcd password, when
-/// the table still has `[store.etcd]` with a user name.
+/// the table still has `[store.etcd]` with a user name; the DNS API token,
+/// which the example leaves to the environment.
 fn example_env(component: &str, table: &Table) -> Vec<(String, String)> {
+    if component == "dns" {
+        return vec![(
+            "TEEGATE_DNS__API__TOKEN".to_owned(),
+            "dns-api-token-0123456789".to_owned(),
+        )];
+    }
     let etcd_user = table
         .get("store")
         .and_then(|s| s.get("etcd"))

@@ -128,6 +128,10 @@ impl Layout {
     pub fn kms_root_ca(&self) -> PathBuf {
         self.kms_dir().join("root-ca.pem")
     }
+    /// The DNS record API's bearer token, shared by `teegate dns` and the gateway.
+    pub fn dns_api_token(&self) -> PathBuf {
+        self.root.join("dns-api-token")
+    }
 
     /// A short random id for this data directory, made once: it names the demo apps, so
     /// two data directories never share app ids (nor containers), while one directory
@@ -215,11 +219,38 @@ pub fn kms_config(layout: &Layout, ports: &Ports, apps: &[App]) -> Result<PathBu
     write(&layout.root.join("kms.toml"), &text)
 }
 
+/// A new random record-API token (32 bytes, hex) in a 0600 file: the API takes no call
+/// without one, even on loopback, where any local process or browser page can reach it.
+pub fn write_dns_api_token(layout: &Layout) -> Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = layout.dns_api_token();
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` applies only when the file is created; a file left by an older run is narrowed.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| writeln!(file, "{}", hex::encode(bytes)))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The DNS server, with a fresh record-API token (see [`write_dns_api_token`]).
 pub fn dns_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
+    let token = write_dns_api_token(layout)?;
     let text = format!(
-        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:{dns}\"\nlisten_tcp = \"127.0.0.1:{dns}\"\ngateway_addrs = [\"127.0.0.1\"]\n\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+        "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_udp = \"127.0.0.1:{dns}\"\nlisten_tcp = \"127.0.0.1:{dns}\"\ngateway_addrs = [\"127.0.0.1\"]\n\n[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_file = {token}\n",
         dns = ports.dns,
         api = ports.dns_api,
+        token = path_str(&token),
     );
     write(&layout.root.join("dns.toml"), &text)
 }
@@ -233,6 +264,12 @@ pub fn gateway_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
         reg = ports.registration,
         admin = ports.admin,
         dir = path_str(&layout.gateway_dir()),
+    );
+    // The dev DNS's record API and its token, for when tls.mode is switched to "acme".
+    let text = format!(
+        "{text}\n[tls.acme]\ndns_api_url = \"http://127.0.0.1:{}\"\ndns_api_token_file = {}\n",
+        ports.dns_api,
+        path_str(&layout.dns_api_token()),
     );
     write(&layout.root.join("gateway.toml"), &text)
 }
@@ -292,10 +329,22 @@ mod tests {
 
         let _: config::KmsConfig =
             config::load(&kms_config(&layout, &ports, std::slice::from_ref(&a)).unwrap()).unwrap();
-        let _: config::DnsConfig = config::load(&dns_config(&layout, &ports).unwrap()).unwrap();
+        let dns: config::DnsConfig = config::load(&dns_config(&layout, &ports).unwrap()).unwrap();
         let gw: config::GatewayConfig =
             config::load(&gateway_config(&layout, &ports).unwrap()).unwrap();
         assert_eq!(gw.data_dir, layout.gateway_dir());
+        // Both sides read the same random token from one 0600 file; a new run makes a new one.
+        use std::os::unix::fs::PermissionsExt;
+        let token = dns.api.token.as_ref().expect("a DNS API token").expose();
+        assert_eq!(token.len(), 64);
+        assert_eq!(gw.tls.acme.dns_api_token.as_ref().unwrap().expose(), token);
+        let mode = std::fs::metadata(layout.dns_api_token())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again: config::DnsConfig = config::load(&dns_config(&layout, &ports).unwrap()).unwrap();
+        assert_ne!(again.api.token.unwrap().expose(), token);
 
         let docker = Path::new("/var/run/docker.sock");
         let cfg: config::SidecarConfig =
