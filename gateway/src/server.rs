@@ -23,6 +23,7 @@ use crate::custom::CustomDomains;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
+use crate::per_ip::PerIp;
 use crate::proxy::{GatewayProxy, ProxySettings};
 use crate::refused::RefusedLog;
 use crate::registration::Registrar;
@@ -174,6 +175,20 @@ fn load_kms_roots(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, GatewayE
         }
     }
     Ok(roots)
+}
+
+/// HTTP/2 from clients: pingora's bounded defaults (64 KiB decoded header list, which also
+/// ends a CONTINUATION flood) with our stream bound, and the h2 crate's rapid-reset and
+/// error-reset budgets (CVE-2023-44487) made explicit so an upgrade cannot loosen them.
+fn h2_options(
+    limits: &config::LimitsConfig,
+) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.max_h2_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024))
+        .max_send_buffer_size(256 * 1024);
+    h2
 }
 
 fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
@@ -424,7 +439,7 @@ pub fn run(
     } else {
         None
     };
-    let proxy = Arc::new(pingora_proxy::http_proxy(
+    let mut proxy = pingora_proxy::http_proxy(
         &conf,
         GatewayProxy {
             registry: registry.clone(),
@@ -433,7 +448,13 @@ pub fn run(
             custom: custom.clone(),
             pages,
         },
-    ));
+    );
+    proxy.h2_options = Some(h2_options(&cfg.limits));
+    let mut server_options = pingora_core::apps::HttpServerOptions::default();
+    // An HTTP/2 connection with no open stream closes like an idle HTTP/1 one.
+    server_options.h2_idle_timeout = Some(settings.idle_timeout);
+    proxy.server_options = Some(server_options);
+    let proxy = Arc::new(proxy);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| GatewayError::Config(e.to_string()))?
@@ -471,6 +492,8 @@ pub fn run(
         idle_timeout: settings.idle_timeout,
         connect_timeout: settings.connect_timeout,
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+        per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
+        header_timeout: Duration::from_secs(cfg.limits.header_timeout_secs),
         max_per_app: cfg.limits.max_connections_per_app,
         on_demand,
     };
