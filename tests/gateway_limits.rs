@@ -401,6 +401,22 @@ async fn h2_open(
     (wr, reader)
 }
 
+/// Requests the proxy has counted (any app, any status), from the admin metrics.
+async fn proxied(gw: &Gateway) -> u64 {
+    let (status, text) = http_get(
+        gw.ports.admin,
+        "/metrics",
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("teegate_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<f64>().ok()))
+        .sum::<f64>() as u64
+}
+
 /// CPU seconds the process has used, and its resident memory in KiB.
 fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -452,6 +468,7 @@ async fn h2_stream_rapid_reset_and_continuation_floods_leave_others_served() {
     served(normal.clone(), host.clone()).await;
 
     // Rapid reset: HEADERS then RST_STREAM(CANCEL), over and over, on several connections.
+    let proxied_before = proxied(&gw).await;
     let mut goaways = 0;
     let mut sent = 0;
     for _ in 0..5 {
@@ -478,7 +495,15 @@ async fn h2_stream_rapid_reset_and_continuation_floods_leave_others_served() {
         goaways += usize::from(seen.goaway.is_some());
         served(normal.clone(), host.clone()).await;
     }
-    eprintln!("rapid reset: {sent} streams sent and reset, {goaways}/5 connections got GOAWAY");
+    let reached = proxied(&gw).await - proxied_before;
+    eprintln!(
+        "rapid reset: {sent} streams sent and reset, {reached} requests counted by the proxy, \
+         {goaways}/5 connections got GOAWAY"
+    );
+    assert!(
+        reached < sent / 10,
+        "{reached} of {sent} reset streams were proxied"
+    );
     assert!(
         goaways == 5,
         "every rapid-reset connection is ended by the gateway"
