@@ -121,6 +121,20 @@ pub async fn peek_sni(
     }
 }
 
+/// HTTP/2 from clients: pingora's bounded defaults (64 KiB decoded header list, which also
+/// ends a CONTINUATION flood) with our stream bound, and the h2 crate's rapid-reset and
+/// error-reset budgets (CVE-2023-44487) made explicit so an upgrade cannot loosen them.
+pub fn h2_options(
+    limits: &config::LimitsConfig,
+) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.max_h2_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024))
+        .max_send_buffer_size(256 * 1024);
+    h2
+}
+
 pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<GatewayProxy>>,
     pub acceptor: Acceptor,

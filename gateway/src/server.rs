@@ -177,20 +177,6 @@ fn load_kms_roots(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, GatewayE
     Ok(roots)
 }
 
-/// HTTP/2 from clients: pingora's bounded defaults (64 KiB decoded header list, which also
-/// ends a CONTINUATION flood) with our stream bound, and the h2 crate's rapid-reset and
-/// error-reset budgets (CVE-2023-44487) made explicit so an upgrade cannot loosen them.
-fn h2_options(
-    limits: &config::LimitsConfig,
-) -> pingora_core::protocols::http::v2::server::H2Options {
-    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
-    h2.max_concurrent_streams(limits.max_h2_streams)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(Some(1024))
-        .max_send_buffer_size(256 * 1024);
-    h2
-}
-
 fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
     let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen {
         addr,
@@ -449,7 +435,7 @@ pub fn run(
             pages,
         },
     );
-    proxy.h2_options = Some(h2_options(&cfg.limits));
+    proxy.h2_options = Some(crate::frontdoor::h2_options(&cfg.limits));
     let mut server_options = pingora_core::apps::HttpServerOptions::default();
     // An HTTP/2 connection with no open stream closes like an idle HTTP/1 one.
     server_options.h2_idle_timeout = Some(settings.idle_timeout);
