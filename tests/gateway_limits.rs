@@ -161,6 +161,17 @@ async fn slow_request_heads_get_408_and_close_while_others_are_served() {
         assert_408(&answer, took);
     }
     assert!(served > 5, "only {served} requests served");
+    let (_, metrics) = http_get(
+        gw.ports.admin,
+        "/metrics",
+        Some("test-admin-token-0123456789"),
+        "GET",
+    )
+    .await;
+    assert!(
+        metrics.contains("teegate_requests_total{app=\"-\",status=\"408\"} 50"),
+        "{metrics}"
+    );
     assert!(
         gw.proc.log().lines().all(|l| !l.contains("path=/slow")),
         "a slow head was proxied"

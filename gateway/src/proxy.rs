@@ -479,6 +479,9 @@ impl ProxyHttp for GatewayProxy {
                 _ => 500,
             },
         };
+        if code == 400 {
+            Self::refuse(ctx, "client-error");
+        }
         if code > 0 {
             let (title, detail) = match code {
                 404 => (
