@@ -334,6 +334,15 @@ pub struct LimitsConfig {
     pub client_hello_timeout_ms: u64,
     /// Largest ClientHello read while peeking the SNI (default 16384).
     pub client_hello_max_bytes: u32,
+    /// Time from a request head's first byte to its end, for every request on a
+    /// connection; past it the client gets 408 and the connection closes (1 to 3600,
+    /// default 15).
+    pub header_timeout_secs: u64,
+    /// Concurrent client connections from one IP address (1 to `max_connections`,
+    /// default 256), so one address cannot hold all of `max_connections`.
+    pub max_connections_per_ip: u32,
+    /// Concurrent HTTP/2 streams per client connection (1 to 1000, default 100).
+    pub max_h2_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -346,6 +355,9 @@ impl Default for LimitsConfig {
             request_timeout_secs: 60,
             client_hello_timeout_ms: 5000,
             client_hello_max_bytes: 16384,
+            header_timeout_secs: 15,
+            max_connections_per_ip: 256,
+            max_h2_streams: 100,
         }
     }
 }
@@ -378,7 +390,20 @@ impl Validate for LimitsConfig {
             "client_hello_max_bytes",
             self.client_hello_max_bytes,
             512..=MIB,
-        )
+        )?;
+        in_range(
+            at,
+            "header_timeout_secs",
+            self.header_timeout_secs,
+            1..=3600,
+        )?;
+        in_range(
+            at,
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            1..=self.max_connections,
+        )?;
+        in_range(at, "max_h2_streams", self.max_h2_streams, 1..=1000)
     }
 }
 

@@ -10,14 +10,16 @@ use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::http1;
 use crate::metrics::Metrics;
 use crate::names::{self, Mode};
+use crate::per_ip::PerIp;
 use crate::proxy::{now_ms, GatewayProxy};
 use crate::registry::{Balance, Registry};
 
@@ -119,6 +121,20 @@ pub async fn peek_sni(
     }
 }
 
+/// HTTP/2 from clients: pingora's bounded defaults (64 KiB decoded header list, which also
+/// ends a CONTINUATION flood) with our stream bound, and the h2 crate's rapid-reset and
+/// error-reset budgets (CVE-2023-44487) made explicit so an upgrade cannot loosen them.
+pub fn h2_options(
+    limits: &config::LimitsConfig,
+) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.max_h2_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024))
+        .max_send_buffer_size(256 * 1024);
+    h2
+}
+
 pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<GatewayProxy>>,
     pub acceptor: Acceptor,
@@ -131,6 +147,10 @@ pub struct FrontDoor {
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub connections: Arc<Semaphore>,
+    /// Open connections per client address.
+    pub per_ip: Arc<PerIp>,
+    /// From a request head's first byte to its end (HTTP/1).
+    pub header_timeout: Duration,
     /// Most passthrough connections (and proxied requests) open to one app at once.
     pub max_per_app: u32,
     /// On-demand certificates for custom domains, when enabled.
@@ -199,6 +219,23 @@ impl ServerApp for FrontDoor {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _ip_slot = match peer_ip {
+            Some(ip) => match self.per_ip.try_acquire(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.metrics
+                        .tls_handshakes
+                        .with_label_values(&["ip-connection-limit"])
+                        .inc();
+                    tracing::debug!(%ip, "connection limit for this address reached; dropping");
+                    return None;
+                }
+            },
+            None => None,
+        };
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
             self.metrics
                 .tls_handshakes
@@ -267,13 +304,20 @@ impl ServerApp for FrontDoor {
             }
         };
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
-        let mut next: Option<Stream> = Some(Box::new(tls));
-        // Keep-alive: the proxy hands the stream back after each request.
-        while let Some(s) = next {
-            if *shutdown.borrow() {
-                break;
-            }
-            next = self.proxy.process_new(s, shutdown).await;
+        let tls: Stream = Box::new(tls);
+        if tls.selected_alpn_proto() == Some(ALPN::H2) {
+            // HTTP/2 bounds its streams and frames itself (the proxy's H2Options).
+            self.proxy.process_new(tls, shutdown).await;
+        } else {
+            http1::serve(
+                &self.proxy,
+                tls,
+                self.idle_timeout,
+                self.header_timeout,
+                &self.metrics,
+                shutdown,
+            )
+            .await;
         }
         None
     }

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  :443 ─▶ FrontDoor ─┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
-//!                     └─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
+//!   (PerIp, max conns)└─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
+//!                         HTTP/1 heads read by http1 (header deadline); HTTP/2 by H2Options
 //!                            route (names) → pick (Registry) → connect → fingerprint check
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
 //!  Store (embedded file | etcd) ─events─▶ StoreSync ─▶ Registry, CertResolver (replicas)
@@ -33,6 +34,8 @@ pub mod custom;
 #[cfg(feature = "server")]
 pub mod frontdoor;
 #[cfg(feature = "server")]
+mod http1;
+#[cfg(feature = "server")]
 mod http_util;
 #[cfg(feature = "server")]
 pub mod metrics;
@@ -40,6 +43,8 @@ pub mod metrics;
 pub mod ondemand;
 #[cfg(feature = "server")]
 mod pages;
+#[cfg(feature = "server")]
+pub mod per_ip;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]

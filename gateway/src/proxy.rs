@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use ratls::{Fingerprint, InstanceId};
@@ -60,6 +60,34 @@ pub struct Ctx {
     refusal: Option<&'static str>,
     /// The upstream presented a certificate that was not verified: never retried.
     upstream_refused: bool,
+}
+
+/// Request headers the gateway sets, or that apps trust for the client's identity
+/// (lowercase, `-`-separated).
+const FORWARDING_HEADERS: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// Whether `name` is one of [`FORWARDING_HEADERS`] once `_` is folded to `-` and case
+/// ignored, as CGI/WSGI servers do (`X_Forwarded_For` and `X-Forwarded-For` both become
+/// `HTTP_X_FORWARDED_FOR`, and the app sees whichever came first).
+fn is_forwarding_header(name: &str) -> bool {
+    let fold = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    FORWARDING_HEADERS
+        .iter()
+        .any(|h| h.len() == name.len() && h.bytes().zip(name.bytes()).all(|(h, n)| h == fold(n)))
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -385,9 +413,14 @@ impl ProxyHttp for GatewayProxy {
                 | http::Method::DELETE
         );
         let replayable = idempotent && !session.as_ref().retry_buffer_truncated();
+        // Only the upstream's own failures (connect, TLS, read, write, timeout) say anything
+        // about the instance. A client that sends a bad body, goes away, or sends a request
+        // pingora will not forward must not mark an instance down or make us try another:
+        // anyone could steer an app's traffic away from the instances they choose.
+        let upstream_fault = *e.esource() == ErrorSource::Upstream;
         // A pooled connection that died says little about the instance; a fresh one that
         // fails mid-request does.
-        if !client_reused {
+        if upstream_fault && !client_reused {
             if let Some(inst) = &ctx.current {
                 self.registry.mark_down(
                     &inst.record.instance_id,
@@ -397,7 +430,10 @@ impl ProxyHttp for GatewayProxy {
         }
         ctx.in_flight = None;
         e.set_retry(
-            replayable && !ctx.upstream_refused && ctx.tried.len() <= self.settings.retries,
+            upstream_fault
+                && replayable
+                && !ctx.upstream_refused
+                && ctx.tried.len() <= self.settings.retries,
         );
         e
     }
@@ -408,15 +444,16 @@ impl ProxyHttp for GatewayProxy {
         req: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        // Never trust forwarding headers from the client: overwrite them.
-        for h in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "forwarded",
-            "x-real-ip",
-        ] {
-            req.remove_header(h);
+        // Never trust forwarding headers from the client: drop them, in every spelling an
+        // app's server may fold onto the same name, then set our own.
+        let spoofed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| is_forwarding_header(name.as_str()))
+            .cloned()
+            .collect();
+        for name in &spoofed {
+            req.remove_header(name);
         }
         if let Some(ip) = session
             .client_addr()
@@ -434,16 +471,26 @@ impl ProxyHttp for GatewayProxy {
             _ if ctx.upstream_refused => 502,
             ErrorType::HTTPStatus(c) => *c,
             _ => match e.esource() {
-                pingora_core::ErrorSource::Upstream => 502,
-                pingora_core::ErrorSource::Downstream => 0,
+                ErrorSource::Upstream => 502,
+                // The client's own fault (a malformed body, a request pingora will not
+                // forward): say so while an answer can still be sent.
+                ErrorSource::Downstream if session.response_written().is_none() => 400,
+                ErrorSource::Downstream => 0,
                 _ => 500,
             },
         };
+        if code == 400 {
+            Self::refuse(ctx, "client-error");
+        }
         if code > 0 {
             let (title, detail) = match code {
                 404 => (
                     "App Not Registered",
                     "This app is not registered with this gateway.".to_string(),
+                ),
+                400 => (
+                    "Bad Request",
+                    "The request could not be read or forwarded as sent.".to_string(),
                 ),
                 503 => (
                     "Service Unavailable",
@@ -497,6 +544,44 @@ impl ProxyHttp for GatewayProxy {
                 error = %e.map(|e| e.to_string()).unwrap_or_default(),
                 micros = elapsed.as_micros() as u64,
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_forwarding_header;
+
+    #[test]
+    fn forwarding_headers_match_in_every_folded_spelling() {
+        for name in [
+            "x-forwarded-for",
+            "X-Forwarded-For",
+            "X_Forwarded_For",
+            "x_forwarded_proto",
+            "X-Forwarded_For",
+            "x-forwarded-host",
+            "X_FORWARDED_PORT",
+            "Forwarded",
+            "x_real_ip",
+            "X-Real-Ip",
+        ] {
+            assert!(is_forwarding_header(name), "{name} must be dropped");
+        }
+    }
+
+    #[test]
+    fn other_headers_pass() {
+        for name in [
+            "x-forwarded",
+            "x-forwarded-for-real",
+            "xforwardedfor",
+            "forwarded-for",
+            "x-request-id",
+            "host",
+            "x_real",
+        ] {
+            assert!(!is_forwarding_header(name), "{name} must pass");
         }
     }
 }

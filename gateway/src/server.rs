@@ -23,6 +23,7 @@ use crate::custom::CustomDomains;
 use crate::frontdoor::FrontDoor;
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
+use crate::per_ip::PerIp;
 use crate::proxy::{GatewayProxy, ProxySettings};
 use crate::refused::RefusedLog;
 use crate::registration::Registrar;
@@ -437,7 +438,7 @@ pub fn run(
     } else {
         None
     };
-    let proxy = Arc::new(pingora_proxy::http_proxy(
+    let mut proxy = pingora_proxy::http_proxy(
         &conf,
         GatewayProxy {
             registry: registry.clone(),
@@ -446,7 +447,13 @@ pub fn run(
             custom: custom.clone(),
             pages,
         },
-    ));
+    );
+    proxy.h2_options = Some(crate::frontdoor::h2_options(&cfg.limits));
+    let mut server_options = pingora_core::apps::HttpServerOptions::default();
+    // An HTTP/2 connection with no open stream closes like an idle HTTP/1 one.
+    server_options.h2_idle_timeout = Some(settings.idle_timeout);
+    proxy.server_options = Some(server_options);
+    let proxy = Arc::new(proxy);
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| GatewayError::Config(e.to_string()))?
@@ -484,6 +491,8 @@ pub fn run(
         idle_timeout: settings.idle_timeout,
         connect_timeout: settings.connect_timeout,
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
+        per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
+        header_timeout: Duration::from_secs(cfg.limits.header_timeout_secs),
         max_per_app: cfg.limits.max_connections_per_app,
         on_demand,
     };

@@ -383,14 +383,29 @@ async fn serve_one(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, instance
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
+                    // Every header an app might take for the client's identity, as the
+                    // app receives it (names with `_` included), so tests see spoofs.
+                    let mut fwd: Vec<String> = req
+                        .headers()
+                        .iter()
+                        .filter(|(k, _)| {
+                            let k = k.as_str().replace('_', "-");
+                            k.contains("forwarded")
+                                || k.contains("real-ip")
+                                || k.contains("client-ip")
+                        })
+                        .map(|(k, v)| format!("{}:{}", k, v.to_str().unwrap_or("?")))
+                        .collect();
+                    fwd.sort();
                     let body = format!(
-                        "instance={} port={} path={} xff={} proto={} version={:?}",
+                        "instance={} port={} path={} xff={} proto={} version={:?} fwd=[{}]",
                         instance,
                         port,
                         req.uri().path(),
                         xff,
                         proto,
-                        req.version()
+                        req.version(),
+                        fwd.join(",")
                     );
                     async move {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(

@@ -136,6 +136,33 @@ fn rejects_out_of_range_limits() {
 }
 
 #[test]
+fn front_door_limits_default_and_refuse_out_of_range_naming_the_key() {
+    let cfg: GatewayConfig = parse(&with("")).unwrap();
+    assert_eq!(cfg.limits.header_timeout_secs, 15);
+    assert_eq!(cfg.limits.max_connections_per_ip, 256);
+    assert_eq!(cfg.limits.max_h2_streams, 100);
+    let cfg: GatewayConfig = parse(&with("[limits]\nheader_timeout_secs = 1")).unwrap();
+    assert_eq!(
+        cfg.limits.header_timeout_secs, 1,
+        "1 s is allowed (tests use it)"
+    );
+    let e = error::<GatewayConfig>(&with("[limits]\nheader_timeout_secs = 0"));
+    assert_contains(
+        &e,
+        &["gateway.limits.header_timeout_secs", "between 1 and 3600"],
+    );
+    let e = error::<GatewayConfig>(&with(
+        "[limits]\nmax_connections = 100\nmax_connections_per_app = 100\nmax_connections_per_ip = 101",
+    ));
+    assert_contains(
+        &e,
+        &["gateway.limits.max_connections_per_ip", "between 1 and 100"],
+    );
+    let e = error::<GatewayConfig>(&with("[limits]\nmax_h2_streams = 0"));
+    assert_contains(&e, &["gateway.limits.max_h2_streams", "between 1 and 1000"]);
+}
+
+#[test]
 fn rejects_two_listeners_on_one_address() {
     let e = error::<GatewayConfig>(&with("listen_admin = \"0.0.0.0:443\""));
     assert_contains(
