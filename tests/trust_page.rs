@@ -335,7 +335,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     assert!(
         good_links
             .iter()
-            .any(|(_, t)| t.contains("data-step="app-authorisation"")),
+            .any(|(_, t)| t.contains("data-step=\"app-authorisation\"")),
         "{good_links:?}"
     );
     for (class, text) in &good_links {
