@@ -331,9 +331,14 @@ async fn a_named_app_id_without_a_kms_stops_the_boot() {
     };
     assert_eq!(err.step, "compose");
     assert!(
-        err.to_string().contains("only a KMS can authorise a named app id"),
+        err.to_string()
+            .contains("only a KMS can authorise a named app id"),
         "{err}"
     );
     // Nothing was measured: no event log was written for this TD.
-    assert!(!dir.path().join("sidecar-data").join("event-log.json").exists());
+    assert!(!dir
+        .path()
+        .join("sidecar-data")
+        .join("event-log.json")
+        .exists());
 }

@@ -176,7 +176,14 @@ fn a_named_app_id_verifies_only_with_the_kms_root_that_signed_its_app_ca() {
     let root = root.to_str().unwrap();
     let app_hex = app.to_hex();
 
-    let o = verify(&[good, "--allow-simulated", "--kms-root", root, "--app-id", &app_hex]);
+    let o = verify(&[
+        good,
+        "--allow-simulated",
+        "--kms-root",
+        root,
+        "--app-id",
+        &app_hex,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Without the KMS root nothing vouches for the name.
     let o = verify(&[good, "--allow-simulated", "--app-id", &app_hex]);
@@ -184,14 +191,28 @@ fn a_named_app_id_verifies_only_with_the_kms_root_that_signed_its_app_ca() {
     assert!(stderr(&o).contains("app-authorisation"), "{}", stderr(&o));
     // Self-signed, and signed by another app's CA: refused at the same step.
     let selfsigned = write_chain("self.pem", &ratls_cert(&id));
-    let o = verify(&[selfsigned.to_str().unwrap(), "--allow-simulated", "--kms-root", root]);
+    let o = verify(&[
+        selfsigned.to_str().unwrap(),
+        "--allow-simulated",
+        "--kms-root",
+        root,
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("app-authorisation") || stderr(&o).contains("pinned KMS root"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("app-authorisation") || stderr(&o).contains("pinned KMS root"),
+        "{}",
+        stderr(&o)
+    );
     let other = write_chain(
         "other.pem",
         &ratls_cert_by(&id, &kms.app_ca(&ratls::AppId([1; 20]))),
     );
-    let o = verify(&[other.to_str().unwrap(), "--allow-simulated", "--kms-root", root]);
+    let o = verify(&[
+        other.to_str().unwrap(),
+        "--allow-simulated",
+        "--kms-root",
+        root,
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("app-authorisation"), "{}", stderr(&o));
 }

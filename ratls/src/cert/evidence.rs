@@ -204,7 +204,11 @@ mod tests {
         let digest = REPORT_DATA_HASH.digest(&cb);
         assert_eq!(rd.0[..digest.len()], digest[..]);
         assert_eq!(REPORT_DATA_HASH, HashAlg::Sha256);
-        assert!(key_binding_text().contains("SHA-256"), "{}", key_binding_text());
+        assert!(
+            key_binding_text().contains("SHA-256"),
+            "{}",
+            key_binding_text()
+        );
         assert!(!key_binding_text().contains("SHA-512"));
     }
 
