@@ -18,21 +18,22 @@ use guest_sidecar::boot;
 use guest_sidecar::register::GatewayTarget;
 use support::*;
 
-fn compose_json(name: &str) -> String {
+fn compose_json(name: &str, image: &str) -> String {
     let yaml = r#"
 services:
   web:
-    image: teegate-test/busybox:latest
+    image: IMAGE
     command: ["sh", "-c", "mkdir -p /www && echo \"greeting=$GREETING\" > /www/index.html && exec httpd -f -p 80 -h /www"]
     environment:
       GREETING: ${GREETING}
     ports: ["80"]
     restart: always
   worker:
-    image: teegate-test/busybox:latest
+    image: IMAGE
     command: ["sleep", "3600"]
     depends_on: [web]
 "#;
+    let yaml = yaml.replace("IMAGE", image);
     serde_json::json!({
         "name": name,
         "docker_compose": yaml,
@@ -105,10 +106,11 @@ async fn guest_get(socket: &Path, path: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
     let docker = docker_support::docker().await;
-    docker_support::busybox_image(&docker).await;
+    let busybox = docker_support::busybox_id(&docker).await;
+    let image = format!("teegate-test/busybox@{busybox}");
     let dir = tempfile::tempdir().unwrap();
     let unique = format!("boot-{}", std::process::id());
-    let compose = compose_json(&unique);
+    let compose = compose_json(&unique, &image);
     let compose_path = dir.path().join("app-compose.json");
     std::fs::write(&compose_path, &compose).unwrap();
     let hash = ratls::ComposeHash::of(compose.as_bytes());
@@ -204,7 +206,23 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
     let events: Vec<&str> = log.events().iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         events,
-        ["compose-hash", "app-id", "instance-id", "key-provider"]
+        [
+            "compose-hash",
+            "app-id",
+            "instance-id",
+            "key-provider",
+            "image",
+            "image"
+        ]
+    );
+    // Each service's image, by content id, in start order, before anything started.
+    let images: Vec<String> = log
+        .payloads("image")
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        [format!("web@{busybox}"), format!("worker@{busybox}")]
     );
 
     // Rotation: the new certificate is registered first, then served; traffic keeps flowing.
@@ -253,9 +271,12 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_not_allowed_by_the_kms_stops_the_boot_before_containers() {
     let docker = docker_support::docker().await;
-    docker_support::busybox_image(&docker).await;
+    let busybox = docker_support::busybox_id(&docker).await;
     let dir = tempfile::tempdir().unwrap();
-    let compose = compose_json(&format!("refused-{}", std::process::id()));
+    let compose = compose_json(
+        &format!("refused-{}", std::process::id()),
+        &format!("teegate-test/busybox@{busybox}"),
+    );
     let compose_path = dir.path().join("app-compose.json");
     std::fs::write(&compose_path, &compose).unwrap();
     let app = ratls::ComposeHash::of(compose.as_bytes()).default_app_id();
@@ -319,7 +340,7 @@ async fn a_named_app_id_without_a_kms_stops_the_boot() {
     let dir = tempfile::tempdir().unwrap();
     let compose_path = dir.path().join("app-compose.json");
     let mut compose: serde_json::Value =
-        serde_json::from_str(&compose_json("named-without-kms")).unwrap();
+        serde_json::from_str(&compose_json("named-without-kms", "x@sha256:00")).unwrap();
     compose["app_id"] = "42".repeat(20).into();
     compose["key_provider"] = "none".into();
     compose.as_object_mut().unwrap().remove("kms_url");

@@ -216,3 +216,52 @@ fn a_named_app_id_verifies_only_with_the_kms_root_that_signed_its_app_ca() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("app-authorisation"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_image_pin_checks_the_services_measured_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity(COMPOSE, 3);
+    let m = booted(
+        std::sync::Arc::new(ratls::provider::SimulatedProvider::new()),
+        &id,
+    );
+    let image = format!("sha256:{}", "4b".repeat(32));
+    m.emit("image", format!("web@{image}").into_bytes())
+        .unwrap();
+    let cert = ratls::cert::issue(
+        &m,
+        &id,
+        &ratls::cert::CertProfile::server_and_client(
+            vec!["x.test".into()],
+            std::time::Duration::from_secs(600),
+        ),
+        None,
+    )
+    .unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, cert.cert_pem()).unwrap();
+    let p = path.to_str().unwrap();
+
+    let ok = verify(&[p, "--allow-simulated", "--image", &format!("web={image}")]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&image));
+    let other = format!("web=sha256:{}", "4c".repeat(32));
+    let o = verify(&[p, "--allow-simulated", "--image", &other]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("image") && stderr(&o).contains(&image),
+        "the measured image is named: {}",
+        stderr(&o)
+    );
+    let o = verify(&[p, "--allow-simulated", "--image", &format!("db={image}")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no image event for service db"),
+        "{}",
+        stderr(&o)
+    );
+    // A tag is no pin: refused before anything is checked.
+    let o = verify(&[p, "--allow-simulated", "--image", "web=latest"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("SERVICE=sha256"), "{}", stderr(&o));
+}

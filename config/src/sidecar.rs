@@ -81,6 +81,10 @@ pub struct SidecarConfig {
     /// `app-authorisation`; for development with simulated quotes only.
     #[serde(default)]
     pub dev_allow_named_app_without_kms: bool,
+    /// Run service images that nothing pins by content (a bare tag): measured, and labelled
+    /// `(unpinned)` in the `image` event and everywhere it shows. Development only.
+    #[serde(default)]
+    pub dev_allow_unpinned_images: bool,
 }
 
 /// What runs the app's services.
@@ -178,11 +182,19 @@ impl Validate for SidecarConfig {
             check(at, &format!("gateways[{i}]"), url.require_https())?;
         }
         self.quote_provider.validate(&key(at, "quote_provider"))?;
-        if self.dev_allow_named_app_without_kms && !self.quote_provider.is_simulated() {
-            return Err(ConfigError::invalid(
-                key(at, "dev_allow_named_app_without_kms"),
-                "is for development only: it needs quote_provider = \"simulated\"",
-            ));
+        for (set, name) in [
+            (
+                self.dev_allow_named_app_without_kms,
+                "dev_allow_named_app_without_kms",
+            ),
+            (self.dev_allow_unpinned_images, "dev_allow_unpinned_images"),
+        ] {
+            if set && !self.quote_provider.is_simulated() {
+                return Err(ConfigError::invalid(
+                    key(at, name),
+                    "is for development only: it needs quote_provider = \"simulated\"",
+                ));
+            }
         }
         match self.runtime {
             Runtime::Docker if !self.upstreams.is_empty() => {

@@ -62,6 +62,7 @@ pub fn policy(cfg: &config::VerifierConfig) -> Result<Policy, AttestConfigError>
         rtmr2: list(&cfg.rtmr2, |m| ratls::Measurement(*m.as_bytes())),
         compose_hashes: list(&cfg.compose_hashes, |h| ratls::ComposeHash(*h.as_bytes())),
         app_ids: list(&cfg.app_ids, |a| ratls::AppId(*a.as_bytes())),
+        images: Default::default(),
     })
 }
 

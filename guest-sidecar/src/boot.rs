@@ -26,6 +26,7 @@ use sha2::Digest;
 use tokio::sync::watch;
 
 use crate::compose::{ComposeOptions, KeyProvider, LoadedAppCompose};
+use crate::containers::pins::ResolvedImage;
 use crate::containers::{connect_docker, AppDeployment, ContainerManager, ManagerConfig};
 use crate::front::{self, CertSlot, FrontLimits, FrontResolver, Routes};
 use crate::guest_api::{self, GuestState, KeySource};
@@ -285,14 +286,62 @@ fn pem_certs(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Records each service's image (resolved by content) in RTMR3 before anything starts, or
+/// checks a resumed log recorded exactly these images.
+fn measure_images(
+    measurer: &Measurer,
+    images: &BTreeMap<String, ResolvedImage>,
+    start_order: &[String],
+    data_dir: &Path,
+) -> Result<(), BootError> {
+    let m = step("measure");
+    let want: Vec<String> = start_order
+        .iter()
+        .filter_map(|s| images.get(s).map(|r| r.event_payload(s)))
+        .collect();
+    let log = measurer.event_log();
+    let logged: Vec<String> = log
+        .payloads(names::IMAGE)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    if !logged.is_empty() {
+        if logged != want {
+            return Err(m(format!(
+                "this TD measured other images ({}) than the compose now resolves to ({}); refusing to run them",
+                logged.join(", "),
+                want.join(", ")
+            )));
+        }
+        return Ok(());
+    }
+    for payload in &want {
+        measurer
+            .emit(names::IMAGE, payload.clone().into_bytes())
+            .map_err(|e| m(e.to_string()))?;
+        tracing::info!(image = %payload, "measured into RTMR3");
+    }
+    let saved_path = data_dir.join("event-log.json");
+    let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
+    std::fs::write(&saved_path, json).map_err(|e| m(format!("{}: {e}", saved_path.display())))
+}
+
 /// Creates (or adopts) the compose's containers; returns the manager and, per exposed
 /// port, the address the container publishes it on.
 async fn start_containers(
     cfg: &SidecarConfig,
     loaded: &LoadedAppCompose,
     spec: crate::compose::ComposeSpec,
+    measurer: &Measurer,
 ) -> Result<(Option<ContainerManager>, HashMap<u16, SocketAddr>), BootError> {
     let c = step("containers");
+    // Every image pinned by content, or refused naming the service (before Docker).
+    crate::containers::pins::plan(
+        spec.services.values(),
+        &loaded.compose.images,
+        cfg.dev_allow_unpinned_images,
+    )
+    .map_err(|e| step("compose")(e.to_string()))?;
+    let start_order = spec.start_order.clone();
     let docker = connect_docker(&cfg.docker_socket, Duration::from_secs(10))
         .await
         .map_err(|e| c(e.to_string()))?;
@@ -304,8 +353,16 @@ async fn start_containers(
             spec,
             images: loaded.compose.images.clone(),
         },
-        ManagerConfig::default(),
+        ManagerConfig {
+            allow_unpinned: cfg.dev_allow_unpinned_images,
+            ..ManagerConfig::default()
+        },
     );
+    let images = manager
+        .resolve_images()
+        .await
+        .map_err(|e| c(e.to_string()))?;
+    measure_images(measurer, &images, &start_order, &cfg.data_dir)?;
     manager.up().await.map_err(|e| c(e.to_string()))?;
     let mut ports = HashMap::new();
     for port in &loaded.compose.exposed_ports {
@@ -501,7 +558,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         .compose_spec(&env_vars, &ComposeOptions::default())
         .map_err(|e| c(e.to_string()))?;
     let (manager, ports) = if cfg.runtime.uses_docker() {
-        start_containers(cfg, &loaded, spec).await?
+        start_containers(cfg, &loaded, spec, &measurer).await?
     } else {
         (None, development_upstreams(cfg, &loaded)?)
     };

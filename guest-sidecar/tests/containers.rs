@@ -10,7 +10,8 @@ use bollard::query_parameters::{KillContainerOptions, ListContainersOptions};
 use futures_util::StreamExt;
 use support::*;
 use teegate_guest_sidecar::containers::{
-    ContainerError, ContainerEventKind, Outcome, LABEL_APP_ID, LABEL_COMPOSE_HASH, LABEL_SERVICE,
+    ContainerError, ContainerEventKind, ContainerManager, Outcome, LABEL_APP_ID,
+    LABEL_COMPOSE_HASH, LABEL_SERVICE,
 };
 
 const TWO_SERVICES: &str = r#"
@@ -331,4 +332,139 @@ async fn loads_image_from_tarball_after_checking_its_sha256() {
     let report = manager(&good).await.up().await.expect("up from tarball");
     assert_eq!(report[0].outcome, Outcome::Created);
     assert!(d.inspect_image(&tag).await.is_ok());
+}
+
+/// A manager that binds images by content, as the sidecar runs it.
+async fn strict_manager(
+    loaded: &teegate_guest_sidecar::compose::LoadedAppCompose,
+) -> ContainerManager {
+    let cfg = teegate_guest_sidecar::containers::ManagerConfig {
+        allow_unpinned: false,
+        ..test_config()
+    };
+    ContainerManager::new(docker().await, deployment(loaded), cfg)
+}
+
+#[tokio::test]
+async fn images_are_bound_by_content() {
+    let d = docker().await;
+    let id = unique_app_id();
+    let _guard = AppGuard(id);
+
+    // A bare tag is refused, naming the service; nothing starts.
+    let yaml =
+        "services:\n  web:\n    image: teegate-test/busybox:latest\n    command: sleep 3600\n";
+    let err = strict_manager(&load(&id, yaml, &[], ""))
+        .await
+        .up()
+        .await
+        .expect_err("unpinned tag");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("service web") && msg.contains("not pinned by content"),
+        "{msg}"
+    );
+    assert!(app_containers(&id.to_hex()).await.is_empty());
+
+    // Pinned by its content id: it starts, from exactly that id, and the id is reported.
+    let busybox = busybox_id(&d).await;
+    let yaml = format!(
+        "services:\n  web:\n    image: teegate-test/busybox@{busybox}\n    command: sleep 3600\n"
+    );
+    let mgr = strict_manager(&load(&id, &yaml, &[], "")).await;
+    let resolved = mgr.resolve_images().await.expect("resolve");
+    assert_eq!(resolved["web"].id.to_string(), busybox);
+    assert!(resolved["web"].pinned);
+    assert_eq!(
+        resolved["web"].event_payload("web"),
+        format!("web@{busybox}")
+    );
+    let report = mgr.up().await.expect("up");
+    let c = d
+        .inspect_container(&report[0].container_id, None)
+        .await
+        .unwrap();
+    assert_eq!(c.image.as_deref(), Some(busybox.as_str()));
+    mgr.down(true).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_image_under_a_pinned_name_is_refused_naming_both_digests() {
+    let d = docker().await;
+    let id = unique_app_id();
+    let _guard = AppGuard(id);
+    let name = format!("teegate-test/pinned-{}", &id.to_hex()[..8]);
+    let reference = format!("{name}:1");
+    let original = tiny_image(&d, &reference, id.to_hex().as_bytes()).await;
+    let yaml =
+        format!("services:\n  web:\n    image: {name}@{original}\n    command: sleep 3600\n");
+    // The host swaps the image: the pinned one is gone, another carries its name.
+    let _ = d
+        .remove_image(
+            &original,
+            Some(bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+    let other = tiny_image(&d, &reference, b"other content").await;
+    assert_ne!(original, other);
+    let err = strict_manager(&load(&id, &yaml, &[], ""))
+        .await
+        .up()
+        .await
+        .expect_err("replaced image");
+    let msg = err.to_string();
+    assert!(msg.contains("service web"), "{msg}");
+    assert!(msg.contains(&original), "{msg}");
+    assert!(
+        msg.contains(&other),
+        "the image found instead is named: {msg}"
+    );
+    assert!(msg.contains("nothing of this service starts"), "{msg}");
+    assert!(app_containers(&id.to_hex()).await.is_empty());
+    let _ = d
+        .remove_image(
+            &reference,
+            Some(bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn a_tag_from_a_pinned_tarball_is_bound_to_the_id_its_manifest_names() {
+    let d = docker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_app_id();
+    let _guard = AppGuard(id);
+    let tag = format!("teegate-test/tarred-{}:1", &id.to_hex()[..8]);
+    let (path, sha) = tarball_of_busybox(dir.path(), &tag).await;
+    let yaml = format!("services:\n  app:\n    image: {tag}\n    command: sleep 3600\n");
+    let extra = format!(
+        r#","images":[{{"path":"{}","sha256":"{sha}"}}]"#,
+        path.display()
+    );
+    // Someone retags the name locally to other content: the tarball's image wins.
+    let _ = tiny_image(&d, &tag, b"retagged").await;
+    let mgr = strict_manager(&load(&id, &yaml, &[], &extra)).await;
+    let resolved = mgr.resolve_images().await.expect("resolve from tarball");
+    assert_eq!(resolved["app"].id.to_string(), busybox_id(&d).await);
+    mgr.up().await.expect("up");
+    mgr.down(true).await.unwrap();
+    let _ = d
+        .remove_image(
+            &tag,
+            Some(bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
 }

@@ -13,6 +13,11 @@ pub mod names {
     pub const APP_ID: &str = "app-id";
     pub const INSTANCE_ID: &str = "instance-id";
     pub const KEY_PROVIDER: &str = "key-provider";
+    /// One per service, before its container starts: `<service>@sha256:<content id>`.
+    pub const IMAGE: &str = "image";
+    /// Names only the boot flow records; an app emitting one is refused, so nothing can
+    /// forge a second compose hash or image.
+    pub const RESERVED: &[&str] = &[COMPOSE_HASH, APP_ID, INSTANCE_ID, KEY_PROVIDER, IMAGE];
 }
 
 pub const MAX_EVENTS: usize = 1024;

@@ -29,6 +29,8 @@ pub struct Pins {
     pub rtmr: [Option<Measurement>; 3],
     /// DER of the KMS root CA the certificate must chain to.
     pub kms_root: Option<Vec<u8>>,
+    /// Service → image content id (`sha256:<64 hex>`) its `image` event must record.
+    pub images: std::collections::BTreeMap<String, String>,
     pub allow_simulated: bool,
     /// Where real quotes' collateral comes from (none: simulated quotes only).
     pub collateral: Option<Arc<dyn CollateralSource>>,
@@ -46,6 +48,7 @@ impl std::fmt::Debug for Pins {
                 &self.kms_root.as_ref().map(|r| crate::Fingerprint::of(r)),
             )
             .field("allow_simulated", &self.allow_simulated)
+            .field("images", &self.images)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +70,7 @@ impl Pins {
             rtmr2: pin(&self.rtmr[2]),
             compose_hashes: pin(&self.compose_hash),
             app_ids: pin(&self.app_id),
+            images: self.images.clone(),
             ..Policy::default()
         }
     }

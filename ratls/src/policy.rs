@@ -56,6 +56,9 @@ pub struct Policy {
     pub rtmr2: Allowlist<Measurement>,
     pub compose_hashes: Allowlist<ComposeHash>,
     pub app_ids: Allowlist<AppId>,
+    /// Service → the image content id (`sha256:<64 hex>`) its RTMR3 `image` event must
+    /// record. Empty: images are not pinned.
+    pub images: std::collections::BTreeMap<String, String>,
 }
 
 /// The values a policy judges.
@@ -64,6 +67,8 @@ pub struct Subject<'a> {
     pub rtmrs: &'a [Measurement; 4],
     pub compose_hash: &'a ComposeHash,
     pub app_id: &'a AppId,
+    /// The replayed (so trusted) RTMR3 event log.
+    pub event_log: &'a crate::eventlog::EventLog,
 }
 
 impl Policy {
@@ -104,7 +109,31 @@ impl Policy {
         check(&self.rtmr1, "RTMR1", &s.rtmrs[1])?;
         check(&self.rtmr2, "RTMR2", &s.rtmrs[2])?;
         check(&self.app_ids, "app id", s.app_id)?;
-        check(&self.compose_hashes, "compose hash", s.compose_hash)
+        check(&self.compose_hashes, "compose hash", s.compose_hash)?;
+        for (service, id) in &self.images {
+            let want = format!("{service}@{id}");
+            let prefix = format!("{service}@");
+            let logged: Vec<String> = s
+                .event_log
+                .payloads(crate::eventlog::names::IMAGE)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            if !logged.iter().any(|l| *l == want) {
+                let found = logged
+                    .iter()
+                    .find(|l| l.starts_with(&prefix))
+                    .cloned()
+                    .unwrap_or_else(|| format!("no image event for service {service}"));
+                return Err(VerifyError::new(
+                    Step::Policy,
+                    Reason::NotAllowed {
+                        what: "image",
+                        value: format!("{found} (pinned {want})"),
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -118,11 +147,13 @@ mod tests {
         c: &'a ComposeHash,
         a: &'a AppId,
     ) -> Subject<'a> {
+        static EMPTY: std::sync::OnceLock<crate::eventlog::EventLog> = std::sync::OnceLock::new();
         Subject {
             mrtd: m,
             rtmrs: r,
             compose_hash: c,
             app_id: a,
+            event_log: EMPTY.get_or_init(Default::default),
         }
     }
 

@@ -368,6 +368,7 @@ impl AttestationVerifier {
             rtmrs: &rtmrs,
             compose_hash: &cert.claims.compose_hash,
             app_id: &cert.claims.app_id,
+            event_log: &cert.claims.event_log,
         }) {
             Ok(()) => ins.set(
                 Step::Policy,

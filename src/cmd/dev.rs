@@ -281,23 +281,29 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
     let ports = Ports::pick(args.port)?;
     stack.ports = Some(ports.clone());
     let dev_id = layout.dev_id()?;
-    let mut apps = (1..=usize::from(args.apps))
-        .map(|i| stack::app(layout, &dev_id, i))
-        .collect::<Result<Vec<_>>>()?;
 
     let socket = docker::socket();
     let t_docker = Instant::now();
+    let mut apps;
     match choose_runtime(args, &socket, t_docker).await {
         Runtime::Docker(d) => {
+            // The compose pins the demo image by content, as the sidecar requires.
+            let image = docker::demo_image_ref(&d).await?;
+            apps = (1..=usize::from(args.apps))
+                .map(|i| stack::app(layout, &dev_id, i, &image))
+                .collect::<Result<Vec<_>>>()?;
             println!(
-                "  apps      {} × the demo compose on Docker ({}, image {})",
+                "  apps      {} × the demo compose on Docker ({}, image {image})",
                 apps.len(),
                 socket.display(),
-                stack::DEMO_IMAGE
             );
             stack.docker = Some(d);
         }
         Runtime::Builtin { why } => {
+            // Nothing runs the compose's image here, so its tag is only measured.
+            apps = (1..=usize::from(args.apps))
+                .map(|i| stack::app(layout, &dev_id, i, stack::DEMO_IMAGE))
+                .collect::<Result<Vec<_>>>()?;
             println!(
                 "  apps      {} × the built-in demo HTTP service, no containers (Docker not used: {why})",
                 apps.len()

@@ -38,6 +38,10 @@ pub struct Args {
     /// The KMS root CA (PEM) the certificate must chain to.
     #[arg(long, value_name = "FILE")]
     pub kms_root: Option<PathBuf>,
+    /// An image pin, `SERVICE=sha256:<64 hex>` (repeatable): the service's RTMR3 `image`
+    /// event must record that content id.
+    #[arg(long = "image", value_name = "SERVICE=DIGEST")]
+    pub image: Vec<String>,
     /// Pins from a TOML file (`app_id`, `compose_hash`, `mrtd`, `rtmr0`..`rtmr2`, `kms_root`);
     /// flags override it.
     #[arg(long, value_name = "FILE")]
@@ -62,6 +66,9 @@ struct PinFile {
     rtmr1: Option<ratls::Measurement>,
     rtmr2: Option<ratls::Measurement>,
     kms_root: Option<PathBuf>,
+    /// Service → `sha256:<64 hex>`.
+    #[serde(default)]
+    images: std::collections::BTreeMap<String, String>,
 }
 
 /// Records the chain the server presented, then lets the RA-TLS verifier judge it.
@@ -138,7 +145,26 @@ fn pins(args: &Args) -> Result<Pins> {
         Some(p) => Some(read_root(p)?),
         None => None,
     };
+    let mut images = std::collections::BTreeMap::new();
+    let pinned = file
+        .images
+        .iter()
+        .map(|(s, d)| (s.clone(), d.clone(), "pin file images"))
+        .chain(args.image.iter().map(|i| {
+            let (s, d) = i.split_once('=').unwrap_or((i.as_str(), ""));
+            (s.to_string(), d.to_string(), "--image")
+        }));
+    for (service, digest, from) in pinned {
+        let hex_part = digest.strip_prefix("sha256:").unwrap_or(&digest);
+        if service.is_empty() || hex_part.len() != 64 || hex::decode(hex_part).is_err() {
+            anyhow::bail!(
+                "{from} {service}={digest}: expected SERVICE=sha256:<64 hex> (the image's content id)"
+            );
+        }
+        images.insert(service, format!("sha256:{}", hex_part.to_ascii_lowercase()));
+    }
     Ok(Pins {
+        images,
         app_id: args.app_id.or(file.app_id),
         compose_hash: args.compose_hash.or(file.compose_hash),
         mrtd: args.mrtd.or(file.mrtd),
@@ -272,6 +298,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         show("app id", pins.app_id.map(|v| v.to_hex()));
         show("compose hash", pins.compose_hash.map(|v| v.to_hex()));
+        for (service, id) in &pins.images {
+            show(&format!("image {service}"), Some(id.clone()));
+        }
         show("MRTD", pins.mrtd.map(|v| v.to_hex()));
         for (i, r) in pins.rtmr.iter().enumerate() {
             show(&format!("RTMR{i}"), r.map(|v| v.to_hex()));

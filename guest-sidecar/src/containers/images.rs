@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
+use std::collections::BTreeMap;
+
+use super::pins::{self, ImageId, ImagePin, ResolvedImage};
 use super::{is_not_found, ContainerError, ContainerManager, Result};
 use crate::compose::{ImageTarball, ServiceSpec};
 
@@ -72,6 +75,180 @@ fn verified_stream(
 }
 
 impl ContainerManager {
+    /// The content id Docker holds under `reference` (a tag or `sha256:<id>`), and the
+    /// repository digests it knows for it; `None` when absent.
+    async fn image_id(
+        &self,
+        service: &str,
+        reference: &str,
+    ) -> Result<Option<(ImageId, Vec<String>)>> {
+        let t = self.config().step_timeout;
+        match tokio::time::timeout(t, self.docker().inspect_image(reference)).await {
+            Ok(Ok(img)) => Ok(img
+                .id
+                .as_deref()
+                .and_then(ImageId::parse)
+                .map(|id| (id, img.repo_digests.unwrap_or_default()))),
+            Ok(Err(e)) if is_not_found(&e) => Ok(None),
+            Ok(Err(source)) => Err(ContainerError::Docker {
+                step: "inspect image",
+                service: service.to_string(),
+                source,
+            }),
+            Err(_) => Err(ContainerError::Timeout {
+                step: "inspect image",
+                service: service.to_string(),
+                after: t,
+            }),
+        }
+    }
+
+    /// Makes each service's pinned image present and reads its content id back from
+    /// Docker; an image whose id is not the pinned one is refused naming both. Run before
+    /// any container starts, so the ids can be measured first.
+    pub async fn resolve_images(&self) -> Result<BTreeMap<String, ResolvedImage>> {
+        let app = self.app();
+        let plan = pins::plan(
+            app.spec.services.values(),
+            &app.images,
+            self.config().allow_unpinned,
+        )?;
+        let mut out = BTreeMap::new();
+        for (service, pin) in plan {
+            let resolved = match &pin {
+                ImagePin::Digest { name, digest } => {
+                    let mut found = self.digest_present(&service, name, digest).await?;
+                    if found.is_none() && !app.images.is_empty() {
+                        // Perhaps one of the listed tarballs holds it.
+                        for tb in &app.images {
+                            self.load_tarball(&service, tb).await?;
+                        }
+                        found = self.digest_present(&service, name, digest).await?;
+                    }
+                    if let Some(id) = found {
+                        ResolvedImage { id, pinned: true }
+                    } else {
+                        let found = self.ids_named(&service, name).await?;
+                        return Err(ContainerError::ImageMismatch {
+                            service,
+                            image: name.clone(),
+                            expected: digest.to_string(),
+                            found: if found.is_empty() {
+                                "no image of that name".into()
+                            } else {
+                                found.join(", ")
+                            },
+                        });
+                    }
+                }
+                ImagePin::Tarball { tag, id, tarball } => {
+                    let here = self.image_id(&service, tag).await?.map(|(i, _)| i);
+                    if here != Some(*id) {
+                        if let Some(tb) = app.images.iter().find(|t| &t.path == tarball) {
+                            self.inner.loaded.lock().await.remove(&tb.path);
+                            self.load_tarball(&service, tb).await?;
+                        }
+                    }
+                    match self.image_id(&service, tag).await?.map(|(i, _)| i) {
+                        Some(found) if found == *id => ResolvedImage {
+                            id: *id,
+                            pinned: true,
+                        },
+                        found => {
+                            return Err(ContainerError::ImageMismatch {
+                                service,
+                                image: tag.clone(),
+                                expected: id.to_string(),
+                                found: found
+                                    .map(|f| f.to_string())
+                                    .unwrap_or_else(|| "no such image".into()),
+                            })
+                        }
+                    }
+                }
+                ImagePin::Unpinned { image } => {
+                    let svc = self.service(&service)?.clone();
+                    self.ensure_image(&svc).await?;
+                    let Some((id, _)) = self.image_id(&service, image).await? else {
+                        return Err(ContainerError::ImageMismatch {
+                            service,
+                            image: image.clone(),
+                            expected: "any (unpinned)".into(),
+                            found: "no such image".into(),
+                        });
+                    };
+                    warn!(service = %service, image = %image, %id, "image is UNPINNED (dev_allow_unpinned_images): nothing binds it to the measured compose");
+                    ResolvedImage { id, pinned: false }
+                }
+            };
+            info!(service = %service, image = %resolved.id, pinned = resolved.pinned, "image resolved by content");
+            out.insert(service, resolved);
+        }
+        *self
+            .inner
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(out.clone());
+        Ok(out)
+    }
+
+    /// What Docker holds under `name` (any tag): `name:tag = sha256:<id>` each, for the
+    /// refusal message.
+    async fn ids_named(&self, service: &str, name: &str) -> Result<Vec<String>> {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("reference".to_string(), vec![name.to_string()]);
+        let opts = bollard::query_parameters::ListImagesOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let t = self.config().step_timeout;
+        let list = match tokio::time::timeout(t, self.docker().list_images(Some(opts))).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(source)) => {
+                return Err(ContainerError::Docker {
+                    step: "list images",
+                    service: service.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ContainerError::Timeout {
+                    step: "list images",
+                    service: service.to_string(),
+                    after: t,
+                })
+            }
+        };
+        Ok(list
+            .into_iter()
+            .take(16)
+            .map(|i| format!("{} = {}", i.repo_tags.join(" "), i.id))
+            .collect())
+    }
+
+    /// The content id of the image `name@digest` pins, when Docker holds it: the digest
+    /// itself as a content id, or a repository digest of `name` (a pulled image's manifest
+    /// digest; its content id is what gets measured and run).
+    async fn digest_present(
+        &self,
+        service: &str,
+        name: &str,
+        digest: &ImageId,
+    ) -> Result<Option<ImageId>> {
+        if let Some((id, _)) = self.image_id(service, &digest.to_string()).await? {
+            if id == *digest {
+                return Ok(Some(id));
+            }
+        }
+        let repo_ref = format!("{name}@{digest}");
+        if let Some((id, repo_digests)) = self.image_id(service, &repo_ref).await? {
+            if repo_digests.iter().any(|d| *d == repo_ref) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
     async fn image_present(&self, service: &str, image: &str) -> Result<bool> {
         let t = self.config().step_timeout;
         match tokio::time::timeout(t, self.docker().inspect_image(image)).await {

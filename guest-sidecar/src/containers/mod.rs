@@ -2,14 +2,17 @@
 //! through bollard) and keeps it running.
 //!
 //! ```text
+//! ContainerManager::resolve_images   each service's image bound by content (pins.rs):
+//!        name@sha256:<id> │ a tag in a sha256-checked `images` tarball; the id read back
+//!        from Docker must be the pinned one (bare tags only with allow_unpinned)
 //! ContainerManager::up
 //!   ├─ network  teegate-<prefix>            (bridge; services reach each other by name)
 //!   ├─ volumes  teegate-<prefix>_<name>     (named volumes of the compose)
 //!   └─ per service, in depends_on order:
 //!        wait for dependencies (started / healthy, bounded)
-//!        adopt the labelled container (same compose hash) │ or remove + recreate (other hash)
-//!        image: local │ docker load from `images` (sha256 checked) │ registry pull
-//!        create (ports on 127.0.0.1:<picked>, restart policy, healthcheck, mounts) → start
+//!        adopt the labelled container (same compose hash and measured image id)
+//!          │ or remove + recreate (other hash or image)
+//!        create from the resolved image id (ports on 127.0.0.1:<picked>, restart policy, healthcheck, mounts) → start
 //! ContainerManager::watch    Docker events → ContainerEvent; restarts what Docker does not
 //! ContainerManager::logs     a stream of LogLine for one service
 //! ContainerManager::endpoints  service → container port → 127.0.0.1:<host port>
@@ -23,6 +26,7 @@
 
 mod images;
 mod logs;
+pub mod pins;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +111,15 @@ pub enum ContainerError {
     },
     #[error("no service named {service} in the compose")]
     UnknownService { service: String },
+    #[error(transparent)]
+    Pin(#[from] pins::PinError),
+    #[error("service {service}: image {image} is pinned to {expected} but Docker has {found}; nothing of this service starts")]
+    ImageMismatch {
+        service: String,
+        image: String,
+        expected: String,
+        found: String,
+    },
 }
 
 type Result<T, E = ContainerError> = std::result::Result<T, E>;
@@ -128,6 +141,8 @@ pub struct ManagerConfig {
     pub publish_ip: Ipv4Addr,
     /// Whether to try a registry pull when an image is neither local nor in a tarball.
     pub allow_pull: bool,
+    /// Run images that nothing pins by content (development only; labelled unpinned).
+    pub allow_unpinned: bool,
 }
 
 impl Default for ManagerConfig {
@@ -140,6 +155,7 @@ impl Default for ManagerConfig {
             stop_grace: Duration::from_secs(10),
             publish_ip: Ipv4Addr::LOCALHOST,
             allow_pull: true,
+            allow_unpinned: false,
         }
     }
 }
@@ -225,6 +241,8 @@ struct Inner {
     removing: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Image tarballs already loaded by this manager.
     loaded: tokio::sync::Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
+    /// Each service's image content id, once resolved (and measured by the caller).
+    resolved: std::sync::Mutex<Option<BTreeMap<String, pins::ResolvedImage>>>,
 }
 
 /// Runs `fut` with a timeout, mapping both failure kinds to a [`ContainerError`].
@@ -350,6 +368,7 @@ impl ContainerManager {
                 stopping: AtomicBool::new(false),
                 removing: Default::default(),
                 loaded: Default::default(),
+                resolved: Default::default(),
             }),
         }
     }
@@ -383,6 +402,17 @@ impl ContainerManager {
         self.inner.stopping.store(false, Ordering::SeqCst);
         let app = &self.inner.app;
         info!(app_id = %app.app_id, compose_hash = %app.compose_hash, services = app.spec.services.len(), "bringing the app up");
+        // Images first: every one is bound by content before any container starts.
+        let cached = self
+            .inner
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let images = match cached {
+            Some(r) => r,
+            None => self.resolve_images().await?,
+        };
         self.ensure_network().await?;
         self.ensure_volumes().await?;
 
@@ -394,6 +424,16 @@ impl ContainerManager {
                 continue;
             };
             let hash = labels.get(LABEL_COMPOSE_HASH).cloned().unwrap_or_default();
+            // A container is adopted only when it runs the measured image; one from any
+            // other image counts as another compose and is replaced.
+            let image_ok = images.get(&service).is_some_and(|r| {
+                c.image_id.as_deref().and_then(pins::ImageId::parse) == Some(r.id)
+            });
+            let hash = if image_ok {
+                hash
+            } else {
+                format!("{hash} (image differs from the measured one)")
+            };
             by_service.entry(service).or_default().push((id, hash));
         }
         // Containers of services this compose no longer has.
@@ -436,8 +476,15 @@ impl ContainerManager {
                     id
                 }
                 None => {
-                    self.ensure_image(svc).await?;
-                    self.create_container(svc).await?
+                    let image = images
+                        .get(name)
+                        .ok_or_else(|| ContainerError::ImageMismatch {
+                            service: name.clone(),
+                            image: svc.image.clone(),
+                            expected: "a resolved image".into(),
+                            found: "none".into(),
+                        })?;
+                    self.create_container(svc, &image.id).await?
                 }
             };
             self.start_if_needed(name, &id).await?;
@@ -605,7 +652,9 @@ impl ContainerManager {
         Ok(())
     }
 
-    async fn create_container(&self, svc: &ServiceSpec) -> Result<String> {
+    /// Creates `svc`'s container from the image content id `image` (never the tag, so a
+    /// retag after the id was measured changes nothing).
+    async fn create_container(&self, svc: &ServiceSpec, image: &pins::ImageId) -> Result<String> {
         let app = &self.inner.app;
         let cfg = &self.inner.config;
         let net = network_name(&app.app_id);
@@ -679,7 +728,7 @@ impl ContainerManager {
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            image: Some(svc.image.clone()),
+            image: Some(image.to_string()),
             cmd: svc.command.clone(),
             entrypoint: svc.entrypoint.clone(),
             env: Some(
@@ -742,7 +791,7 @@ impl ContainerManager {
         for w in &created.warnings {
             warn!(service = %svc.name, warning = %w, "Docker warning on create");
         }
-        info!(service = %svc.name, container = %short(&created.id), image = %svc.image, "created container");
+        info!(service = %svc.name, container = %short(&created.id), image = %svc.image, id = %image, "created container");
         Ok(created.id)
     }
 

@@ -163,8 +163,50 @@ pub fn test_config() -> ManagerConfig {
         healthy_timeout: Duration::from_secs(30),
         pull_timeout: Duration::from_secs(20),
         stop_grace: Duration::from_secs(1),
+        // These tests exercise the manager with the shared test image's tag; binding
+        // images by content has its own tests (`images_are_bound_by_content`).
+        allow_unpinned: true,
         ..Default::default()
     }
+}
+
+/// The shared test image's content id, `sha256:<hex>`.
+pub async fn busybox_id(docker: &Docker) -> String {
+    busybox_image(docker).await;
+    docker
+        .inspect_image(BUSYBOX_IMAGE)
+        .await
+        .expect("inspect busybox")
+        .id
+        .expect("image id")
+}
+
+/// Imports a one-file image under `reference` (repo:tag); returns its content id.
+pub async fn tiny_image(docker: &Docker, reference: &str, content: &[u8]) -> String {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(content.len() as u64);
+    h.set_mtime(0);
+    b.append_data(&mut h, "marker", content).expect("tar");
+    let tar = b.into_inner().expect("tar finish");
+    let (repo, tag) = reference.split_once(':').expect("tagged");
+    let opts = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        ..Default::default()
+    };
+    let mut s = docker.create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+    while let Some(item) = s.next().await {
+        item.expect("docker import");
+    }
+    docker
+        .inspect_image(reference)
+        .await
+        .expect("imported")
+        .id
+        .expect("image id")
 }
 
 pub async fn manager(loaded: &LoadedAppCompose) -> ContainerManager {

@@ -61,6 +61,18 @@ pub async fn ensure_demo_image(docker: &Docker) -> Result<bool> {
     Ok(true)
 }
 
+/// The demo image pinned by its content id: `teegate-dev/demo@sha256:<id>`.
+pub async fn demo_image_ref(docker: &Docker) -> Result<String> {
+    let id = docker
+        .inspect_image(DEMO_IMAGE)
+        .await
+        .context("the demo image")?
+        .id
+        .context("the demo image has no id")?;
+    let name = DEMO_IMAGE.split(':').next().unwrap_or(DEMO_IMAGE);
+    Ok(format!("{name}@{id}"))
+}
+
 fn rootfs_tar() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX}"))?;
     let mut b = tar::Builder::new(Vec::new());

@@ -155,23 +155,25 @@ impl Layout {
 }
 
 /// The demo compose: busybox httpd serving a page that names the app and its container.
-fn demo_compose_yaml(index: usize) -> String {
+/// `image` is the demo image pinned by content (`name@sha256:<id>`); the sidecar refuses
+/// a bare tag.
+fn demo_compose_yaml(index: usize, image: &str) -> String {
     let script = "mkdir -p /www && echo \"teegate demo app $$DEMO_APP (SIMULATED TDX): served by a Docker container, hostname $$(hostname)\" > /www/index.html && exec httpd -f -p 80 -h /www";
     let command = serde_json::json!(["sh", "-c", script]);
     format!(
-        "services:\n  web:\n    image: {DEMO_IMAGE}\n    command: {command}\n    environment:\n      DEMO_APP: \"{index}\"\n    ports: [\"{APP_PORT}\"]\n    restart: always\n"
+        "services:\n  web:\n    image: {image}\n    command: {command}\n    environment:\n      DEMO_APP: \"{index}\"\n    ports: [\"{APP_PORT}\"]\n    restart: always\n"
     )
 }
 
 /// Writes app `index`'s `app-compose.json` (the same bytes every run, so the same app id)
 /// and returns the app.
-pub fn app(layout: &Layout, dev_id: &str, index: usize) -> Result<App> {
+pub fn app(layout: &Layout, dev_id: &str, index: usize, image: &str) -> Result<App> {
     let dir = layout.root.join(format!("app{index}"));
     std::fs::create_dir_all(dir.join("data"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let compose = serde_json::json!({
         "name": format!("teegate-dev-{dev_id}-app{index}"),
-        "docker_compose": demo_compose_yaml(index),
+        "docker_compose": demo_compose_yaml(index, image),
         "exposed_ports": [APP_PORT],
         "allowed_envs": [],
         "key_provider": "kms",
@@ -322,10 +324,10 @@ mod tests {
         let ports = Ports::pick(0).unwrap();
         let id = layout.dev_id().unwrap();
         assert_eq!(layout.dev_id().unwrap(), id, "kept across runs");
-        let mut a = app(&layout, &id, 1).unwrap();
-        let again = app(&layout, &id, 1).unwrap();
+        let mut a = app(&layout, &id, 1, DEMO_IMAGE).unwrap();
+        let again = app(&layout, &id, 1, DEMO_IMAGE).unwrap();
         assert_eq!(a.app_id, again.app_id, "same compose bytes, same app id");
-        assert_ne!(a.app_id, app(&layout, &id, 2).unwrap().app_id);
+        assert_ne!(a.app_id, app(&layout, &id, 2, DEMO_IMAGE).unwrap().app_id);
 
         let _: config::KmsConfig =
             config::load(&kms_config(&layout, &ports, std::slice::from_ref(&a)).unwrap()).unwrap();
@@ -363,7 +365,7 @@ mod tests {
         let layout = Layout {
             root: dir.path().to_path_buf(),
         };
-        let a = app(&layout, "0123abcd", 3).unwrap();
+        let a = app(&layout, "0123abcd", 3, DEMO_IMAGE).unwrap();
         let loaded = guest_sidecar::compose::LoadedAppCompose::read(&a.compose_path).unwrap();
         assert_eq!(loaded.app_id.0, a.app_id.0);
         let spec = loaded
