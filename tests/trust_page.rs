@@ -55,9 +55,14 @@ impl QuoteProvider for NoRtmr3 {
     }
 }
 
+/// The `image` event every test instance records, as a booted sidecar does.
+const WEB_IMAGE: &str = "web@sha256:5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5";
+
 fn cert_from(provider: Arc<dyn QuoteProvider>, id: &Identity, ca: &CertAuthority) -> RaTlsCert {
+    let m = booted(provider, id);
+    m.emit("image", WEB_IMAGE.as_bytes().to_vec()).unwrap();
     issue(
-        &booted(provider, id),
+        &m,
         id,
         &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
         Some(ca),
@@ -283,6 +288,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let inst = &page["instances"][0];
     assert_eq!(inst["verdict"], "verified", "{inst}");
     assert_eq!(inst["compose"]["file"], COMPOSE);
+    assert_eq!(inst["compose"]["images"][0], WEB_IMAGE, "{inst}");
     let roles: Vec<&str> = inst["chain"]
         .as_array()
         .unwrap()
@@ -298,7 +304,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         .unwrap()
         .iter()
         .all(|l| l["status"] == "verified"));
-    assert_eq!(inst["event_log"]["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(inst["event_log"]["rows"].as_array().unwrap().len(), 5, "four boot events and one image");
     assert_eq!(inst["report_data"]["binds_certificate_key"], true);
     let refused = &page["refused"][0];
     assert_eq!(refused["verdict"], "failed");
@@ -342,6 +348,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         assert_eq!(class, "verified", "{text}");
     }
     assert!(good_section.contains("KMS root CA") && good_section.contains("app CA"));
+    assert!(good_section.contains(WEB_IMAGE), "the page shows the service's image");
     assert!(good_section.contains("&quot;shop&quot;") || good_section.contains("\"shop\""));
     let bad_section = section(&dom, &bad.instance_id.to_hex(), true);
     assert!(bad_section.contains("data-verdict=\"failed\""));

@@ -257,6 +257,18 @@ fn instance(i: &InstanceView) -> Markup {
             h3 { "Compose" }
             dl {
                 dt { "Compose hash" } dd.hex { (i.compose.compose_hash.clone().unwrap_or_default()) }
+                dt { "Images" }
+                dd {
+                    @if i.compose.images.is_empty() {
+                        span.muted { "no image event: no container image was measured" }
+                    }
+                    @for img in &i.compose.images {
+                        @if img.ends_with("(unpinned)") {
+                            span.badge.failed { "unpinned" } " "
+                        }
+                        code.hex { (img) } br;
+                    }
+                }
             }
             @match &i.compose.file {
                 Some(f) => {

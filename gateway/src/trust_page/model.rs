@@ -113,6 +113,9 @@ pub struct EventLogView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ComposeView {
     pub compose_hash: Option<String>,
+    /// Each service's image as RTMR3 records it (`<service>@sha256:<id>`, with
+    /// ` (unpinned)` when nothing pinned it), from the replayed log's `image` events.
+    pub images: Vec<String>,
     /// `app-compose.json` as registered; only kept when it hashes to the compose hash.
     pub file: Option<String>,
 }
@@ -165,6 +168,12 @@ impl InstanceView {
             },
             compose: ComposeView {
                 compose_hash: claims.map(|c| c.compose_hash.to_hex()),
+                images: ins
+                    .replay
+                    .iter()
+                    .filter(|r| r.name == ratls::eventlog::names::IMAGE)
+                    .map(|r| r.payload_text.clone().unwrap_or_else(|| r.payload_hex.clone()))
+                    .collect(),
                 file: compose_file,
             },
         }
