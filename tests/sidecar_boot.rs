@@ -212,7 +212,8 @@ async fn full_boot_serves_the_app_through_the_gateway_and_adopts_on_restart() {
             "instance-id",
             "key-provider",
             "image",
-            "image"
+            "image",
+            "storage"
         ]
     );
     // Each service's image, by content id, in start order, before anything started.
@@ -362,4 +363,157 @@ async fn a_named_app_id_without_a_kms_stops_the_boot() {
         .join("sidecar-data")
         .join("event-log.json")
         .exists());
+}
+
+/// The bytes of every file under `dir` and every path name, for looking for plaintext.
+fn everything_under(dir: &Path) -> (Vec<u8>, String) {
+    let (mut bytes, mut names) = (Vec::new(), String::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            names.push_str(&p.display().to_string());
+            names.push('\n');
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                bytes.extend_from_slice(&b);
+            }
+        }
+    }
+    (bytes, names)
+}
+
+fn docker_exec_cat(container: &str, path: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", container, "cat", path])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_volumes_are_encrypted_survive_a_restart_and_open_on_another_host() {
+    let docker = docker_support::docker().await;
+    let busybox = docker_support::busybox_id(&docker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("{}x{}", std::process::id(), ratls::verifier::unix_now());
+    let script = format!(
+        "test -f /data/marker-file-{token} || echo marker-content-{token} > /data/marker-file-{token}; exec httpd -f -p 80 -h /data"
+    );
+    let yaml = format!(
+        "services:\n  web:\n    image: teegate-test/busybox@{busybox}\n    command: {}\n    ports: [\"80\"]\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n",
+        serde_json::json!(["sh", "-c", script])
+    );
+    let compose = serde_json::json!({
+        "name": format!("volumes-{token}"),
+        "docker_compose": yaml,
+        "exposed_ports": [80],
+        "kms_url": "https://127.0.0.1:1",
+        "gateway_urls": [],
+        "key_provider": "kms",
+    })
+    .to_string();
+    let compose_path = dir.path().join("app-compose.json");
+    std::fs::write(&compose_path, &compose).unwrap();
+    let hash = ratls::ComposeHash::of(compose.as_bytes());
+    let app = hash.default_app_id();
+    let _guard = docker_support::AppGuard(teegate_guest_sidecar::compose::AppId(app.0));
+    let kms_port = free_port();
+    let kms_cfg = kms_config(dir.path(), kms_port, &hash.to_hex(), &app.to_hex());
+    let _kms = spawn_teegate(
+        &["kms", "--config", kms_cfg.to_str().unwrap()],
+        "ready",
+        Duration::from_secs(30),
+    );
+    let cfg = sidecar_config(dir.path(), &compose_path, kms_port, None, None);
+    let data_dir = dir.path().join("sidecar-data");
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                teegate_guest_sidecar::storage::unmount_all(d);
+            }
+        }
+    }
+    let second_dir = tempfile::tempdir().unwrap();
+    let second_data = second_dir.path().join("sidecar-data");
+    let _unmount = Unmount(vec![data_dir.clone(), second_data.clone()]);
+
+    let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    let container = teegate_guest_sidecar::containers::container_name(
+        &teegate_guest_sidecar::compose::AppId(app.0),
+        "web",
+    );
+    let path = format!("/data/marker-file-{token}");
+    let marker = format!("marker-content-{token}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while docker_exec_cat(&container, &path) != marker {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the app never wrote its file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // RTMR3 records the storage kind.
+    let log = running.event_log();
+    let storage: Vec<String> = log
+        .payloads("storage")
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(storage, [teegate_guest_sidecar::storage::KIND_GOCRYPTFS]);
+
+    // The host sees ciphertext only: no marker in any file, none in a file name.
+    let cipher = data_dir.join("volumes").join("data.enc");
+    let (bytes, names) = everything_under(&cipher);
+    assert!(!bytes.is_empty());
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "plaintext on the host"
+    );
+    assert!(
+        !names.contains("marker"),
+        "a plaintext file name on the host: {names}"
+    );
+
+    // A sidecar restart: the container is adopted and still reads its data.
+    running.shutdown();
+    let again = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(docker_exec_cat(&container, &path), marker);
+    again.shutdown();
+
+    // Another host: the ciphertext copied to a new data dir (a new instance), the same
+    // app through the KMS, reads back byte for byte.
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    teegate_guest_sidecar::storage::unmount_all(&data_dir);
+    std::fs::create_dir_all(second_data.join("volumes")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&cipher)
+        .arg(second_data.join("volumes"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::create_dir_all(second_dir.path().join("kms-data")).unwrap();
+    std::fs::copy(
+        dir.path().join("kms-data/root-ca.pem"),
+        second_dir.path().join("kms-data/root-ca.pem"),
+    )
+    .unwrap();
+    let moved_cfg = sidecar_config(second_dir.path(), &compose_path, kms_port, None, None);
+    let moved = boot::boot(&moved_cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(moved.identity.instance_id, running.identity.instance_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while docker_exec_cat(&container, &path) != marker {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moved data did not read back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    moved.shutdown();
 }

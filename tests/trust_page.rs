@@ -56,11 +56,15 @@ impl QuoteProvider for NoRtmr3 {
 }
 
 /// The `image` event every test instance records, as a booted sidecar does.
-const WEB_IMAGE: &str = "web@sha256:5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5";
+const WEB_IMAGE: &str =
+    "web@sha256:5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5eb5";
+
+const STORAGE: &str = "gocryptfs (key: KMS disk key)";
 
 fn cert_from(provider: Arc<dyn QuoteProvider>, id: &Identity, ca: &CertAuthority) -> RaTlsCert {
     let m = booted(provider, id);
     m.emit("image", WEB_IMAGE.as_bytes().to_vec()).unwrap();
+    m.emit("storage", STORAGE.as_bytes().to_vec()).unwrap();
     issue(
         &m,
         id,
@@ -289,6 +293,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     assert_eq!(inst["verdict"], "verified", "{inst}");
     assert_eq!(inst["compose"]["file"], COMPOSE);
     assert_eq!(inst["compose"]["images"][0], WEB_IMAGE, "{inst}");
+    assert_eq!(inst["compose"]["storage"], STORAGE, "{inst}");
     let roles: Vec<&str> = inst["chain"]
         .as_array()
         .unwrap()
@@ -304,7 +309,11 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         .unwrap()
         .iter()
         .all(|l| l["status"] == "verified"));
-    assert_eq!(inst["event_log"]["rows"].as_array().unwrap().len(), 5, "four boot events and one image");
+    assert_eq!(
+        inst["event_log"]["rows"].as_array().unwrap().len(),
+        6,
+        "four boot events, one image, the storage kind"
+    );
     assert_eq!(inst["report_data"]["binds_certificate_key"], true);
     let refused = &page["refused"][0];
     assert_eq!(refused["verdict"], "failed");
@@ -348,7 +357,10 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         assert_eq!(class, "verified", "{text}");
     }
     assert!(good_section.contains("KMS root CA") && good_section.contains("app CA"));
-    assert!(good_section.contains(WEB_IMAGE), "the page shows the service's image");
+    assert!(
+        good_section.contains(WEB_IMAGE),
+        "the page shows the service's image"
+    );
     assert!(good_section.contains("&quot;shop&quot;") || good_section.contains("\"shop\""));
     let bad_section = section(&dom, &bad.instance_id.to_hex(), true);
     assert!(bad_section.contains("data-verdict=\"failed\""));

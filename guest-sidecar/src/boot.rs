@@ -31,6 +31,7 @@ use crate::containers::{connect_docker, AppDeployment, ContainerManager, Manager
 use crate::front::{self, CertSlot, FrontLimits, FrontResolver, Routes};
 use crate::guest_api::{self, GuestState, KeySource};
 use crate::register::{GatewayTarget, Registrar, Registration};
+use crate::storage;
 
 #[derive(Debug, thiserror::Error)]
 #[error("boot step {step}: {message}")]
@@ -151,6 +152,11 @@ impl Rotator {
 impl Running {
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// The RTMR3 event log as measured so far.
+    pub fn event_log(&self) -> ratls::eventlog::EventLog {
+        self.rotator.measurer.event_log()
     }
 
     /// What the sidecar sends gateways when it registers.
@@ -286,39 +292,50 @@ fn pem_certs(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Records each service's image (resolved by content) in RTMR3 before anything starts, or
-/// checks a resumed log recorded exactly these images.
-fn measure_images(
+/// Records each service's image (resolved by content) and the storage kind in RTMR3
+/// before anything starts, or checks a resumed log recorded exactly these.
+fn measure_runtime(
     measurer: &Measurer,
     images: &BTreeMap<String, ResolvedImage>,
     start_order: &[String],
+    storage_kind: &str,
     data_dir: &Path,
 ) -> Result<(), BootError> {
     let m = step("measure");
-    let want: Vec<String> = start_order
+    let mut want: Vec<(&str, String)> = start_order
         .iter()
-        .filter_map(|s| images.get(s).map(|r| r.event_payload(s)))
+        .filter_map(|s| images.get(s).map(|r| (names::IMAGE, r.event_payload(s))))
         .collect();
+    want.push((names::STORAGE, storage_kind.to_string()));
     let log = measurer.event_log();
-    let logged: Vec<String> = log
-        .payloads(names::IMAGE)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
+    let logged: Vec<(&str, String)> = [names::IMAGE, names::STORAGE]
+        .into_iter()
+        .flat_map(|n| {
+            log.payloads(n)
+                .map(move |p| (n, String::from_utf8_lossy(p).into_owned()))
+        })
         .collect();
     if !logged.is_empty() {
         if logged != want {
+            let show = |v: &[(&str, String)]| {
+                v.iter()
+                    .map(|(n, p)| format!("{n} {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             return Err(m(format!(
-                "this TD measured other images ({}) than the compose now resolves to ({}); refusing to run them",
-                logged.join(", "),
-                want.join(", ")
+                "this TD measured other images or storage ({}) than it now has ({}); refusing to run them",
+                show(&logged),
+                show(&want)
             )));
         }
         return Ok(());
     }
-    for payload in &want {
+    for (name, payload) in &want {
         measurer
-            .emit(names::IMAGE, payload.clone().into_bytes())
+            .emit(name, payload.clone().into_bytes())
             .map_err(|e| m(e.to_string()))?;
-        tracing::info!(image = %payload, "measured into RTMR3");
+        tracing::info!(event = name, payload = %payload, "measured into RTMR3");
     }
     let saved_path = data_dir.join("event-log.json");
     let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
@@ -332,6 +349,7 @@ async fn start_containers(
     loaded: &LoadedAppCompose,
     spec: crate::compose::ComposeSpec,
     measurer: &Measurer,
+    disk_key: Option<&kms::secret::SecretBytes>,
 ) -> Result<(Option<ContainerManager>, HashMap<u16, SocketAddr>), BootError> {
     let c = step("containers");
     // Every image pinned by content, or refused naming the service (before Docker).
@@ -342,6 +360,24 @@ async fn start_containers(
     )
     .map_err(|e| step("compose")(e.to_string()))?;
     let start_order = spec.start_order.clone();
+    // storage: named volumes on gocryptfs under the disk key, before any container.
+    let volumes: Vec<String> = spec.volumes.iter().cloned().collect();
+    let (storage_kind, volume_dirs) = match disk_key {
+        Some(key) => {
+            let mounted = storage::mount_all(&cfg.data_dir, &volumes, key.expose())
+                .map_err(|e| step("storage")(e.to_string()))?;
+            (storage::KIND_GOCRYPTFS, mounted.dirs)
+        }
+        None => {
+            if !volumes.is_empty() {
+                tracing::warn!(
+                    ?volumes,
+                    "key_provider = none: no disk key, so the app's volumes are NOT encrypted"
+                );
+            }
+            (storage::KIND_NONE, BTreeMap::new())
+        }
+    };
     let docker = connect_docker(&cfg.docker_socket, Duration::from_secs(10))
         .await
         .map_err(|e| c(e.to_string()))?;
@@ -352,6 +388,7 @@ async fn start_containers(
             compose_hash: loaded.compose_hash,
             spec,
             images: loaded.compose.images.clone(),
+            volume_dirs,
         },
         ManagerConfig {
             allow_unpinned: cfg.dev_allow_unpinned_images,
@@ -362,7 +399,7 @@ async fn start_containers(
         .resolve_images()
         .await
         .map_err(|e| c(e.to_string()))?;
-    measure_images(measurer, &images, &start_order, &cfg.data_dir)?;
+    measure_runtime(measurer, &images, &start_order, storage_kind, &cfg.data_dir)?;
     manager.up().await.map_err(|e| c(e.to_string()))?;
     let mut ports = HashMap::new();
     for port in &loaded.compose.exposed_ports {
@@ -468,6 +505,8 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     // Without a KMS there is no app secret: keys "derived" from the (public) compose hash
     // could be computed by anyone, so the guest API serves none.
     type Keys = (Option<Arc<CertAuthority>>, Option<Arc<dyn KeySource>>);
+    // The disk key, for the app's encrypted volumes (only with a KMS).
+    let mut disk_key: Option<kms::secret::SecretBytes> = None;
     let (app_ca, keys): Keys = match loaded.compose.key_provider {
         KeyProvider::None => {
             tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only); the guest API's /key and /tls-key answer 503");
@@ -544,10 +583,10 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
                 tracing::info!(count = vars.len(), "encrypted environment decrypted");
                 env_vars = vars;
             }
-            (
-                Some(Arc::new(ca)),
-                Some(Arc::new(DerivedKeys(released.disk_key.clone()))),
-            )
+            (Some(Arc::new(ca)), {
+                disk_key = Some(released.disk_key.clone());
+                Some(Arc::new(DerivedKeys(released.disk_key.clone())))
+            })
         }
     };
 
@@ -558,7 +597,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         .compose_spec(&env_vars, &ComposeOptions::default())
         .map_err(|e| c(e.to_string()))?;
     let (manager, ports) = if cfg.runtime.uses_docker() {
-        start_containers(cfg, &loaded, spec, &measurer).await?
+        start_containers(cfg, &loaded, spec, &measurer, disk_key.as_ref()).await?
     } else {
         (None, development_upstreams(cfg, &loaded)?)
     };

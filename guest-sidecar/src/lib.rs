@@ -9,6 +9,8 @@
 //!                        │ docker_compose (YAML, env-interpolated)
 //!                        ▼
 //!                      compose::ComposeSpec ──▶ containers::ContainerManager ──▶ Docker (bollard)
+//!                        images pinned (containers::pins) ┘   named volumes ◀── storage (gocryptfs,
+//!                                                                                KMS disk key)
 //!                                                 up / watch / logs / endpoints / down
 //!                                                 │ service → container port → 127.0.0.1:port
 //!                                                 ▼
@@ -20,6 +22,7 @@
 //!   supported docker compose subset ([`compose::spec`]).
 //! - [`boot`]: the boot flow. With `runtime = "none"` (development only, simulated
 //!   quotes) no containers run and the front forwards to the config's `upstreams`.
+//! - [`storage`]: named volumes on gocryptfs keyed by the KMS disk key.
 //! - [`containers`]: the container manager (network, volumes, images, containers in
 //!   dependency order, adoption by label, restart watcher, logs, teardown).
 
@@ -29,3 +32,4 @@ pub mod containers;
 pub mod front;
 pub mod guest_api;
 pub mod register;
+pub mod storage;

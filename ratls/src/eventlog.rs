@@ -15,9 +15,18 @@ pub mod names {
     pub const KEY_PROVIDER: &str = "key-provider";
     /// One per service, before its container starts: `<service>@sha256:<content id>`.
     pub const IMAGE: &str = "image";
+    /// How the app's volumes are stored (`gocryptfs …` or `none: …`).
+    pub const STORAGE: &str = "storage";
     /// Names only the boot flow records; an app emitting one is refused, so nothing can
-    /// forge a second compose hash or image.
-    pub const RESERVED: &[&str] = &[COMPOSE_HASH, APP_ID, INSTANCE_ID, KEY_PROVIDER, IMAGE];
+    /// forge a second compose hash, image or storage kind.
+    pub const RESERVED: &[&str] = &[
+        COMPOSE_HASH,
+        APP_ID,
+        INSTANCE_ID,
+        KEY_PROVIDER,
+        IMAGE,
+        STORAGE,
+    ];
 }
 
 pub const MAX_EVENTS: usize = 1024;

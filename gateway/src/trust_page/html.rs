@@ -269,6 +269,14 @@ fn instance(i: &InstanceView) -> Markup {
                         code.hex { (img) } br;
                     }
                 }
+                dt { "Storage" }
+                dd {
+                    @match &i.compose.storage {
+                        Some(kind) if kind.starts_with("none") => { span.badge.failed { "not encrypted" } " " (kind) }
+                        Some(kind) => { (kind) }
+                        None => span.muted { "no storage event" },
+                    }
+                }
             }
             @match &i.compose.file {
                 Some(f) => {

@@ -116,6 +116,8 @@ pub struct ComposeView {
     /// Each service's image as RTMR3 records it (`<service>@sha256:<id>`, with
     /// ` (unpinned)` when nothing pinned it), from the replayed log's `image` events.
     pub images: Vec<String>,
+    /// How the app's volumes are stored, from the `storage` event.
+    pub storage: Option<String>,
     /// `app-compose.json` as registered; only kept when it hashes to the compose hash.
     pub file: Option<String>,
 }
@@ -172,8 +174,21 @@ impl InstanceView {
                     .replay
                     .iter()
                     .filter(|r| r.name == ratls::eventlog::names::IMAGE)
-                    .map(|r| r.payload_text.clone().unwrap_or_else(|| r.payload_hex.clone()))
+                    .map(|r| {
+                        r.payload_text
+                            .clone()
+                            .unwrap_or_else(|| r.payload_hex.clone())
+                    })
                     .collect(),
+                storage: ins
+                    .replay
+                    .iter()
+                    .find(|r| r.name == ratls::eventlog::names::STORAGE)
+                    .map(|r| {
+                        r.payload_text
+                            .clone()
+                            .unwrap_or_else(|| r.payload_hex.clone())
+                    }),
                 file: compose_file,
             },
         }

@@ -189,6 +189,9 @@ pub struct AppDeployment {
     pub compose_hash: ComposeHash,
     pub spec: ComposeSpec,
     pub images: Vec<ImageTarball>,
+    /// Named volumes backed by a directory (an encrypted filesystem's plaintext side):
+    /// bind-mounted instead of being Docker volumes.
+    pub volume_dirs: BTreeMap<String, std::path::PathBuf>,
 }
 
 /// How `up` got each service's container.
@@ -562,6 +565,9 @@ impl ContainerManager {
 
     async fn ensure_volumes(&self) -> Result<()> {
         for v in &self.inner.app.spec.volumes {
+            if self.inner.app.volume_dirs.contains_key(v) {
+                continue;
+            }
             let name = volume_name(&self.inner.app.app_id, v);
             let mut labels = HashMap::from([(LABEL_APP_ID.to_string(), self.app_hex())]);
             labels.insert("teegate.volume".into(), v.clone());
@@ -692,12 +698,21 @@ impl ContainerManager {
                     name,
                     target,
                     read_only,
-                } => Mount {
-                    typ: Some(MountType::VOLUME),
-                    source: Some(volume_name(&app.app_id, name)),
-                    target: Some(target.clone()),
-                    read_only: Some(*read_only),
-                    ..Default::default()
+                } => match app.volume_dirs.get(name) {
+                    Some(dir) => Mount {
+                        typ: Some(MountType::BIND),
+                        source: Some(dir.display().to_string()),
+                        target: Some(target.clone()),
+                        read_only: Some(*read_only),
+                        ..Default::default()
+                    },
+                    None => Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(volume_name(&app.app_id, name)),
+                        target: Some(target.clone()),
+                        read_only: Some(*read_only),
+                        ..Default::default()
+                    },
                 },
                 VolumeMount::Anonymous { target } => Mount {
                     typ: Some(MountType::VOLUME),

@@ -153,6 +153,7 @@ pub fn deployment(loaded: &LoadedAppCompose) -> AppDeployment {
             .compose_spec(&Default::default(), &Default::default())
             .expect("compose spec"),
         images: loaded.compose.images.clone(),
+        volume_dirs: Default::default(),
     }
 }
 
