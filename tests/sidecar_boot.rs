@@ -517,3 +517,32 @@ async fn app_volumes_are_encrypted_survive_a_restart_and_open_on_another_host() 
     }
     moved.shutdown();
 }
+
+#[tokio::test]
+async fn an_unpinned_image_stops_the_boot_at_compose_naming_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose_path = dir.path().join("app-compose.json");
+    // The KMS is never reached: the refusal comes first.
+    let mut compose: serde_json::Value =
+        serde_json::from_str(&compose_json("unpinned", "teegate-test/busybox:latest")).unwrap();
+    compose["key_provider"] = "none".into();
+    compose.as_object_mut().unwrap().remove("kms_url");
+    compose["allowed_envs"] = serde_json::json!([]);
+    let yaml = compose["docker_compose"]
+        .as_str()
+        .unwrap()
+        .replace("      GREETING: ${GREETING}\n", "      GREETING: x\n");
+    compose["docker_compose"] = yaml.into();
+    std::fs::write(&compose_path, compose.to_string()).unwrap();
+    let cfg = sidecar_config(dir.path(), &compose_path, 1, None, None);
+    let err = match boot::boot(&cfg).await {
+        Ok(_) => panic!("boot must fail"),
+        Err(e) => e,
+    };
+    assert_eq!(err.step, "compose", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("service web") && msg.contains("not pinned by content"),
+        "{msg}"
+    );
+}
