@@ -118,7 +118,7 @@ impl Policy {
                 .payloads(crate::eventlog::names::IMAGE)
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .collect();
-            if !logged.iter().any(|l| *l == want) {
+            if !logged.contains(&want) {
                 let found = logged
                     .iter()
                     .find(|l| l.starts_with(&prefix))

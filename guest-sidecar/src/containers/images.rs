@@ -242,7 +242,7 @@ impl ContainerManager {
         }
         let repo_ref = format!("{name}@{digest}");
         if let Some((id, repo_digests)) = self.image_id(service, &repo_ref).await? {
-            if repo_digests.iter().any(|d| *d == repo_ref) {
+            if repo_digests.contains(&repo_ref) {
                 return Ok(Some(id));
             }
         }
