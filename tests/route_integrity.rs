@@ -184,6 +184,14 @@ async fn a_named_app_id_is_routed_only_when_a_pinned_kms_signed_its_app_ca() {
 async fn an_instance_id_cannot_be_taken_from_another_app_or_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    // Until the gateway runs attested, its log says what that means for the traffic.
+    assert!(
+        gw.proc
+            .log()
+            .contains("this gateway is not attested: its operator can read the traffic"),
+        "{}",
+        gw.proc.log()
+    );
     let ca = gw.dev_ca_pem();
     let victim = identity(VICTIM, 9);
     let victim_cert = ratls_cert(&victim);

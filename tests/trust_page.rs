@@ -277,6 +277,11 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         .unwrap();
     assert_eq!(index["apps"][0]["app_id"], app.as_str(), "{index}");
     assert_eq!(index["simulated"], true);
+    assert_eq!(index["gateway"]["attested"], false);
+    assert_eq!(
+        index["gateway"]["note"],
+        "this gateway is not attested: its operator can read the traffic"
+    );
     assert!(index["refused"][0]["error"]
         .as_str()
         .unwrap()
@@ -341,6 +346,10 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let url = format!("{base}/apps/{app}");
     let dom = tokio::task::block_in_place(|| chromium(&gw, &profile, &url, &["--dump-dom"]));
     assert!(dom.contains("SIMULATED TDX"), "no SIMULATED banner");
+    assert!(
+        dom.contains("this gateway is not attested: its operator can read the traffic"),
+        "no unattested-gateway banner"
+    );
     let good_section = section(&dom, &good.instance_id.to_hex(), false);
     assert!(good_section.contains("data-verdict=\"verified\""));
     let good_links = links(good_section);

@@ -299,6 +299,8 @@ pub fn run(
             "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
         );
     }
+    // The gateway does not run as an attested app yet ([attestation] is not built): say so.
+    tracing::warn!("{}", crate::trust_page::model::NOT_ATTESTED);
     match cfg.verifier.kms_roots.len() {
         0 => tracing::info!(
             "app authorisation: content-addressed app ids only (no verifier.kms_roots pinned)"

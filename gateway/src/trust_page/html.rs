@@ -7,7 +7,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use ratls::Outcome;
 
-use super::model::{AppView, IndexView, InstanceView};
+use super::model::{AppView, GatewayView, IndexView, InstanceView};
 
 const STYLE: &str = r#"
 :root{--ok:#0a7d35;--bad:#b3261e;--muted:#5f6368;--line:#dadce0;--bg:#fff;--fg:#202124;--code:#f6f8fa}
@@ -35,7 +35,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:0}d
 .muted{color:var(--muted)}
 "#;
 
-fn layout(title: &str, simulated: bool, body: Markup) -> Markup {
+fn layout(title: &str, simulated: bool, gateway: &GatewayView, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -46,6 +46,9 @@ fn layout(title: &str, simulated: bool, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
+                @if !gateway.attested {
+                    p.banner id="gateway-not-attested" { (gateway.note) "." }
+                }
                 @if simulated {
                     p.banner id="simulated" {
                         "SIMULATED TDX: these quotes are signed by teegate's simulated Intel PKI, for development. They prove nothing about hardware."
@@ -140,6 +143,7 @@ pub fn index(v: &IndexView) -> Markup {
     layout(
         &format!("Chain of trust · {}", v.base_domain),
         v.simulated,
+        &v.gateway,
         body,
     )
 }
@@ -159,7 +163,7 @@ pub fn app(v: &AppView) -> Markup {
             @for i in &v.refused { (instance(i)) }
         }
     };
-    layout(&format!("App {}", v.app_id), v.simulated, body)
+    layout(&format!("App {}", v.app_id), v.simulated, &v.gateway, body)
 }
 
 fn instance(i: &InstanceView) -> Markup {

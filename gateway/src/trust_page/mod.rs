@@ -175,6 +175,7 @@ impl TrustPages {
             .collect();
         let view = IndexView {
             base_domain: self.base_domain.clone(),
+            gateway: model::GatewayView::unattested(),
             simulated: apps.iter().flat_map(|a| &a.instances).any(|i| i.simulated),
             apps,
             refused,
@@ -238,6 +239,7 @@ impl TrustPages {
         }
         let view = AppView {
             base_domain: self.base_domain.clone(),
+            gateway: model::GatewayView::unattested(),
             app_id: app.to_hex(),
             url: self.app_url(&app.to_hex()),
             simulated: instances.iter().chain(&refused).any(|i| i.simulated),

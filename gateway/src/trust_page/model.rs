@@ -9,10 +9,32 @@ use ratls::chain::ChainLink;
 use ratls::inspect::{Check, QuoteFacts, ReplayRow};
 use ratls::{Inspection, Measurement, ReportData, TcbStatus};
 
+/// What the gateway that made this page says about itself. Browsers cannot check RA-TLS,
+/// so the terminator's own attestation is the first link; until the gateway runs as an
+/// attested app it says so on every surface.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayView {
+    pub attested: bool,
+    pub note: &'static str,
+}
+
+/// The words every surface uses for an unattested gateway.
+pub const NOT_ATTESTED: &str = "this gateway is not attested: its operator can read the traffic";
+
+impl GatewayView {
+    pub fn unattested() -> Self {
+        Self {
+            attested: false,
+            note: NOT_ATTESTED,
+        }
+    }
+}
+
 /// `GET /`: every app and instance, and recent refusals.
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexView {
     pub base_domain: String,
+    pub gateway: GatewayView,
     /// True when any instance shown runs on SIMULATED TDX.
     pub simulated: bool,
     pub apps: Vec<AppSummary>,
@@ -48,6 +70,7 @@ pub struct RefusedSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct AppView {
     pub base_domain: String,
+    pub gateway: GatewayView,
     pub app_id: String,
     pub url: String,
     pub simulated: bool,
