@@ -102,6 +102,11 @@ pub fn parse_label(label: &str) -> Result<Target, NameError> {
     if label.len() > MAX_LABEL_LEN {
         return Err(NameError::BadLabel("label longer than 63 characters"));
     }
+    // Byte offsets below assume ASCII; anything else is no name of ours (and slicing a
+    // multi-byte character would panic: found by fuzzing).
+    if !label.is_ascii() {
+        return Err(NameError::BadLabel("only ASCII letters, digits and '-'"));
+    }
     let label = label.to_ascii_lowercase();
     let rest = label.strip_prefix("0x").unwrap_or(&label);
     if rest.len() < 40 {
@@ -185,6 +190,21 @@ mod tests {
         let t = ok(&format!("{ID}-50051g.{BASE}"));
         assert_eq!((t.port, t.mode), (50051, Mode::Grpc));
         assert_eq!(ok(&format!("{ID}g.{BASE}")).mode, Mode::Grpc);
+    }
+
+    #[test]
+    fn non_ascii_labels_are_refused_not_a_panic() {
+        // The fuzzer's input: a multi-byte character across the 40-byte id boundary.
+        let crash: &[u8] = &[
+            205, 169, 112, 115, 46, 101, 120, 120, 120, 59, 59, 59, 59, 59, 59, 59, 59, 59, 59,
+            59, 59, 4, 59, 59, 59, 59, 120, 97, 109, 112, 112, 108, 84, 86, 86, 36, 13, 13, 13,
+            205, 169, 84, 86, 86, 36, 13, 13,
+        ];
+        let host = std::str::from_utf8(crash).unwrap();
+        assert!(parse_label(host).is_err());
+        assert!(parse(host, "apps.example.com").is_err());
+        let label = format!("{}\u{369}s", "a".repeat(39));
+        assert!(matches!(parse_label(&label), Err(NameError::BadLabel(_))));
     }
 
     #[test]
