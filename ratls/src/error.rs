@@ -59,6 +59,8 @@ pub enum Reason {
     MissingExtension(&'static str),
     #[error("evidence: {0}")]
     Evidence(String),
+    #[error("certificate has no teegate app claims: its CCC claims buffer has no \"teegate-claims\" key (a CCC RA-TLS certificate from another implementation)")]
+    NoAppClaims,
     #[error("quote: {0}")]
     Quote(String),
     #[error(
