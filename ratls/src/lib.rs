@@ -21,6 +21,7 @@
 
 pub mod authorise;
 pub mod cache;
+pub mod ccc;
 pub mod cert;
 pub mod chain;
 pub mod collateral;

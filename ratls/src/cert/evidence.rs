@@ -127,7 +127,7 @@ pub fn claims_buffer(spki_der: &[u8], nonce: Option<&[u8]>, app: Option<Value>) 
 }
 
 /// A key of a claims-buffer map as people read it: the text, or CBOR's debug form.
-fn key_name(k: &Value) -> String {
+pub fn key_name(k: &Value) -> String {
     match k {
         Value::Text(t) => t.chars().take(80).collect(),
         Value::Integer(i) => i128::from(*i).to_string(),
