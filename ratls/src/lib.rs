@@ -27,6 +27,7 @@ pub mod chain;
 pub mod collateral;
 pub mod error;
 pub mod eventlog;
+pub mod fresh;
 mod hexser;
 pub mod inspect;
 pub mod pins;
