@@ -236,7 +236,10 @@ fn ratls_inspect_reads_other_implementations_ccc_certificates() {
         );
         assert!(!err.contains("no teegate app claims extension"), "{err}");
         assert!(out.contains("claims keys     pubkey-hash"), "{out}");
-        assert!(out.contains("quote           SGX quote v3 (tee_type 0)"), "{out}");
+        assert!(
+            out.contains("quote           SGX quote v3 (tee_type 0)"),
+            "{out}"
+        );
         let line = |step: &str| {
             out.lines()
                 .find(|l| l.starts_with(step))
@@ -246,7 +249,10 @@ fn ratls_inspect_reads_other_implementations_ccc_certificates() {
         assert!(line("parse ").contains("verified"), "{out}");
         assert!(line("key-binding").contains("verified"), "{out}");
         let q = line("quote-signature");
-        assert!(q.contains("failed") && q.contains("SGX (tee_type 0)"), "{q}");
+        assert!(
+            q.contains("failed") && q.contains("SGX (tee_type 0)"),
+            "{q}"
+        );
         assert!(q.contains("teegate verifies TDX quotes"), "{q}");
         assert!(line("policy").contains("not checked"), "{out}");
         assert!(out.contains("FAILED at quote-signature"), "{out}");

@@ -73,8 +73,13 @@ fn openssl_len(pem: &Path) -> usize {
     let text = run(Command::new("openssl")
         .args(["x509", "-text", "-noout", "-certopt", "ext_dump", "-in"])
         .arg(pem));
-    let mut lines = text.lines().skip_while(|l| l.trim() != format!("{EVIDENCE}:"));
-    assert!(lines.next().is_some(), "openssl shows no {EVIDENCE}:\n{text}");
+    let mut lines = text
+        .lines()
+        .skip_while(|l| l.trim() != format!("{EVIDENCE}:"));
+    assert!(
+        lines.next().is_some(),
+        "openssl shows no {EVIDENCE}:\n{text}"
+    );
     let mut len = None;
     for line in lines {
         let Some((off, rest)) = line.trim().split_once(" - ") else {

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use guest_sidecar::front::{self, CertSlot, Fresh, FreshLimits, FrontLimits, FrontResolver, Routes};
+use guest_sidecar::front::{
+    self, CertSlot, Fresh, FreshLimits, FrontLimits, FrontResolver, Routes,
+};
 use ratls::cert::{issue, CertProfile, Identity};
 use ratls::provider::SimulatedProvider;
 use rustls::pki_types::ServerName;
@@ -111,7 +113,13 @@ fn pins() -> ratls::pins::Pins {
 async fn handshake(
     front: &FreshFront,
     fresh: bool,
-) -> Result<(Vec<Vec<u8>>, tokio_rustls::client::TlsStream<tokio::net::TcpStream>), String> {
+) -> Result<
+    (
+        Vec<Vec<u8>>,
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    ),
+    String,
+> {
     let config = if fresh {
         ratls::pins::fresh_client_config(&pins()).unwrap().0
     } else {
@@ -164,7 +172,9 @@ async fn fresh_handshake_quotes_the_clients_nonce_and_still_speaks_http1() {
     assert_ne!(fresh[0], normal[0]);
     // The client offered [teegate-fresh-…, http/1.1]: HTTP/1.1 is what was negotiated.
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut resp = String::new();
     tls.read_to_string(&mut resp).await.unwrap_or_default();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -181,7 +191,10 @@ async fn fresh_handshake_quotes_the_clients_nonce_and_still_speaks_http1() {
         "--fresh".into(),
     ])
     .await;
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("pin nonce"), "{out}");
     assert!(out.contains("verification    OK"), "{out}");
@@ -253,7 +266,10 @@ async fn the_rate_bound_refuses_the_next_fresh_handshake_but_not_normal_ones() {
         assert!(nonce_of(&chain[0]).is_some());
     }
     let refused = handshake(&front, true).await;
-    assert!(refused.is_err(), "the 4th fresh handshake within the window");
+    assert!(
+        refused.is_err(),
+        "the 4th fresh handshake within the window"
+    );
     // Refused means no certificate at all, never the instance's certificate passed off
     // as fresh; and the same source's normal handshakes are unaffected.
     for _ in 0..3 {

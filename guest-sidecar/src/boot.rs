@@ -686,8 +686,12 @@ fn fresh_issuer(
         let mut profile = CertProfile::server_and_client(names.clone(), validity);
         profile.client_auth = false;
         profile.nonce = Some(nonce.to_vec());
-        let cert = issue(&measurer, &identity, &profile, app_ca.as_deref()).map_err(|e| e.to_string())?;
+        let cert =
+            issue(&measurer, &identity, &profile, app_ca.as_deref()).map_err(|e| e.to_string())?;
         front::certified_key(cert.rustls_chain(), cert.rustls_key()).map_err(|e| e.to_string())
     };
-    Arc::new(front::Fresh::new(Arc::new(issue_fresh), limits.fresh.clone()))
+    Arc::new(front::Fresh::new(
+        Arc::new(issue_fresh),
+        limits.fresh.clone(),
+    ))
 }

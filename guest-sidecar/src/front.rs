@@ -238,10 +238,8 @@ pub async fn serve_with_fresh(
         tokio::spawn(async move {
             let _permit = permit;
             let handshake = async {
-                let acceptor = tokio_rustls::LazyConfigAcceptor::new(
-                    rustls::server::Acceptor::default(),
-                    tcp,
-                );
+                let acceptor =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
                 let start = acceptor.await.ok()?;
                 let config = pick_config(
                     &start.client_hello(),

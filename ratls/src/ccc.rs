@@ -142,7 +142,9 @@ pub fn inspect_ccc(der: &[u8]) -> CccInspection {
         Outcome::Verified {
             detail: format!(
                 "CCC evidence (2.23.133.5.4.9) decodes: quote {}, claims buffer{}",
-                header.map(|h| h.tee_name()).unwrap_or_else(|| "malformed".into()),
+                header
+                    .map(|h| h.tee_name())
+                    .unwrap_or_else(|| "malformed".into()),
                 if cert.claims.is_some() {
                     " with teegate app claims"
                 } else {

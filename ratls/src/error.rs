@@ -92,7 +92,9 @@ pub enum Reason {
         "claims-buffer pubkey-hash {found} does not match the certificate key's hash {expected}"
     )]
     PubkeyHashMismatch { expected: String, found: String },
-    #[error("the certificate carries no nonce, but this client asked for a fresh quote over {expected}")]
+    #[error(
+        "the certificate carries no nonce, but this client asked for a fresh quote over {expected}"
+    )]
     NoNonce { expected: String },
     #[error("the certificate's nonce {found} is not the {expected} this client sent: a replayed certificate")]
     NonceMismatch { expected: String, found: String },

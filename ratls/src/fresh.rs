@@ -99,12 +99,76 @@ mod tests {
         assert_eq!(nonce_from_alpn([&b"http/1.1"[..]]).unwrap(), None);
         let late: [&[u8]; 2] = [b"http/1.1", &id];
         assert_eq!(nonce_from_alpn(late), Err(FreshRequestError::NotFirst));
-        for bad in [&b"teegate-fresh-"[..], b"teegate-fresh-AB", b"teegate-fresh-abc"] {
+        for bad in [
+            &b"teegate-fresh-"[..],
+            b"teegate-fresh-AB",
+            b"teegate-fresh-abc",
+        ] {
             assert_eq!(nonce_from_alpn([bad]), Err(FreshRequestError::BadNonce));
         }
         let long = alpn_id(&[1; MAX_NONCE_LEN + 1]);
-        assert_eq!(nonce_from_alpn([&long[..]]), Err(FreshRequestError::BadNonce));
+        assert_eq!(
+            nonce_from_alpn([&long[..]]),
+            Err(FreshRequestError::BadNonce)
+        );
         assert!(alpn_id(&[1; MAX_NONCE_LEN]).len() <= 255);
+    }
+
+    fn sim_cert(nonce: Option<&[u8]>) -> Vec<u8> {
+        use crate::cert::{issue, CertProfile, Identity};
+        use crate::eventlog::names;
+        use crate::provider::{Measurer, SimulatedProvider};
+        let compose_hash = crate::ComposeHash::of(b"fresh");
+        let id = Identity {
+            app_id: compose_hash.default_app_id(),
+            compose_hash,
+            instance_id: crate::InstanceId([3; 20]),
+        };
+        let m = Measurer::new(std::sync::Arc::new(SimulatedProvider::new()));
+        m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+            .unwrap();
+        m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
+        m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+            .unwrap();
+        let mut p = CertProfile::server_and_client(
+            vec!["x.test".into()],
+            std::time::Duration::from_secs(60),
+        );
+        p.nonce = nonce.map(<[u8]>::to_vec);
+        issue(&m, &id, &p, None).unwrap().cert_der
+    }
+
+    #[test]
+    fn the_verifier_checks_freshness_after_key_binding_only_when_asked() {
+        let mut policy = crate::Policy::any_measurements();
+        policy.allow_simulated = true;
+        let v = crate::AttestationVerifier::new(
+            std::sync::Arc::new(crate::collateral::SourceChain::new()),
+            policy,
+        );
+        let fresh = sim_cert(Some(b"n1"));
+        // Without a nonce expected the step is not listed: pages stay as they were.
+        let ins = v.inspect(&fresh);
+        assert!(ins.passed());
+        assert!(ins.check(Step::Freshness).is_none());
+        let v1 = v.clone().expect_nonce(b"n1".to_vec());
+        let ins = v1.inspect(&fresh);
+        assert!(ins.passed(), "{:?}", ins.verdict().err());
+        let steps: Vec<Step> = ins.checks.iter().map(|c| c.step).collect();
+        let kb = steps.iter().position(|s| *s == Step::KeyBinding).unwrap();
+        assert_eq!(steps[kb + 1], Step::Freshness);
+        // Replayed to a client that sent n2, or a certificate without any nonce.
+        let e = v
+            .clone()
+            .expect_nonce(b"n2".to_vec())
+            .verify(&fresh)
+            .unwrap_err();
+        assert_eq!(e.step, Step::Freshness);
+        assert!(matches!(e.reason, Reason::NonceMismatch { .. }), "{e}");
+        let e = v1.verify(&sim_cert(None)).unwrap_err();
+        assert!(matches!(e.reason, Reason::NoNonce { .. }), "{e}");
+        // Issuing refuses a nonce longer than CCC allows.
+        assert!(std::panic::catch_unwind(|| sim_cert(Some(&[0; 65]))).is_err());
     }
 
     #[test]

@@ -47,9 +47,12 @@ impl QuoteHeader {
         if bytes.is_empty() {
             return Err(QuoteError::Empty);
         }
-        let h = bytes
-            .get(..HEADER_LEN)
-            .ok_or_else(|| QuoteError::Malformed(format!("{} bytes is shorter than a quote header", bytes.len())))?;
+        let h = bytes.get(..HEADER_LEN).ok_or_else(|| {
+            QuoteError::Malformed(format!(
+                "{} bytes is shorter than a quote header",
+                bytes.len()
+            ))
+        })?;
         Ok(Self {
             version: u16::from_le_bytes([h[0], h[1]]),
             att_key_type: u16::from_le_bytes([h[2], h[3]]),
@@ -289,7 +292,10 @@ mod tests {
     fn the_header_names_the_tee_before_tdx_parsing() {
         let q = vector("dcap-qvl_tdx_quote");
         let h = QuoteHeader::peek(&q).unwrap();
-        assert_eq!((h.version, h.tee_type, h.tee_name().as_str()), (4, 0x81, "TDX"));
+        assert_eq!(
+            (h.version, h.tee_type, h.tee_name().as_str()),
+            (4, 0x81, "TDX")
+        );
         assert_eq!(h.sgx_report_data(&q), None);
         // An SGX header with a body dcap-qvl's TDX parser would not read.
         let mut sgx = q[..HEADER_LEN].to_vec();

@@ -176,9 +176,8 @@ impl RaTlsCheck {
             }
         }
         if let Some(nonce) = &self.expected_nonce {
-            let fresh = crate::cert::parse_ccc_cert(end_entity).and_then(|c| {
-                crate::fresh::check_freshness(&c.claims_buffer, nonce)
-            });
+            let fresh = crate::cert::parse_ccc_cert(end_entity)
+                .and_then(|c| crate::fresh::check_freshness(&c.claims_buffer, nonce));
             if let Err(e) = fresh {
                 tracing::warn!(error = %e, "RA-TLS peer rejected");
                 return Err(other(e));

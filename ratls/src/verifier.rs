@@ -332,7 +332,10 @@ impl AttestationVerifier {
                 Ok(()) => ins.set(
                     Step::Freshness,
                     Outcome::Verified {
-                        detail: format!("the claims buffer carries this client's nonce {}", hex::encode(nonce)),
+                        detail: format!(
+                            "the claims buffer carries this client's nonce {}",
+                            hex::encode(nonce)
+                        ),
                     },
                 ),
                 Err(e) => fail(&mut ins, e),

@@ -211,7 +211,10 @@ fn foreign(der: &[u8], json_out: bool) -> Result<ExitCode> {
         if let Some(ev) = &ins.evidence {
             println!("claims keys     {}", ev.claim_keys.join(", "));
             if !ev.other_keys.is_empty() {
-                println!("unknown keys    {} (listed, not interpreted)", ev.other_keys.join(", "));
+                println!(
+                    "unknown keys    {} (listed, not interpreted)",
+                    ev.other_keys.join(", ")
+                );
             }
             if let (Some(alg), Some(h)) = (ev.pubkey_hash_alg, &ev.pubkey_hash) {
                 println!("pubkey-hash     {alg} {}", hex::encode(h));
@@ -231,10 +234,18 @@ fn foreign(der: &[u8], json_out: bool) -> Result<ExitCode> {
             if let Some(rd) = &ev.report_data {
                 println!("report data     {rd}");
             }
-            println!("expected        {} (SHA-256 of the claims buffer)", ev.expected_report_data);
+            println!(
+                "expected        {} (SHA-256 of the claims buffer)",
+                ev.expected_report_data
+            );
         }
         for c in &ins.checks {
-            println!("{:<18}{:<12} {}", c.step.as_str(), c.outcome.label(), c.outcome.text());
+            println!(
+                "{:<18}{:<12} {}",
+                c.step.as_str(),
+                c.outcome.label(),
+                c.outcome.text()
+            );
         }
         match &error {
             Some(e) => println!("verification    FAILED at {}", e.step),

@@ -161,11 +161,7 @@ fn pins(args: &Args) -> Result<Pins> {
     })
 }
 
-fn fetch(
-    args: &Args,
-    verifier: Arc<Capture>,
-    fresh: Option<&[u8]>,
-) -> Result<Result<(), String>> {
+fn fetch(args: &Args, verifier: Arc<Capture>, fresh: Option<&[u8]>) -> Result<Result<(), String>> {
     let rest = args
         .target
         .strip_prefix("https://")

@@ -116,7 +116,10 @@ pub fn claims_buffer(spki_der: &[u8], nonce: Option<&[u8]>, app: Option<Value>) 
         Value::Integer(Integer::from(alg as u8)),
         Value::Bytes(alg.digest(spki_der)),
     ]));
-    let mut map = vec![(Value::Text(PUBKEY_HASH_KEY.into()), Value::Bytes(hash_entry))];
+    let mut map = vec![(
+        Value::Text(PUBKEY_HASH_KEY.into()),
+        Value::Bytes(hash_entry),
+    )];
     if let Some(n) = nonce {
         map.push((Value::Text(NONCE_KEY.into()), Value::Bytes(n.to_vec())));
     }
@@ -163,9 +166,7 @@ pub fn entry<'a>(entries: &'a [(Value, Value)], key: &str) -> Option<&'a Value> 
 pub fn other_keys(entries: &[(Value, Value)]) -> Vec<String> {
     entries
         .iter()
-        .filter(|(k, _)| {
-            !matches!(k.as_text(), Some(PUBKEY_HASH_KEY | NONCE_KEY | CLAIMS_KEY))
-        })
+        .filter(|(k, _)| !matches!(k.as_text(), Some(PUBKEY_HASH_KEY | NONCE_KEY | CLAIMS_KEY)))
         .map(|(k, _)| key_name(k))
         .collect()
 }

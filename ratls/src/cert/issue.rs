@@ -258,6 +258,75 @@ pub fn issue(
 mod tests {
     use super::*;
 
+    use crate::eventlog::names;
+    use crate::provider::SimulatedProvider;
+    use crate::{AppId, Reason, Step};
+    use ciborium::value::Value;
+
+    fn booted() -> (Measurer, Identity) {
+        let compose_hash = ComposeHash::of(b"bound");
+        let id = Identity {
+            app_id: compose_hash.default_app_id(),
+            compose_hash,
+            instance_id: InstanceId([4; 20]),
+        };
+        let m = Measurer::new(std::sync::Arc::new(SimulatedProvider::new()));
+        m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+            .unwrap();
+        m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
+        m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+            .unwrap();
+        (m, id)
+    }
+
+    fn verifier() -> crate::AttestationVerifier {
+        let mut policy = crate::Policy::any_measurements();
+        policy.allow_simulated = true;
+        crate::AttestationVerifier::new(
+            std::sync::Arc::new(crate::collateral::SourceChain::new()),
+            policy,
+        )
+    }
+
+    #[test]
+    fn the_quote_binds_the_app_claims_in_the_claims_buffer() {
+        let (m, id) = booted();
+        let profile =
+            CertProfile::server_and_client(vec!["x.test".into()], Duration::from_secs(60));
+        let cert = issue(&m, &id, &profile, None).unwrap();
+        let parsed = super::super::parse_ratls_cert(&cert.cert_der).unwrap();
+        assert_eq!(parsed.claims.app_id, id.app_id);
+        verifier().verify(&cert.cert_der).unwrap();
+
+        // Same key, same quote, but the app id inside the claims buffer rewritten: the
+        // report data no longer matches, so it fails at key-binding (before any replay).
+        let entries = evidence::claims_entries(&parsed.claims_buffer).unwrap();
+        let forged: Vec<(Value, Value)> = entries
+            .into_iter()
+            .map(|(k, v)| {
+                if k.as_text() == Some(super::super::claims::CLAIMS_KEY) {
+                    let mut c = AppClaims::from_value(&v).unwrap();
+                    c.app_id = AppId([0xee; 20]);
+                    (k, c.to_value())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let mut forged_cb = Vec::new();
+        ciborium::into_writer(&Value::Map(forged), &mut forged_cb).unwrap();
+        let key = KeyPair::try_from(cert.key_pkcs8_der().as_slice()).unwrap();
+        let mut params = CertificateParams::new(vec!["x.test".to_string()]).unwrap();
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            oid::EVIDENCE_OID,
+            evidence::encode(&parsed.quote, &forged_cb),
+        )];
+        let forged = params.self_signed(&key).unwrap();
+        let e = verifier().verify(forged.der()).unwrap_err();
+        assert_eq!(e.step, Step::KeyBinding, "{e}");
+        assert!(matches!(e.reason, Reason::ReportDataMismatch { .. }), "{e}");
+    }
+
     #[test]
     fn pem_wraps_der() {
         let text = pem_encode("CERTIFICATE", b"x");

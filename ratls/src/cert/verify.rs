@@ -114,9 +114,7 @@ pub fn parse_ccc_cert(der: &[u8]) -> Result<ParsedCccCert, VerifyError> {
 /// CCC certificate without teegate's claims is [`Reason::NoAppClaims`].
 pub fn parse_ratls_cert(der: &[u8]) -> Result<ParsedRaTlsCert, VerifyError> {
     let c = parse_ccc_cert(der)?;
-    let claims = c
-        .claims
-        .ok_or(VerifyError::parse(Reason::NoAppClaims))?;
+    let claims = c.claims.ok_or(VerifyError::parse(Reason::NoAppClaims))?;
     Ok(ParsedRaTlsCert {
         fingerprint: c.fingerprint,
         spki_der: c.spki_der,
