@@ -117,20 +117,13 @@ fn handshakes(c: &mut Criterion) {
             front::certified_key(cert.rustls_chain(), cert.rustls_key()).unwrap(),
         )),
     });
-    let (mi, ident) = (m.clone(), id.clone());
-    let issue_fresh = move |nonce: &[u8]| {
-        let mut p = CertProfile::server_and_client(names.clone(), Duration::from_secs(300));
-        p.nonce = Some(nonce.to_vec());
-        let c = issue(&mi, &ident, &p, None).map_err(|e| e.to_string())?;
-        front::certified_key(c.rustls_chain(), c.rustls_key()).map_err(|e| e.to_string())
-    };
     // Bounds out of the way: this measures cost, not the limiter.
     let limits = FreshLimits {
         per_source_burst: u32::MAX,
         global_burst: u32::MAX,
         ..FreshLimits::default()
     };
-    let fresh = Arc::new(Fresh::new(Arc::new(issue_fresh), limits));
+    let fresh = Arc::new(Fresh::for_instance(m, id.clone(), names, None, limits));
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let addr = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -76,15 +76,13 @@ async fn start_front(n: u8, fresh_limits: FreshLimits) -> FreshFront {
             front::certified_key(cert.rustls_chain(), cert.rustls_key()).unwrap(),
         )),
     });
-    let validity = fresh_limits.validity;
-    let (m, ident) = (measurer.clone(), id.clone());
-    let issue_fresh = move |nonce: &[u8]| {
-        let mut p = CertProfile::server_and_client(vec![format!("*.{BASE}")], validity);
-        p.nonce = Some(nonce.to_vec());
-        let c = issue(&m, &ident, &p, None).map_err(|e| e.to_string())?;
-        front::certified_key(c.rustls_chain(), c.rustls_key()).map_err(|e| e.to_string())
-    };
-    let fresh = Arc::new(Fresh::new(Arc::new(issue_fresh), fresh_limits));
+    let fresh = Arc::new(Fresh::for_instance(
+        measurer,
+        id.clone(),
+        vec![format!("*.{BASE}")],
+        None,
+        fresh_limits,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);

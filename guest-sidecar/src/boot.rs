@@ -536,7 +536,13 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         .unwrap_or(listener.local_addr().map_err(|e| s(e.to_string()))?);
     let (stop, stopped) = watch::channel(false);
     let limits = FrontLimits::default();
-    let fresh = fresh_issuer(&measurer, &identity, &cert_names, app_ca.clone(), &limits);
+    let fresh = Arc::new(front::Fresh::for_instance(
+        measurer.clone(),
+        identity.clone(),
+        cert_names.clone(),
+        app_ca.clone(),
+        limits.fresh.clone(),
+    ));
     tokio::spawn(front::serve_with_fresh(
         listener,
         resolver,
@@ -669,29 +675,4 @@ mod tests {
         assert!(parse_dotenv("NOPE").is_err());
         assert!(parse_dotenv("BAD-NAME=1").is_err());
     }
-}
-
-/// Fresh certificates for the front: like the instance certificate (same names, same
-/// issuer) but short-lived and quoting over the client's nonce.
-fn fresh_issuer(
-    measurer: &Arc<Measurer>,
-    identity: &Identity,
-    names: &[String],
-    app_ca: Option<Arc<CertAuthority>>,
-    limits: &FrontLimits,
-) -> Arc<front::Fresh> {
-    let (measurer, identity, names) = (measurer.clone(), identity.clone(), names.to_vec());
-    let validity = limits.fresh.validity;
-    let issue_fresh = move |nonce: &[u8]| {
-        let mut profile = CertProfile::server_and_client(names.clone(), validity);
-        profile.client_auth = false;
-        profile.nonce = Some(nonce.to_vec());
-        let cert =
-            issue(&measurer, &identity, &profile, app_ca.as_deref()).map_err(|e| e.to_string())?;
-        front::certified_key(cert.rustls_chain(), cert.rustls_key()).map_err(|e| e.to_string())
-    };
-    Arc::new(front::Fresh::new(
-        Arc::new(issue_fresh),
-        limits.fresh.clone(),
-    ))
 }

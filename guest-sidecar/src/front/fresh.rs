@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ratls::cert::{issue, CertAuthority, CertProfile, Identity};
+use ratls::provider::Measurer;
 use rustls::sign::CertifiedKey;
 use tokio::sync::Semaphore;
 
@@ -117,6 +119,27 @@ impl Fresh {
             }),
             limits,
         }
+    }
+
+    /// Fresh certificates like the instance certificate (same names, same issuer: the app
+    /// CA when there is one) but short-lived, server-only, and quoting over the nonce.
+    pub fn for_instance(
+        measurer: Arc<Measurer>,
+        identity: Identity,
+        names: Vec<String>,
+        app_ca: Option<Arc<CertAuthority>>,
+        limits: FreshLimits,
+    ) -> Self {
+        let validity = limits.validity;
+        let issue_fresh = move |nonce: &[u8]| {
+            let mut profile = CertProfile::server_and_client(names.clone(), validity);
+            profile.client_auth = false;
+            profile.nonce = Some(nonce.to_vec());
+            let cert = issue(&measurer, &identity, &profile, app_ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            super::certified_key(cert.rustls_chain(), cert.rustls_key()).map_err(|e| e.to_string())
+        };
+        Self::new(Arc::new(issue_fresh), limits)
     }
 
     pub fn limits(&self) -> &FreshLimits {
