@@ -221,3 +221,62 @@ fn ratls_inspect_rejects_garbage_certificate() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("parse"), "{:?}", text(&o));
 }
+
+#[test]
+fn ratls_inspect_reads_other_implementations_ccc_certificates() {
+    for name in ["ccc-gramine-cert.pem", "ccc-intel-sgxsdk-cert.pem"] {
+        let path = vectors().join(name);
+        let o = teegate(&["ratls", "inspect", path.to_str().unwrap()]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+        // Described as a CCC certificate of another implementation, never as garbage.
+        assert!(
+            out.contains("CCC RA-TLS certificate without teegate app claims"),
+            "{name}: {out}\n{err}"
+        );
+        assert!(!err.contains("no teegate app claims extension"), "{err}");
+        assert!(out.contains("claims keys     pubkey-hash"), "{out}");
+        assert!(
+            out.contains("quote           SGX quote v3 (tee_type 0)"),
+            "{out}"
+        );
+        let line = |step: &str| {
+            out.lines()
+                .find(|l| l.starts_with(step))
+                .unwrap_or_else(|| panic!("no {step} line: {out}"))
+                .to_string()
+        };
+        assert!(line("parse ").contains("verified"), "{out}");
+        assert!(line("key-binding").contains("verified"), "{out}");
+        let q = line("quote-signature");
+        assert!(
+            q.contains("failed") && q.contains("SGX (tee_type 0)"),
+            "{q}"
+        );
+        assert!(q.contains("teegate verifies TDX quotes"), "{q}");
+        assert!(line("policy").contains("not checked"), "{out}");
+        assert!(out.contains("FAILED at quote-signature"), "{out}");
+
+        let o = teegate(&["ratls", "inspect", path.to_str().unwrap(), "--json"]);
+        assert_eq!(o.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["teegate_certificate"], false);
+        assert_eq!(v["step"], "quote-signature");
+        assert!(v["error"].as_str().unwrap().contains("SGX"), "{v}");
+        let ev = &v["evidence"];
+        assert_eq!(ev["claim_keys"], serde_json::json!(["pubkey-hash"]));
+        assert_eq!(ev["tee"], "SGX");
+        assert_eq!(ev["report_data"], ev["expected_report_data"]);
+        let checks = v["checks"].as_array().unwrap();
+        let status = |step: &str| {
+            checks
+                .iter()
+                .find(|c| c["step"] == step)
+                .map(|c| c["status"].clone())
+                .unwrap()
+        };
+        assert_eq!(status("key-binding"), "verified");
+        assert_eq!(status("quote-signature"), "failed");
+    }
+}

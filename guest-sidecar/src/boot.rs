@@ -631,10 +631,19 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         .advertise_addr
         .unwrap_or(listener.local_addr().map_err(|e| s(e.to_string()))?);
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(front::serve(
+    let limits = FrontLimits::default();
+    let fresh = Arc::new(front::Fresh::for_instance(
+        measurer.clone(),
+        identity.clone(),
+        cert_names.clone(),
+        app_ca.clone(),
+        limits.fresh.clone(),
+    ));
+    tokio::spawn(front::serve_with_fresh(
         listener,
         resolver,
-        FrontLimits::default(),
+        Some(fresh),
+        limits,
         stopped.clone(),
     ));
     let socket = guest_api::bind(&cfg.socket_path).map_err(|e| s(e.to_string()))?;

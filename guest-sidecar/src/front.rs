@@ -2,6 +2,12 @@
 //! certificate and relays each connection to the container port named in the SNI
 //! (`<app-id|instance-id>-<port>[s|g].<domain>`, port 80 when absent). A name for another
 //! app, or a port the compose does not expose, gets no certificate: the handshake fails.
+//! A client that offers `teegate-fresh-<hex nonce>` first in its ALPN list gets a fresh,
+//! short-lived certificate quoting over its nonce instead (`fresh.rs`, bounded per source).
+
+mod fresh;
+
+pub use fresh::{Fresh, FreshLimits, FreshRefusal, IssueFresh};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,6 +107,8 @@ pub struct FrontLimits {
     pub handshake_timeout: Duration,
     /// A relayed connection is cut after this long, idle or not.
     pub max_connection_time: Duration,
+    /// Bounds on fresh (nonce-quoting) handshakes.
+    pub fresh: FreshLimits,
 }
 
 impl Default for FrontLimits {
@@ -109,6 +117,7 @@ impl Default for FrontLimits {
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(10),
             max_connection_time: Duration::from_secs(3600),
+            fresh: FreshLimits::default(),
         }
     }
 }
@@ -125,14 +134,85 @@ pub fn tls_config(resolver: Arc<FrontResolver>) -> Result<rustls::ServerConfig, 
     Ok(cfg)
 }
 
-/// Serves the front until `shutdown` turns true.
+/// Serves the front until `shutdown` turns true, without fresh handshakes (a client that
+/// asks for one is refused).
 pub async fn serve(
     listener: TcpListener,
     resolver: Arc<FrontResolver>,
     limits: FrontLimits,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), rustls::Error> {
+    serve_with_fresh(listener, resolver, None, limits, shutdown).await
+}
+
+/// The TLS config of one fresh handshake: the fresh certificate (still only for names of
+/// this app and exposed ports), and the client's `teegate-fresh-` id acceptable as a last
+/// resort so a client that offered nothing else still completes (it then speaks HTTP/1.1).
+fn fresh_config(
+    routes: &Arc<RwLock<Routes>>,
+    key: Arc<CertifiedKey>,
+    fresh_id: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let resolver = Arc::new(FrontResolver {
+        routes: routes.clone(),
+        cert: Arc::new(CertSlot::new(key)),
+    });
+    let mut cfg = tls_config(resolver)?;
+    cfg.alpn_protocols.push(fresh_id.to_vec());
+    Ok(Arc::new(cfg))
+}
+
+/// Reads the ClientHello and picks the config: the instance certificate, or a fresh one
+/// when the client asks (within the bounds). `None` refuses the handshake.
+async fn pick_config(
+    hello: &ClientHello<'_>,
+    peer: SocketAddr,
+    normal: &Arc<rustls::ServerConfig>,
+    routes: &Arc<RwLock<Routes>>,
+    fresh: Option<&Fresh>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let offered: Vec<Vec<u8>> = hello
+        .alpn()
+        .map(|ids| ids.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    let nonce = match ratls::fresh::nonce_from_alpn(offered.iter().map(Vec::as_slice)) {
+        Ok(None) => return Some(normal.clone()),
+        Ok(Some(n)) => n,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "front: refusing a malformed fresh request");
+            return None;
+        }
+    };
+    let sni = hello.server_name().unwrap_or_default().to_string();
+    // A name for another app costs no quote.
+    routes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .target(&sni)?;
+    let Some(fresh) = fresh else {
+        tracing::info!(%peer, "front: fresh handshakes are off; refusing");
+        return None;
+    };
+    match fresh.certificate(peer.ip(), nonce).await {
+        Ok(key) => fresh_config(routes, key, &offered[0])
+            .map_err(|e| tracing::warn!(error = %e, "front: fresh TLS config"))
+            .ok(),
+        Err(e) => {
+            tracing::warn!(%peer, reason = %e, "front: fresh handshake refused");
+            None
+        }
+    }
+}
+
+/// [`serve`], answering fresh handshakes through `fresh`.
+pub async fn serve_with_fresh(
+    listener: TcpListener,
+    resolver: Arc<FrontResolver>,
+    fresh: Option<Arc<Fresh>>,
+    limits: FrontLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), rustls::Error> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(resolver.clone())?));
+    let normal = Arc::new(tls_config(resolver.clone())?);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -151,13 +231,27 @@ pub async fn serve(
             tracing::warn!(%peer, "front: connection limit reached");
             continue;
         };
-        let acceptor = acceptor.clone();
+        let normal = normal.clone();
+        let fresh = fresh.clone();
         let routes = resolver.routes.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let Ok(Ok(mut tls)) =
-                tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await
+            let handshake = async {
+                let acceptor =
+                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+                let start = acceptor.await.ok()?;
+                let config = pick_config(
+                    &start.client_hello(),
+                    peer,
+                    &normal,
+                    &routes,
+                    fresh.as_deref(),
+                )
+                .await?;
+                start.into_stream(config).await.ok()
+            };
+            let Ok(Some(mut tls)) = tokio::time::timeout(limits.handshake_timeout, handshake).await
             else {
                 return;
             };

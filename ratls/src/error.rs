@@ -20,6 +20,8 @@ pub enum Step {
     TcbStatus,
     /// The quote's report data does not bind the certificate's public key.
     KeyBinding,
+    /// The claims buffer lacks the nonce this client sent (checked only when one was sent).
+    Freshness,
     /// The event log does not replay to RTMR3, or the claims disagree with it.
     EventLogReplay,
     /// The app id is not authorised for the compose hash: neither content-addressed nor
@@ -36,6 +38,7 @@ impl Step {
             Step::QuoteSignature => "quote-signature",
             Step::TcbStatus => "tcb-status",
             Step::KeyBinding => "key-binding",
+            Step::Freshness => "freshness",
             Step::EventLogReplay => "event-log-replay",
             Step::AppAuthorisation => "app-authorisation",
             Step::Policy => "policy",
@@ -59,6 +62,8 @@ pub enum Reason {
     MissingExtension(&'static str),
     #[error("evidence: {0}")]
     Evidence(String),
+    #[error("certificate has no teegate app claims: its CCC claims buffer has no \"teegate-claims\" key (a CCC RA-TLS certificate from another implementation)")]
+    NoAppClaims,
     #[error("quote: {0}")]
     Quote(String),
     #[error(
@@ -87,6 +92,12 @@ pub enum Reason {
         "claims-buffer pubkey-hash {found} does not match the certificate key's hash {expected}"
     )]
     PubkeyHashMismatch { expected: String, found: String },
+    #[error(
+        "the certificate carries no nonce, but this client asked for a fresh quote over {expected}"
+    )]
+    NoNonce { expected: String },
+    #[error("the certificate's nonce {found} is not the {expected} this client sent: a replayed certificate")]
+    NonceMismatch { expected: String, found: String },
     #[error("event log replays to RTMR3 {replayed} but the quote has {quoted}")]
     Rtmr3Mismatch {
         replayed: Measurement,

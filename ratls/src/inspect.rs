@@ -220,6 +220,28 @@ impl Inspection {
         }
     }
 
+    /// Lists the `freshness` step (after `key-binding`) for a verifier that expects a nonce.
+    pub(crate) fn add_freshness(&mut self) {
+        if self.check(Step::Freshness).is_some() {
+            return;
+        }
+        let at = self
+            .checks
+            .iter()
+            .position(|c| c.step == Step::KeyBinding)
+            .map_or(self.checks.len(), |i| i + 1);
+        self.checks.insert(
+            at,
+            Check {
+                step: Step::Freshness,
+                title: "Claims buffer carries the nonce this client sent (a fresh quote)",
+                outcome: Outcome::NotChecked {
+                    why: "not reached".into(),
+                },
+            },
+        );
+    }
+
     pub(crate) fn not_checked_from(&mut self, steps: &[Step], why: &str) {
         for &s in steps {
             self.set(s, Outcome::NotChecked { why: why.into() });

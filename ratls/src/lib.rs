@@ -21,11 +21,13 @@
 
 pub mod authorise;
 pub mod cache;
+pub mod ccc;
 pub mod cert;
 pub mod chain;
 pub mod collateral;
 pub mod error;
 pub mod eventlog;
+pub mod fresh;
 mod hexser;
 pub mod inspect;
 pub mod pins;

@@ -34,6 +34,9 @@ pub struct Pins {
     pub allow_simulated: bool,
     /// Where real quotes' collateral comes from (none: simulated quotes only).
     pub collateral: Option<Arc<dyn CollateralSource>>,
+    /// Require the certificate to quote over this nonce (step `freshness`); see
+    /// [`fresh_client_config`], which picks a random one per connection.
+    pub nonce: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Pins {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Pins {
             )
             .field("allow_simulated", &self.allow_simulated)
             .field("images", &self.images)
+            .field("nonce", &self.nonce.as_ref().map(hex::encode))
             .finish_non_exhaustive()
     }
 }
@@ -96,11 +100,15 @@ impl Pins {
             Some(root) => ChainTrust::roots(std::slice::from_ref(root))?,
             None => ChainTrust::SelfSigned,
         };
-        Ok(RaTlsCheck::new(
+        let check = RaTlsCheck::new(
             verifier,
             trust,
             Arc::new(rustls::crypto::ring::default_provider()),
-        ))
+        );
+        Ok(match &self.nonce {
+            Some(n) => check.expect_nonce(n.clone()),
+            None => check,
+        })
     }
 }
 
@@ -115,4 +123,21 @@ pub fn client_config(pins: &Pins) -> Result<(rustls::ClientConfig, RaTlsCheck), 
     .with_custom_certificate_verifier(Arc::new(RaTlsServerVerifier(check.clone())))
     .with_no_client_auth();
     Ok((config, check))
+}
+
+/// A rustls client config for ONE connection that asks the server for a quote over a fresh
+/// random nonce (ALPN `teegate-fresh-<hex>` first, then `http/1.1`; see [`crate::fresh`])
+/// and completes the handshake only if the certificate carries it. Returns the nonce too.
+/// Build a new config per connection: reusing one reuses its nonce.
+pub fn fresh_client_config(
+    pins: &Pins,
+) -> Result<(rustls::ClientConfig, RaTlsCheck, Vec<u8>), rustls::Error> {
+    let nonce = crate::fresh::random_nonce()?.to_vec();
+    let pins = Pins {
+        nonce: Some(nonce.clone()),
+        ..pins.clone()
+    };
+    let (mut config, check) = client_config(&pins)?;
+    config.alpn_protocols = vec![crate::fresh::alpn_id(&nonce), b"http/1.1".to_vec()];
+    Ok((config, check, nonce))
 }

@@ -9,7 +9,12 @@ use serde::Serialize;
 
 use crate::types::{Measurement, ReportData};
 
-const TEE_TYPE_TDX: u32 = 0x81;
+/// `tee_type` in a DCAP quote header.
+pub const TEE_TYPE_TDX: u32 = 0x81;
+pub const TEE_TYPE_SGX: u32 = 0x00;
+const HEADER_LEN: usize = 48;
+/// An SGX enclave report body follows the header; its report data sits at offset 320.
+const SGX_REPORT_DATA_AT: usize = HEADER_LEN + 320;
 /// Largest quote we accept; real ones are about 5 KB, the rest is margin for longer chains.
 pub const MAX_QUOTE_LEN: usize = 64 * 1024;
 
@@ -22,10 +27,58 @@ pub enum QuoteError {
     TooLarge(usize),
     #[error("malformed quote: {0}")]
     Malformed(String),
-    #[error("not a TDX quote (tee_type {0:#x})")]
+    #[error("not a TDX quote (tee_type {0:#x}; teegate verifies TDX quotes, tee_type 0x81)")]
     NotTdx(u32),
     #[error("quote carries no PCK certificate chain: {0}")]
     NoPckChain(String),
+}
+
+/// The fields of a DCAP quote header (common to SGX and TDX), read without parsing the
+/// rest, so a quote of another TEE is named as such rather than called malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QuoteHeader {
+    pub version: u16,
+    pub att_key_type: u16,
+    pub tee_type: u32,
+}
+
+impl QuoteHeader {
+    pub fn peek(bytes: &[u8]) -> Result<Self, QuoteError> {
+        if bytes.is_empty() {
+            return Err(QuoteError::Empty);
+        }
+        let h = bytes.get(..HEADER_LEN).ok_or_else(|| {
+            QuoteError::Malformed(format!(
+                "{} bytes is shorter than a quote header",
+                bytes.len()
+            ))
+        })?;
+        Ok(Self {
+            version: u16::from_le_bytes([h[0], h[1]]),
+            att_key_type: u16::from_le_bytes([h[2], h[3]]),
+            tee_type: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+        })
+    }
+
+    /// "SGX", "TDX" or the number, for people.
+    pub fn tee_name(&self) -> String {
+        match self.tee_type {
+            TEE_TYPE_SGX => "SGX".into(),
+            TEE_TYPE_TDX => "TDX".into(),
+            other => format!("tee_type {other:#x}"),
+        }
+    }
+
+    /// The report data of an SGX quote (v3 and v4 share the layout), unverified.
+    pub fn sgx_report_data(&self, bytes: &[u8]) -> Option<ReportData> {
+        if self.tee_type != TEE_TYPE_SGX {
+            return None;
+        }
+        let rd = bytes.get(SGX_REPORT_DATA_AT..SGX_REPORT_DATA_AT + 64)?;
+        let mut out = [0u8; 64];
+        out.copy_from_slice(rd);
+        Some(ReportData(out))
+    }
 }
 
 /// The TD report layout inside the quote.
@@ -74,11 +127,13 @@ impl Quote {
         if bytes.len() > MAX_QUOTE_LEN {
             return Err(QuoteError::TooLarge(bytes.len()));
         }
+        // The header says which TEE made the quote; only TDX is parsed further.
+        let header = QuoteHeader::peek(bytes)?;
+        if header.tee_type != TEE_TYPE_TDX {
+            return Err(QuoteError::NotTdx(header.tee_type));
+        }
         let parsed =
             DcapQuote::parse(bytes).map_err(|e| QuoteError::Malformed(format!("{e:#}")))?;
-        if parsed.header.tee_type != TEE_TYPE_TDX {
-            return Err(QuoteError::NotTdx(parsed.header.tee_type));
-        }
         if parsed.report.as_td10().is_none() {
             return Err(QuoteError::Malformed("no TD report body".into()));
         }
@@ -231,6 +286,26 @@ mod tests {
             (q.version(), q.td_report_version()),
             (5, TdReportVersion::V1_5Ex)
         );
+    }
+
+    #[test]
+    fn the_header_names_the_tee_before_tdx_parsing() {
+        let q = vector("dcap-qvl_tdx_quote");
+        let h = QuoteHeader::peek(&q).unwrap();
+        assert_eq!(
+            (h.version, h.tee_type, h.tee_name().as_str()),
+            (4, 0x81, "TDX")
+        );
+        assert_eq!(h.sgx_report_data(&q), None);
+        // An SGX header with a body dcap-qvl's TDX parser would not read.
+        let mut sgx = q[..HEADER_LEN].to_vec();
+        sgx[4..8].copy_from_slice(&0u32.to_le_bytes());
+        sgx.extend_from_slice(&[7u8; 400]);
+        assert_eq!(Quote::parse(&sgx).unwrap_err(), QuoteError::NotTdx(0));
+        let h = QuoteHeader::peek(&sgx).unwrap();
+        assert_eq!(h.tee_name(), "SGX");
+        assert_eq!(h.sgx_report_data(&sgx), Some(ReportData([7; 64])));
+        assert!(QuoteHeader::peek(&q[..47]).is_err());
     }
 
     #[test]

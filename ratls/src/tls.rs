@@ -50,6 +50,7 @@ pub struct RaTlsCheck {
     trust: ChainTrust,
     provider: Arc<CryptoProvider>,
     expected_app: Option<AppId>,
+    expected_nonce: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RaTlsCheck {
@@ -95,7 +96,16 @@ impl RaTlsCheck {
             trust,
             provider,
             expected_app: None,
+            expected_nonce: None,
         }
+    }
+
+    /// Also require the peer's claims buffer to carry this nonce (step `freshness`). Checked
+    /// on every handshake, after the (cached) attestation, so a cached verdict of a replayed
+    /// certificate cannot stand in for a fresh one.
+    pub fn expect_nonce(mut self, nonce: Vec<u8>) -> Self {
+        self.expected_nonce = Some(nonce);
+        self
     }
 
     /// Also require the peer to be this app.
@@ -163,6 +173,14 @@ impl RaTlsCheck {
                     expected,
                     found: *verified.app_id(),
                 }));
+            }
+        }
+        if let Some(nonce) = &self.expected_nonce {
+            let fresh = crate::cert::parse_ccc_cert(end_entity)
+                .and_then(|c| crate::fresh::check_freshness(&c.claims_buffer, nonce));
+            if let Err(e) = fresh {
+                tracing::warn!(error = %e, "RA-TLS peer rejected");
+                return Err(other(e));
             }
         }
         Ok(verified)

@@ -105,6 +105,7 @@ pub struct AttestationVerifier {
     policy: Policy,
     authority: AppAuthority,
     fixed_now: Option<u64>,
+    expected_nonce: Option<Vec<u8>>,
 }
 
 impl AttestationVerifier {
@@ -117,7 +118,14 @@ impl AttestationVerifier {
             policy,
             authority: AppAuthority::content_addressed_only(),
             fixed_now: None,
+            expected_nonce: None,
         }
+    }
+
+    /// Also require the claims buffer to carry this nonce (step `freshness`).
+    pub fn expect_nonce(mut self, nonce: Vec<u8>) -> Self {
+        self.expected_nonce = Some(nonce);
+        self
     }
 
     /// Who may authorise named app ids (by default nobody: only content-addressed ids).
@@ -317,6 +325,21 @@ impl AttestationVerifier {
                 },
             ),
             Err(e) => fail(&mut ins, e),
+        }
+        if let Some(nonce) = &self.expected_nonce {
+            ins.add_freshness();
+            match crate::fresh::check_freshness(&cert.claims_buffer, nonce) {
+                Ok(()) => ins.set(
+                    Step::Freshness,
+                    Outcome::Verified {
+                        detail: format!(
+                            "the claims buffer carries this client's nonce {}",
+                            hex::encode(nonce)
+                        ),
+                    },
+                ),
+                Err(e) => fail(&mut ins, e),
+            }
         }
         let simulated = verified.as_ref().map(|v| v.simulated);
         match check_claims(&cert, &quote, simulated) {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use ratls::cert::parse_ratls_cert;
 use ratls::tcb::{TcbPolicy, TcbStatus};
-use ratls::{AttestationVerifier, Policy};
+use ratls::{AttestationVerifier, Policy, Reason};
 use serde_json::json;
 
 use super::verifier::CollateralArgs;
@@ -48,6 +48,8 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let der = input::read_cert(&args.cert)?;
     let parsed = match parse_ratls_cert(&der) {
         Ok(p) => p,
+        // Another implementation's CCC certificate: show what it says and how far it checks.
+        Err(e) if e.reason == Reason::NoAppClaims => return foreign(&der, args.json),
         Err(e) => {
             if args.json {
                 println!(
@@ -169,4 +171,89 @@ fn inspect(args: InspectArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `inspect` of a CCC certificate without teegate's app claims (Gramine, Intel SGX SDK,
+/// rats-tls, …): its evidence, claims and key binding, then where verification stops.
+fn foreign(der: &[u8], json_out: bool) -> Result<ExitCode> {
+    let ins = ratls::ccc::inspect_ccc(der);
+    let error = ins.error.clone();
+    if json_out {
+        let mut out = serde_json::to_value(&ins).context("encoding JSON")?;
+        out["ok"] = json!(false);
+        out["teegate_certificate"] = json!(false);
+        if let Some(e) = &error {
+            out["step"] = json!(e.step);
+            out["error"] = json!(e.reason.to_string());
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("encoding JSON")?
+        );
+    } else {
+        println!("CCC RA-TLS certificate without teegate app claims (another implementation's)");
+        if let Some(fp) = &ins.fingerprint {
+            println!("fingerprint     {fp}");
+        }
+        if let Some(c) = &ins.certificate {
+            println!("subject         {}", c.subject);
+            println!(
+                "issuer          {}{}",
+                c.issuer,
+                if c.self_issued { " (self-signed)" } else { "" }
+            );
+            println!(
+                "valid           {} .. {}",
+                input::format_time(c.not_before),
+                input::format_time(c.not_after)
+            );
+        }
+        if let Some(ev) = &ins.evidence {
+            println!("claims keys     {}", ev.claim_keys.join(", "));
+            if !ev.other_keys.is_empty() {
+                println!(
+                    "unknown keys    {} (listed, not interpreted)",
+                    ev.other_keys.join(", ")
+                );
+            }
+            if let (Some(alg), Some(h)) = (ev.pubkey_hash_alg, &ev.pubkey_hash) {
+                println!("pubkey-hash     {alg} {}", hex::encode(h));
+            }
+            if let Some(n) = &ev.nonce {
+                println!("nonce           {}", hex::encode(n));
+            }
+            if let Some(h) = &ev.quote_header {
+                println!(
+                    "quote           {} quote v{} (tee_type {}), {} bytes",
+                    h.tee_name(),
+                    h.version,
+                    h.tee_type,
+                    ev.quote_len
+                );
+            }
+            if let Some(rd) = &ev.report_data {
+                println!("report data     {rd}");
+            }
+            println!(
+                "expected        {} (SHA-256 of the claims buffer)",
+                ev.expected_report_data
+            );
+        }
+        for c in &ins.checks {
+            println!(
+                "{:<18}{:<12} {}",
+                c.step.as_str(),
+                c.outcome.label(),
+                c.outcome.text()
+            );
+        }
+        match &error {
+            Some(e) => println!("verification    FAILED at {}", e.step),
+            None => println!("verification    not completed"),
+        }
+    }
+    if let Some(e) = error {
+        eprintln!("certificate not verified: {e}");
+    }
+    Ok(ExitCode::from(1))
 }

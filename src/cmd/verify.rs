@@ -49,6 +49,13 @@ pub struct Args {
     /// Accept a SIMULATED TDX quote (development only).
     #[arg(long)]
     pub allow_simulated: bool,
+    /// Ask the server for a quote over a random nonce for this connection (ALPN
+    /// `teegate-fresh-<hex>`) and require the certificate to carry it (step `freshness`).
+    #[arg(long, conflicts_with = "nonce")]
+    pub fresh: bool,
+    /// Require the certificate to carry this nonce (hex), e.g. to check a saved fresh one.
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
     #[command(flatten)]
     pub collateral: CollateralArgs,
     /// Print JSON instead of text.
@@ -172,10 +179,15 @@ fn pins(args: &Args) -> Result<Pins> {
         kms_root,
         allow_simulated: args.allow_simulated,
         collateral: Some(args.collateral.source()?),
+        nonce: match (&args.nonce, args.fresh) {
+            (Some(h), _) => Some(hex::decode(h).with_context(|| format!("--nonce {h}: not hex"))?),
+            (None, true) => Some(ratls::fresh::random_nonce()?.to_vec()),
+            (None, false) => None,
+        },
     })
 }
 
-fn fetch(args: &Args, verifier: Arc<Capture>) -> Result<Result<(), String>> {
+fn fetch(args: &Args, verifier: Arc<Capture>, fresh: Option<&[u8]>) -> Result<Result<(), String>> {
     let rest = args
         .target
         .strip_prefix("https://")
@@ -192,13 +204,16 @@ fn fetch(args: &Args, verifier: Arc<Capture>) -> Result<Result<(), String>> {
             format!("{hostport}:443")
         }
     });
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .dangerous()
     .with_custom_certificate_verifier(verifier)
     .with_no_client_auth();
+    if let Some(nonce) = fresh {
+        cfg.alpn_protocols = vec![ratls::fresh::alpn_id(nonce), b"http/1.1".to_vec()];
+    }
     let name = ServerName::try_from(host.clone())
         .with_context(|| format!("{host} is not a server name"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -230,8 +245,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         chain: Mutex::new(Vec::new()),
     });
     let verdict = if args.target.starts_with("https://") {
-        fetch(&args, capture.clone())?
+        let fresh = args.fresh.then_some(pins.nonce.as_deref()).flatten();
+        fetch(&args, capture.clone(), fresh)?
     } else {
+        if args.fresh {
+            bail!("--fresh needs an https:// target (a saved certificate: --nonce HEX)");
+        }
         let bytes =
             std::fs::read(&args.target).with_context(|| format!("reading {}", args.target))?;
         let chain: Vec<Vec<u8>> = match pem::parse_many(&bytes) {
@@ -272,6 +291,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let out = json!({
             "ok": verdict.is_ok(),
             "error": verdict.as_ref().err(),
+            "nonce": pins.nonce.as_ref().map(hex::encode),
             "certificate": parsed.as_ref().map(|p| json!({
                 "fingerprint": p.fingerprint,
                 "app_id": p.claims.app_id,
@@ -297,6 +317,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         };
         show("app id", pins.app_id.map(|v| v.to_hex()));
+        show("nonce", pins.nonce.as_ref().map(hex::encode));
         show("compose hash", pins.compose_hash.map(|v| v.to_hex()));
         for (service, id) in &pins.images {
             show(&format!("image {service}"), Some(id.clone()));

@@ -1,14 +1,22 @@
-//! teegate's app claims, carried in one certificate extension: app id, compose hash,
-//! instance id, the RTMR3 event log and whether the quote is simulated. They mean nothing
-//! until the event log replays to the quoted RTMR3 and the claims match the logged events.
+//! teegate's app claims: app id, compose hash, instance id, the RTMR3 event log and whether
+//! the quote is simulated. They travel inside the CCC claims buffer (see `evidence.rs` for
+//! the layout) under the one key [`CLAIMS_KEY`], so the quote's report data binds them. They
+//! mean nothing until the event log replays to the quoted RTMR3 and the claims match the
+//! logged events.
 
+use ciborium::value::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::eventlog::EventLog;
 use crate::types::{AppId, ComposeHash, InstanceId};
 
-/// Upper bound on the encoded claims extension.
-pub const MAX_CLAIMS_LEN: usize = 256 * 1024;
+/// The claims-buffer key holding [`AppClaims`]. CCC defines `pubkey-hash` and `nonce`;
+/// the `teegate-` prefix keeps ours apart from theirs and from other implementations'.
+pub const CLAIMS_KEY: &str = "teegate-claims";
+
+/// Upper bound on the encoded claims buffer (app claims included), checked before it is
+/// decoded. Issuing refuses a buffer over it, so every certificate issued verifies.
+pub const MAX_CLAIMS_LEN: usize = 192 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,22 +37,17 @@ pub struct AppClaims {
 pub struct ClaimsError(pub String);
 
 impl AppClaims {
-    pub fn to_cbor(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // Serialising these plain types into a Vec cannot fail.
-        let _ = ciborium::into_writer(self, &mut out);
-        out
+    /// The claims as the CBOR map value stored under [`CLAIMS_KEY`].
+    pub fn to_value(&self) -> Value {
+        // These plain types always serialise; Null is never reached.
+        Value::serialized(self).unwrap_or(Value::Null)
     }
 
-    pub fn from_cbor(bytes: &[u8]) -> Result<Self, ClaimsError> {
-        if bytes.len() > MAX_CLAIMS_LEN {
-            return Err(ClaimsError(format!(
-                "{} bytes is over the limit",
-                bytes.len()
-            )));
-        }
-        let claims: AppClaims =
-            ciborium::from_reader(bytes).map_err(|e| ClaimsError(e.to_string()))?;
+    /// Reads the value under [`CLAIMS_KEY`] (already decoded from a bounded buffer).
+    pub fn from_value(value: &Value) -> Result<Self, ClaimsError> {
+        let claims: AppClaims = value
+            .deserialized()
+            .map_err(|e| ClaimsError(e.to_string()))?;
         claims
             .event_log
             .validate()
@@ -59,7 +62,7 @@ mod tests {
     use crate::eventlog::Event;
 
     #[test]
-    fn cbor_roundtrip() {
+    fn value_roundtrip() {
         let mut log = EventLog::new();
         log.push(Event::new("app-id", vec![9; 20]).unwrap())
             .unwrap();
@@ -70,7 +73,12 @@ mod tests {
             event_log: log,
             simulated: true,
         };
-        assert_eq!(AppClaims::from_cbor(&c.to_cbor()).unwrap(), c);
-        assert!(AppClaims::from_cbor(b"\x01\x02").is_err());
+        assert_eq!(AppClaims::from_value(&c.to_value()).unwrap(), c);
+        assert!(AppClaims::from_value(&Value::Bytes(vec![1, 2])).is_err());
+        let Value::Map(mut entries) = c.to_value() else {
+            panic!("claims are not a map");
+        };
+        entries.push((Value::Text("extra".into()), Value::Bool(true)));
+        assert!(AppClaims::from_value(&Value::Map(entries)).is_err());
     }
 }

@@ -1,18 +1,46 @@
-//! The CCC "Interoperable RA-TLS" evidence encoding. The key binding is:
-//! `claims-buffer = CBOR {"pubkey-hash": bstr(CBOR [hash-alg-id, hash(SPKI DER)])}` and
-//! `report_data[0..32] = SHA-256(claims-buffer)`, rest zero. The certificate extension
-//! `2.23.133.5.4.9` carries CBOR `60000([quote, claims-buffer])`.
+//! The CCC "Interoperable RA-TLS" evidence encoding. The certificate extension
+//! `2.23.133.5.4.9` carries CBOR `60000([quote, claims-buffer])`, and
+//! `report_data[0..32] = SHA-256(claims-buffer)`, rest zero. The claims buffer is one CBOR
+//! map (CDDL):
+//!
+//! ```text
+//! claims-buffer = {
+//!   "pubkey-hash": bstr .cbor [hash-alg-id, hash(SPKI DER)],  ; CCC: the key binding
+//!   ? "nonce": bstr .size (0..64),                           ; CCC: a verifier's nonce
+//!   ? "teegate-claims": {                                    ; teegate's app claims
+//!       "app-id": tstr, "compose-hash": tstr, "instance-id": tstr,  ; lowercase hex
+//!       "event-log": [* { "name": tstr, "payload": tstr }],          ; EventLog's serde form
+//!       "simulated": bool,
+//!   },
+//!   * tstr => any,                                           ; other implementations' keys
+//! }
+//! ```
+//!
+//! Putting the app claims inside the claims buffer means the quote's report data binds
+//! them directly and no private OID is needed (Go's crypto/x509 refuses OID arcs over 63
+//! bits, which the earlier `2.25.<uuid>` extension had). A key appearing twice is refused:
+//! two parsers must never read different claims from one buffer. Sizes are checked before
+//! decoding: the extension value against [`MAX_EVIDENCE_LEN`], the claims buffer against
+//! [`MAX_CLAIMS_LEN`], and both decode from bounded slices (ciborium grows buffers as bytes
+//! arrive, so a length field cannot make it allocate beyond them).
 
 use ciborium::value::{Integer, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+pub use super::claims::{CLAIMS_KEY, MAX_CLAIMS_LEN};
+use crate::quote::MAX_QUOTE_LEN;
 use crate::types::ReportData;
 
 /// CBOR tag of TDX evidence in the CMW, per the CCC interoperable RA-TLS documents.
 pub const EVIDENCE_CBOR_TAG: u64 = 60000;
-/// Upper bound on the evidence we decode (a quote is ~5 KB).
-pub const MAX_EVIDENCE_LEN: usize = 128 * 1024;
-const MAX_NONCE_LEN: usize = 64;
+/// Upper bound on the evidence extension we decode: a quote and a claims buffer at their
+/// limits, plus CBOR framing.
+pub const MAX_EVIDENCE_LEN: usize = MAX_QUOTE_LEN + MAX_CLAIMS_LEN + 64;
+/// CCC's `nonce` claim, at most this long.
+pub const MAX_NONCE_LEN: usize = 64;
+/// The CCC key names.
+pub const PUBKEY_HASH_KEY: &str = "pubkey-hash";
+pub const NONCE_KEY: &str = "nonce";
 
 /// Hash algorithms from the IANA Named Information registry used in `hash-entry`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,31 +93,85 @@ fn to_cbor(value: &Value) -> Vec<u8> {
     out
 }
 
-fn from_cbor(bytes: &[u8]) -> Result<Value, EvidenceError> {
-    if bytes.len() > MAX_EVIDENCE_LEN {
+/// Decodes CBOR from a slice no longer than `limit`, refusing longer input undecoded.
+fn from_cbor_bounded(bytes: &[u8], limit: usize, what: &str) -> Result<Value, EvidenceError> {
+    if bytes.len() > limit {
         return Err(err(format!(
-            "{} bytes of CBOR is over the limit",
+            "{what} is {} bytes, over the {limit}-byte limit",
             bytes.len()
         )));
     }
-    ciborium::from_reader(bytes).map_err(|e| err(format!("invalid CBOR: {e}")))
+    ciborium::from_reader(bytes).map_err(|e| err(format!("{what}: invalid CBOR: {e}")))
 }
 
-/// The claims buffer binding a public key (SPKI DER), with an optional client nonce.
-pub fn claims_buffer(spki_der: &[u8], nonce: Option<&[u8]>) -> Vec<u8> {
+fn from_cbor(bytes: &[u8]) -> Result<Value, EvidenceError> {
+    from_cbor_bounded(bytes, MAX_EVIDENCE_LEN, "evidence")
+}
+
+/// The claims buffer binding a public key (SPKI DER), with an optional client nonce and
+/// teegate's app claims (the value under [`CLAIMS_KEY`]).
+pub fn claims_buffer(spki_der: &[u8], nonce: Option<&[u8]>, app: Option<Value>) -> Vec<u8> {
     let alg = HashAlg::Sha256;
     let hash_entry = to_cbor(&Value::Array(vec![
         Value::Integer(Integer::from(alg as u8)),
         Value::Bytes(alg.digest(spki_der)),
     ]));
-    let mut map = vec![(Value::Text("pubkey-hash".into()), Value::Bytes(hash_entry))];
+    let mut map = vec![(
+        Value::Text(PUBKEY_HASH_KEY.into()),
+        Value::Bytes(hash_entry),
+    )];
     if let Some(n) = nonce {
-        map.push((Value::Text("nonce".into()), Value::Bytes(n.to_vec())));
+        map.push((Value::Text(NONCE_KEY.into()), Value::Bytes(n.to_vec())));
+    }
+    if let Some(app) = app {
+        map.push((Value::Text(CLAIMS_KEY.into()), app));
     }
     to_cbor(&Value::Map(map))
 }
 
-/// What a claims buffer says.
+/// A key of a claims-buffer map as people read it: the text, or CBOR's debug form.
+pub fn key_name(k: &Value) -> String {
+    match k {
+        Value::Text(t) => t.chars().take(80).collect(),
+        Value::Integer(i) => i128::from(*i).to_string(),
+        other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
+/// The entries of a claims buffer: a CBOR map whose keys each appear once.
+pub fn claims_entries(bytes: &[u8]) -> Result<Vec<(Value, Value)>, EvidenceError> {
+    let Value::Map(entries) = from_cbor_bounded(bytes, MAX_CLAIMS_LEN, "claims-buffer")? else {
+        return Err(err("claims-buffer is not a CBOR map"));
+    };
+    for (i, (k, _)) in entries.iter().enumerate() {
+        if entries[..i].iter().any(|(seen, _)| seen == k) {
+            return Err(err(format!(
+                "claims-buffer key {:?} appears twice",
+                key_name(k)
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+/// The value under a text key of decoded claims-buffer entries.
+pub fn entry<'a>(entries: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
+    entries
+        .iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
+/// Keys that neither CCC nor teegate define (other implementations' claims), for display.
+pub fn other_keys(entries: &[(Value, Value)]) -> Vec<String> {
+    entries
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_text(), Some(PUBKEY_HASH_KEY | NONCE_KEY | CLAIMS_KEY)))
+        .map(|(k, _)| key_name(k))
+        .collect()
+}
+
+/// What a claims buffer says about the key binding and freshness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimsBuffer {
     pub hash_alg: HashAlg,
@@ -99,24 +181,21 @@ pub struct ClaimsBuffer {
 
 impl ClaimsBuffer {
     pub fn parse(bytes: &[u8]) -> Result<Self, EvidenceError> {
-        let Value::Map(entries) = from_cbor(bytes)? else {
-            return Err(err("claims-buffer is not a CBOR map"));
+        let entries = claims_entries(bytes)?;
+        let nonce = match entry(&entries, NONCE_KEY) {
+            None => None,
+            Some(Value::Bytes(b)) if b.len() <= MAX_NONCE_LEN => Some(b.clone()),
+            Some(_) => return Err(err("nonce must be a byte string of at most 64 bytes")),
         };
-        let mut pubkey = None;
-        let mut nonce = None;
-        for (k, v) in entries {
-            match (k.as_text(), v) {
-                (Some("pubkey-hash"), Value::Bytes(b)) => pubkey = Some(b),
-                (Some("nonce"), Value::Bytes(b)) if b.len() <= MAX_NONCE_LEN => nonce = Some(b),
-                (Some("nonce"), _) => return Err(err("nonce must be at most 64 bytes")),
-                _ => {}
-            }
-        }
-        let pubkey = pubkey.ok_or_else(|| err("claims-buffer has no pubkey-hash"))?;
-        let Value::Array(entry) = from_cbor(&pubkey)? else {
+        let pubkey = match entry(&entries, PUBKEY_HASH_KEY) {
+            Some(Value::Bytes(b)) => b,
+            Some(_) => return Err(err("pubkey-hash is not a byte string")),
+            None => return Err(err("claims-buffer has no pubkey-hash")),
+        };
+        let Value::Array(hash_entry) = from_cbor(pubkey)? else {
             return Err(err("pubkey-hash is not a CBOR [alg, hash] array"));
         };
-        let [Value::Integer(alg), Value::Bytes(hash)] = entry.as_slice() else {
+        let [Value::Integer(alg), Value::Bytes(hash)] = hash_entry.as_slice() else {
             return Err(err("pubkey-hash is not a CBOR [alg, hash] array"));
         };
         let hash_alg = HashAlg::from_id(i128::from(*alg))
@@ -186,7 +265,7 @@ mod tests {
     #[test]
     fn claims_buffer_roundtrip_and_binding() {
         let spki = b"not really an spki";
-        let cb = claims_buffer(spki, Some(b"nonce"));
+        let cb = claims_buffer(spki, Some(b"nonce"), None);
         let parsed = ClaimsBuffer::parse(&cb).unwrap();
         assert_eq!(parsed.hash_alg, HashAlg::Sha256);
         assert_eq!(parsed.pubkey_hash, Sha256::digest(spki).to_vec());
@@ -199,7 +278,7 @@ mod tests {
     #[test]
     fn the_key_binding_text_names_the_hash_report_data_uses() {
         // SHA-256 as CCC defines it; the page once said SHA-512.
-        let cb = claims_buffer(b"spki", None);
+        let cb = claims_buffer(b"spki", None, None);
         let rd = report_data_for(&cb);
         let digest = REPORT_DATA_HASH.digest(&cb);
         assert_eq!(rd.0[..digest.len()], digest[..]);
@@ -232,5 +311,40 @@ mod tests {
         assert!(decode(&wrong_shape).is_err());
         assert!(decode(&[0xff, 0x00, 0x13]).is_err());
         assert!(ClaimsBuffer::parse(b"\xa0").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_and_oversized_buffers_are_refused_before_decoding() {
+        let pk = Value::Text(PUBKEY_HASH_KEY.into());
+        let twice = to_cbor(&Value::Map(vec![
+            (pk.clone(), Value::Bytes(vec![1])),
+            (pk, Value::Bytes(vec![2])),
+        ]));
+        assert!(claims_entries(&twice).unwrap_err().0.contains("twice"));
+        let big = vec![0u8; MAX_CLAIMS_LEN + 1];
+        assert!(claims_entries(&big).unwrap_err().0.contains("limit"));
+        assert!(decode(&vec![0u8; MAX_EVIDENCE_LEN + 1])
+            .unwrap_err()
+            .0
+            .contains("limit"));
+    }
+
+    #[test]
+    fn length_fields_beyond_the_input_do_not_allocate() {
+        // A map header claiming 2^32 entries, and a byte string claiming 2^62 bytes: the
+        // decoder must fail at the end of the (short) input, not reserve that memory.
+        let huge_map = [0xbau8, 0xff, 0xff, 0xff, 0xff, 0x61, b'a'];
+        assert!(claims_entries(&huge_map).is_err());
+        let huge_bstr = [0xa1u8, 0x61, b'a', 0x5b, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2];
+        assert!(claims_entries(&huge_bstr).is_err());
+    }
+
+    #[test]
+    fn other_implementations_keys_are_listed() {
+        let mut map = vec![(Value::Text("rats-tls-extra".into()), Value::Bool(true))];
+        map.push((Value::Integer(Integer::from(7u8)), Value::Null));
+        map.push((Value::Text(NONCE_KEY.into()), Value::Bytes(vec![1])));
+        let entries = claims_entries(&to_cbor(&Value::Map(map))).unwrap();
+        assert_eq!(other_keys(&entries), ["rats-tls-extra", "7"]);
     }
 }

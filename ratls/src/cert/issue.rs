@@ -1,5 +1,6 @@
-//! Issuing RA-TLS certificates: a fresh P-256 key, a quote whose report data binds that
-//! key (see `evidence.rs`), and the app claims, signed by the app CA or self-signed.
+//! Issuing RA-TLS certificates: a fresh P-256 key and a quote whose report data binds the
+//! claims buffer holding that key's hash and the app claims (see `evidence.rs`), signed by
+//! the app CA or self-signed.
 
 use std::fmt;
 use std::time::Duration;
@@ -7,12 +8,12 @@ use std::time::Duration;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SignatureAlgorithm, SigningKey, PKCS_ECDSA_P256_SHA256,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use super::claims::AppClaims;
+use super::claims::{AppClaims, MAX_CLAIMS_LEN};
 use super::{evidence, oid};
 use crate::provider::{Measurer, ProviderError, ProviderKind};
 use crate::types::{AppId, ComposeHash, InstanceId};
@@ -166,49 +167,6 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// Signs with `key` after swapping the placeholder claims OID for the real one in the
-/// to-be-signed bytes (see `oid.rs` for why).
-struct OidPatchingSigner<'a> {
-    key: &'a KeyPair,
-    from: &'a [u8],
-    to: &'a [u8],
-}
-
-impl PublicKeyData for OidPatchingSigner<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        self.key.der_bytes()
-    }
-
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.key.algorithm()
-    }
-}
-
-impl SigningKey for OidPatchingSigner<'_> {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let patched = replace_once(msg, self.from, self.to).ok_or(rcgen::Error::RemoteKeyError)?;
-        self.key.sign(&patched)
-    }
-}
-
-/// `haystack` with the single occurrence of `from` replaced by `to` (same length).
-fn replace_once(haystack: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
-    if from.len() != to.len() || from.is_empty() {
-        return None;
-    }
-    let mut hits = haystack
-        .windows(from.len())
-        .enumerate()
-        .filter(|(_, w)| *w == from);
-    let (at, _) = hits.next()?;
-    if hits.next().is_some() {
-        return None;
-    }
-    let mut out = haystack.to_vec();
-    out[at..at + to.len()].copy_from_slice(to);
-    Some(out)
-}
-
 /// Issues an RA-TLS certificate for `identity`, quoting through `measurer`.
 pub fn issue(
     measurer: &Measurer,
@@ -224,17 +182,42 @@ pub fn issue(
     if profile.validity.is_zero() {
         return Err(IssueError::Invalid("validity must be positive".into()));
     }
+    if profile
+        .nonce
+        .as_ref()
+        .is_some_and(|n| n.len() > evidence::MAX_NONCE_LEN)
+    {
+        return Err(IssueError::Invalid(format!(
+            "nonce is over {} bytes",
+            evidence::MAX_NONCE_LEN
+        )));
+    }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let claims_buffer =
-        evidence::claims_buffer(&key.subject_public_key_info(), profile.nonce.as_deref());
-    let (quote, event_log) = measurer.quote(&evidence::report_data_for(&claims_buffer))?;
-    let claims = AppClaims {
-        app_id: identity.app_id,
-        compose_hash: identity.compose_hash,
-        instance_id: identity.instance_id,
-        event_log,
-        simulated: measurer.kind() == ProviderKind::Simulated,
-    };
+    let spki = key.subject_public_key_info();
+    let simulated = measurer.kind() == ProviderKind::Simulated;
+    let mut too_large = None;
+    // The claims carry the event log as of the quote, so the buffer is built under the
+    // measurer's lock: no event can be extended between reading the log and quoting.
+    let (quote, claims_buffer) = measurer.quote_binding(|log| {
+        let claims = AppClaims {
+            app_id: identity.app_id,
+            compose_hash: identity.compose_hash,
+            instance_id: identity.instance_id,
+            event_log: log.clone(),
+            simulated,
+        };
+        let cb = evidence::claims_buffer(&spki, profile.nonce.as_deref(), Some(claims.to_value()));
+        if cb.len() > MAX_CLAIMS_LEN {
+            too_large = Some(cb.len());
+        }
+        Ok((evidence::report_data_for(&cb), cb))
+    })?;
+    if let Some(len) = too_large {
+        // Verifiers refuse such a buffer undecoded; issuing it would make a dead certificate.
+        return Err(IssueError::Invalid(format!(
+            "claims buffer is {len} bytes, over the {MAX_CLAIMS_LEN}-byte limit"
+        )));
+    }
 
     let mut params = CertificateParams::new(profile.names.clone())?;
     params.distinguished_name = dn(&profile.names[0]);
@@ -252,39 +235,20 @@ pub fn issue(
             .extended_key_usages
             .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
-    params.custom_extensions = vec![
-        CustomExtension::from_oid_content(
-            oid::EVIDENCE_OID,
-            evidence::encode(&quote, &claims_buffer),
-        ),
-        CustomExtension::from_oid_content(oid::PLACEHOLDER_ARCS, claims.to_cbor()),
-    ];
+    params.custom_extensions = vec![CustomExtension::from_oid_content(
+        oid::EVIDENCE_OID,
+        evidence::encode(&quote, &claims_buffer),
+    )];
 
-    let from = oid::oid_tlv(&oid::placeholder_oid_content());
-    let to = oid::oid_tlv(&oid::claims_oid_content());
     let (cert, chain) = match issuer {
         Some(ca) => {
-            let signer = OidPatchingSigner {
-                key: &ca.key,
-                from: &from,
-                to: &to,
-            };
-            let issuer = Issuer::from_ca_cert_der(&ca.cert_der, signer)?;
+            let issuer = Issuer::from_ca_cert_der(&ca.cert_der, &ca.key)?;
             (params.signed_by(&key, &issuer)?, vec![ca.cert_der.to_vec()])
         }
-        None => {
-            let signer = OidPatchingSigner {
-                key: &key,
-                from: &from,
-                to: &to,
-            };
-            (params.self_signed(&signer)?, Vec::new())
-        }
+        None => (params.self_signed(&key)?, Vec::new()),
     };
-    let cert_der = replace_once(cert.der(), &from, &to)
-        .ok_or(IssueError::Rcgen(rcgen::Error::RemoteKeyError))?;
     Ok(RaTlsCert {
-        cert_der,
+        cert_der: cert.der().to_vec(),
         chain,
         key,
     })
@@ -294,12 +258,73 @@ pub fn issue(
 mod tests {
     use super::*;
 
+    use crate::eventlog::names;
+    use crate::provider::SimulatedProvider;
+    use crate::{AppId, Reason, Step};
+    use ciborium::value::Value;
+
+    fn booted() -> (Measurer, Identity) {
+        let compose_hash = ComposeHash::of(b"bound");
+        let id = Identity {
+            app_id: compose_hash.default_app_id(),
+            compose_hash,
+            instance_id: InstanceId([4; 20]),
+        };
+        let m = Measurer::new(std::sync::Arc::new(SimulatedProvider::new()));
+        m.emit(names::COMPOSE_HASH, id.compose_hash.0.to_vec())
+            .unwrap();
+        m.emit(names::APP_ID, id.app_id.0.to_vec()).unwrap();
+        m.emit(names::INSTANCE_ID, id.instance_id.0.to_vec())
+            .unwrap();
+        (m, id)
+    }
+
+    fn verifier() -> crate::AttestationVerifier {
+        let mut policy = crate::Policy::any_measurements();
+        policy.allow_simulated = true;
+        crate::AttestationVerifier::new(
+            std::sync::Arc::new(crate::collateral::SourceChain::new()),
+            policy,
+        )
+    }
+
     #[test]
-    fn replace_once_requires_a_single_equal_length_hit() {
-        assert_eq!(replace_once(b"abcabd", b"bd", b"xy").unwrap(), b"abcaxy");
-        assert!(replace_once(b"abab", b"ab", b"xy").is_none());
-        assert!(replace_once(b"abc", b"zz", b"xy").is_none());
-        assert!(replace_once(b"abc", b"ab", b"x").is_none());
+    fn the_quote_binds_the_app_claims_in_the_claims_buffer() {
+        let (m, id) = booted();
+        let profile =
+            CertProfile::server_and_client(vec!["x.test".into()], Duration::from_secs(60));
+        let cert = issue(&m, &id, &profile, None).unwrap();
+        let parsed = super::super::parse_ratls_cert(&cert.cert_der).unwrap();
+        assert_eq!(parsed.claims.app_id, id.app_id);
+        verifier().verify(&cert.cert_der).unwrap();
+
+        // Same key, same quote, but the app id inside the claims buffer rewritten: the
+        // report data no longer matches, so it fails at key-binding (before any replay).
+        let entries = evidence::claims_entries(&parsed.claims_buffer).unwrap();
+        let forged: Vec<(Value, Value)> = entries
+            .into_iter()
+            .map(|(k, v)| {
+                if k.as_text() == Some(super::super::claims::CLAIMS_KEY) {
+                    let mut c = AppClaims::from_value(&v).unwrap();
+                    c.app_id = AppId([0xee; 20]);
+                    (k, c.to_value())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let mut forged_cb = Vec::new();
+        ciborium::into_writer(&Value::Map(forged), &mut forged_cb).unwrap();
+        let key = KeyPair::try_from(cert.key_pkcs8_der().as_slice()).unwrap();
+        let mut params = CertificateParams::new(vec!["x.test".to_string()]).unwrap();
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            oid::EVIDENCE_OID,
+            evidence::encode(&parsed.quote, &forged_cb),
+        )];
+        let forged = params.self_signed(&key).unwrap();
+        let e = verifier().verify(forged.der()).unwrap_err();
+        assert_eq!(e.step, Step::KeyBinding, "{e}");
+        assert!(matches!(e.reason, Reason::ReportDataMismatch { .. }), "{e}");
     }
 
     #[test]

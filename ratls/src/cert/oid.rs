@@ -1,27 +1,23 @@
-//! Object identifiers teegate certificates use, and the one trick needed to emit the
-//! teegate claims OID: `2.25.<uuid>` has a 128-bit arc, which rcgen (u64 arcs) cannot
-//! write. Certificates are built with a same-length placeholder OID and the placeholder's
-//! DER is swapped for the real one in the to-be-signed bytes before signing and in the
-//! final certificate (see `issue.rs`). Equal lengths keep every DER length field valid.
+//! Object identifiers teegate certificates use. Every arc fits in 63 bits: Go's
+//! crypto/x509 (and so Caddy, Kubernetes tooling, Go SDKs) refuses a certificate with a
+//! larger arc, which is why the app claims live in the CCC claims buffer and not under a
+//! private `2.25.<uuid>` OID.
 
 /// TCG DICE conceptual-message-wrapper extension (CCC interoperable RA-TLS evidence).
 pub const EVIDENCE_OID: &[u64] = &[2, 23, 133, 5, 4, 9];
 /// TCG DICE endorsements (the quote's collateral).
 pub const ENDORSEMENTS_OID: &[u64] = &[2, 23, 133, 5, 4, 2];
+/// Dotted form of [`EVIDENCE_OID`].
+pub const EVIDENCE_OID_STR: &str = "2.23.133.5.4.9";
 
-/// The UUID under `2.25` that names teegate's app-claims extension.
-pub const CLAIMS_UUID: u128 = 0x4304a583_dcc8_4862_a3bc_f0156a665d73;
-/// Dotted form, for people and for x509-parser comparisons.
-pub const CLAIMS_OID_STR: &str = "2.25.89082401949826223843902466965778095475";
-
-/// DER content octets of an OID (no tag/length) from arcs that may exceed u64.
-pub fn oid_content(arcs: &[u128]) -> Vec<u8> {
+/// DER content octets of an OID (no tag/length).
+pub fn oid_content(arcs: &[u64]) -> Vec<u8> {
     let mut out = Vec::new();
     let (first, rest) = match arcs {
-        [a, b, rest @ ..] => (a * 40 + b, rest),
+        [a, b, rest @ ..] => (u128::from(*a) * 40 + u128::from(*b), rest),
         _ => return out,
     };
-    for arc in std::iter::once(first).chain(rest.iter().copied()) {
+    for arc in std::iter::once(first).chain(rest.iter().map(|&a| u128::from(a))) {
         let mut groups = vec![(arc & 0x7f) as u8];
         let mut v = arc >> 7;
         while v > 0 {
@@ -33,28 +29,8 @@ pub fn oid_content(arcs: &[u128]) -> Vec<u8> {
     out
 }
 
-/// The real claims OID, DER content octets.
-pub fn claims_oid_content() -> Vec<u8> {
-    oid_content(&[2, 25, CLAIMS_UUID])
-}
-
-/// Placeholder arcs whose DER has the same length as the real claims OID (20 octets).
-pub const PLACEHOLDER_ARCS: &[u64] = &[2, 25, 0xFEED_FACE_CAFE_BEEF, 0x7EA7_0000_0000_0001];
-
-pub fn placeholder_oid_content() -> Vec<u8> {
-    let arcs: Vec<u128> = PLACEHOLDER_ARCS.iter().map(|&a| u128::from(a)).collect();
-    oid_content(&arcs)
-}
-
-/// Full OID TLV (tag 6, short length) for an OID's content octets.
-pub fn oid_tlv(content: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x06, content.len() as u8];
-    v.extend_from_slice(content);
-    v
-}
-
-/// Dotted form of DER OID content octets, arcs up to 128 bits (x509-parser stops at 64).
-pub fn dotted(content: &[u8]) -> Option<String> {
+/// The arcs of DER OID content octets, `None` when malformed or an arc is over 128 bits.
+pub fn arcs(content: &[u8]) -> Option<Vec<u128>> {
     let mut arcs: Vec<u128> = Vec::new();
     let mut acc: u128 = 0;
     for (i, b) in content.iter().enumerate() {
@@ -72,8 +48,13 @@ pub fn dotted(content: &[u8]) -> Option<String> {
             return None;
         }
     }
-    let parts: Vec<String> = arcs.iter().map(|a| a.to_string()).collect();
-    (!parts.is_empty()).then(|| parts.join("."))
+    (!arcs.is_empty()).then_some(arcs)
+}
+
+/// Dotted form of DER OID content octets.
+pub fn dotted(content: &[u8]) -> Option<String> {
+    let parts: Vec<String> = arcs(content)?.iter().map(|a| a.to_string()).collect();
+    Some(parts.join("."))
 }
 
 #[cfg(test)]
@@ -81,29 +62,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholder_and_real_oid_have_equal_der_length() {
-        assert_eq!(claims_oid_content().len(), placeholder_oid_content().len());
-        assert_ne!(claims_oid_content(), placeholder_oid_content());
-    }
-
-    #[test]
-    fn real_oid_parses_back_to_its_dotted_form() {
-        assert_eq!(dotted(&claims_oid_content()).unwrap(), CLAIMS_OID_STR);
-        assert_eq!(
-            dotted(&[0x67, 0x81, 0x05, 0x05, 0x04, 0x09]).unwrap(),
-            "2.23.133.5.4.9"
-        );
-        assert!(dotted(&[0x69, 0x81]).is_none());
-        assert_eq!(
-            CLAIMS_UUID.to_string(),
-            CLAIMS_OID_STR.trim_start_matches("2.25.")
-        );
-    }
-
-    #[test]
-    fn small_oid_encodes_like_der() {
+    fn evidence_oid_encodes_like_der_and_reads_back() {
         // 2.23.133.5.4.9 -> 67 81 05 05 04 09
-        let arcs: Vec<u128> = EVIDENCE_OID.iter().map(|&a| a.into()).collect();
-        assert_eq!(oid_content(&arcs), vec![0x67, 0x81, 0x05, 0x05, 0x04, 0x09]);
+        let der = oid_content(EVIDENCE_OID);
+        assert_eq!(der, vec![0x67, 0x81, 0x05, 0x05, 0x04, 0x09]);
+        assert_eq!(dotted(&der).unwrap(), EVIDENCE_OID_STR);
+        assert!(dotted(&[0x69, 0x81]).is_none());
+    }
+
+    #[test]
+    fn arcs_read_the_128_bit_uuid_arc_the_old_extension_used() {
+        // 2.25.<uuid>: what Go refused. `arcs` must see it, so tests can assert it is gone.
+        let mut content = vec![0x69];
+        let uuid: u128 = 0x4304a583_dcc8_4862_a3bc_f0156a665d73;
+        let mut groups = vec![(uuid & 0x7f) as u8];
+        let mut v = uuid >> 7;
+        while v > 0 {
+            groups.push(((v & 0x7f) as u8) | 0x80);
+            v >>= 7;
+        }
+        content.extend(groups.iter().rev());
+        let a = arcs(&content).unwrap();
+        assert_eq!(a, vec![2, 25, uuid]);
+        assert!(a[2] > u128::from(u64::MAX >> 1));
     }
 }

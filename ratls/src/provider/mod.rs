@@ -104,6 +104,18 @@ impl Measurer {
         Ok((quote, log.clone()))
     }
 
+    /// A quote over the report data `bind` derives from the event log, under the lock, so
+    /// what `bind` saw (and returns with the quote) is exactly what the quote measured.
+    pub fn quote_binding<T>(
+        &self,
+        bind: impl FnOnce(&EventLog) -> Result<(ReportData, T), ProviderError>,
+    ) -> Result<(Vec<u8>, T), ProviderError> {
+        let log = self.lock();
+        let (report_data, bound) = bind(&log)?;
+        let quote = self.provider.quote(&report_data)?;
+        Ok((quote, bound))
+    }
+
     pub fn event_log(&self) -> EventLog {
         self.lock().clone()
     }
