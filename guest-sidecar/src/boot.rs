@@ -213,8 +213,15 @@ fn measure(
                 saved_path.display()
             ))
         })?;
-        let log: ratls::eventlog::EventLog =
-            serde_json::from_str(&text).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
+        // A log saved before teegate adopted dstack's event format ({name, payload}
+        // entries, digest SHA-384(name ":" payload)) is refused, not converted: this TD's
+        // RTMR3 holds the old digests, so no dstack-format log could replay to it.
+        let log: ratls::eventlog::EventLog = serde_json::from_str(&text).map_err(|e| {
+            m(format!(
+                "{}: not a dstack-format event log ({e}); a log saved by a teegate sidecar older than the dstack event format cannot be resumed, because this TD's RTMR3 holds the old digests: restart the CVM to boot afresh",
+                saved_path.display()
+            ))
+        })?;
         if log.replay() != rtmr3 {
             return Err(m(format!(
                 "RTMR3 {rtmr3} does not match the saved event log ({}); refusing to boot",
@@ -243,7 +250,10 @@ fn measure(
         .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
         .map_err(|e| m(e.to_string()))?;
     measurer
-        .emit(names::KEY_PROVIDER, key_provider.as_bytes().to_vec())
+        .emit(
+            names::KEY_PROVIDER,
+            names::key_provider_payload(key_provider, ""),
+        )
         .map_err(|e| m(e.to_string()))?;
     let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
     std::fs::write(&saved_path, json).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
@@ -655,6 +665,44 @@ mod tests {
                 .contains("does not match the saved event log"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_saved_log_in_the_pre_dstack_format_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
+        let id = identity(b"app");
+        measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        let old = format!(
+            r#"[{{"name":"compose-hash","payload":"{}"}}]"#,
+            hex::encode(id.compose_hash.0)
+        );
+        std::fs::write(dir.path().join("event-log.json"), old).unwrap();
+        let err = measure(td, &id, "kms", dir.path()).err().unwrap();
+        assert!(
+            err.to_string().contains("not a dstack-format event log")
+                && err.to_string().contains("restart the CVM"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn boot_events_use_dstacks_names_and_key_provider_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
+        let m = measure(td, &identity(b"app"), "kms", dir.path()).unwrap();
+        let log = m.event_log();
+        let names: Vec<&str> = log.events().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["compose-hash", "app-id", "instance-id", "key-provider"]
+        );
+        let kp: serde_json::Value =
+            serde_json::from_slice(log.payloads("key-provider").next().unwrap()).unwrap();
+        assert_eq!(kp["name"], "kms");
+        let saved = std::fs::read_to_string(dir.path().join("event-log.json")).unwrap();
+        let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        assert_eq!(saved[0]["event_type"], 0x0800_0001);
     }
 
     #[test]

@@ -222,14 +222,7 @@ impl GuestState {
                     return bad(StatusCode::BAD_REQUEST, "payload must be hex");
                 };
                 // Boot events are the sidecar's alone; an app may not forge them.
-                if [
-                    ratls::eventlog::names::COMPOSE_HASH,
-                    ratls::eventlog::names::APP_ID,
-                    ratls::eventlog::names::INSTANCE_ID,
-                    ratls::eventlog::names::KEY_PROVIDER,
-                ]
-                .contains(&r.name.as_str())
-                {
+                if ratls::eventlog::names::is_reserved(&r.name) {
                     return bad(
                         StatusCode::FORBIDDEN,
                         format!("event name {:?} is reserved for the boot flow", r.name),
