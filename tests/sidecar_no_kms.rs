@@ -59,9 +59,10 @@ async fn without_a_kms_no_key_is_served_and_nothing_computable_from_public_data(
     std::fs::write(
         &cfg,
         format!(
-            "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:1\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\nruntime = \"none\"\n[upstreams]\n80 = \"127.0.0.1:1\"\n",
+            "compose_file = \"{}\"\nsocket_path = \"{}\"\ndstack_socket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:1\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\nruntime = \"none\"\n[upstreams]\n80 = \"127.0.0.1:1\"\n",
             compose.display(),
             socket.display(),
+            dir.path().join("run/dstack.sock").display(),
             dir.path().join("data").display(),
         ),
     )

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::compose::{ComposeOptions, KeyProvider, LoadedAppCompose};
 use crate::containers::{connect_docker, AppDeployment, ContainerManager, ManagerConfig};
+use crate::dstack_api::{self, AppK256, DstackState};
 use crate::front::{self, CertSlot, FrontLimits, FrontResolver, Routes};
 use crate::guest_api::{self, GuestState, KeySource};
 use crate::register::{GatewayTarget, Registrar, Registration};
@@ -420,11 +421,15 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     let mut kms_root_der: Option<Vec<u8>> = None;
     // Without a KMS there is no app secret: keys "derived" from the (public) compose hash
     // could be computed by anyone, so the guest API serves none.
-    type Keys = (Option<Arc<CertAuthority>>, Option<Arc<dyn KeySource>>);
-    let (app_ca, keys): Keys = match loaded.compose.key_provider {
+    type Keys = (
+        Option<Arc<CertAuthority>>,
+        Option<Arc<dyn KeySource>>,
+        Option<AppK256>,
+    );
+    let (app_ca, keys, k256): Keys = match loaded.compose.key_provider {
         KeyProvider::None => {
             tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only); the guest API's /key and /tls-key answer 503");
-            (None, None)
+            (None, None, None)
         }
         KeyProvider::Kms => {
             let k = step("kms");
@@ -497,9 +502,15 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
                 tracing::info!(count = vars.len(), "encrypted environment decrypted");
                 env_vars = vars;
             }
+            let k256 = AppK256::from_released(
+                released.app_k256_key.expose(),
+                &released.app_k256_signature,
+            )
+            .map_err(k)?;
             (
                 Some(Arc::new(ca)),
                 Some(Arc::new(DerivedKeys(released.disk_key.clone()))),
+                Some(k256),
             )
         }
     };
@@ -560,8 +571,18 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         app_ca: app_ca.clone(),
         instance_cert_pem: cert_pem.clone(),
     });
+    let dstack_socket = guest_api::bind(&cfg.dstack_socket_path).map_err(|e| s(e.to_string()))?;
+    let dstack = Arc::new(DstackState {
+        guest: state.clone(),
+        app_name: loaded.compose.name.clone(),
+        app_compose: String::from_utf8_lossy(&loaded.bytes).into_owned(),
+        key_provider_info: String::from_utf8_lossy(&names::key_provider_payload(key_provider, ""))
+            .into_owned(),
+        k256,
+    });
     tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
-    tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), "serving");
+    tokio::spawn(dstack_api::serve(dstack_socket, dstack, stopped.clone()));
+    tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), dstack_socket = %cfg.dstack_socket_path.display(), "serving");
 
     // register
     let r = step("register");

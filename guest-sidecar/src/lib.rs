@@ -26,6 +26,7 @@
 pub mod boot;
 pub mod compose;
 pub mod containers;
+pub mod dstack_api;
 pub mod front;
 pub mod guest_api;
 pub mod register;

@@ -296,9 +296,10 @@ pub fn sidecar_config(
         None => "runtime = \"docker\"\n".to_string(),
     };
     let text = format!(
-        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\ngateway_ca = {ca}\nquote_provider = \"simulated\"\ndata_dir = {data}\ndocker_socket = {docker}\nheartbeat_secs = 10\n{runtime}\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
+        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\ndstack_socket_path = {dstack}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\ngateway_ca = {ca}\nquote_provider = \"simulated\"\ndata_dir = {data}\ndocker_socket = {docker}\nheartbeat_secs = 10\n{runtime}\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
         compose = path_str(&app.compose_path),
         socket = path_str(&socket),
+        dstack = path_str(&app.dir.join("dstack.sock")),
         kms = ports.kms,
         root = path_str(&layout.kms_root_ca()),
         ca = path_str(&layout.dev_ca()),
