@@ -196,7 +196,7 @@ fn instance_id(data_dir: &Path) -> Result<InstanceId, BootError> {
 fn measure(
     provider: Arc<dyn QuoteProvider>,
     identity: &Identity,
-    key_provider: &str,
+    key_provider_info: &[u8],
     data_dir: &Path,
 ) -> Result<Measurer, BootError> {
     let m = step("measure");
@@ -251,14 +251,31 @@ fn measure(
         .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
         .map_err(|e| m(e.to_string()))?;
     measurer
-        .emit(
-            names::KEY_PROVIDER,
-            names::key_provider_payload(key_provider, ""),
-        )
+        .emit(names::KEY_PROVIDER, key_provider_info.to_vec())
         .map_err(|e| m(e.to_string()))?;
     let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
     std::fs::write(&saved_path, json).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
     Ok(measurer)
+}
+
+/// dstack's `key_provider_id` pin: the KMS root CA's public key (SPKI DER), as dstack
+/// pins its KMS. Checked before any released key is used.
+fn check_key_provider_id(pin: &[u8], root_der: Option<&[u8]>) -> Result<(), String> {
+    if pin.is_empty() {
+        return Ok(());
+    }
+    let root = root_der.ok_or("key_provider_id is set but the KMS sent no root CA")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(root).map_err(|e| format!("KMS root CA: {e}"))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    if spki != pin {
+        return Err(format!(
+            "the KMS's root CA public key {} is not the app's key_provider_id {}",
+            hex::encode(spki),
+            hex::encode(pin)
+        ));
+    }
+    Ok(())
 }
 
 /// `KEY=VALUE` lines (comments and blank lines skipped, optional double quotes).
@@ -400,7 +417,14 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         KeyProvider::Kms => "kms",
         KeyProvider::None => "none",
     };
-    let measurer = Arc::new(measure(provider, &identity, key_provider, &cfg.data_dir)?);
+    let key_provider_info =
+        names::key_provider_payload(key_provider, &hex::encode(loaded.compose.key_provider_id()));
+    let measurer = Arc::new(measure(
+        provider,
+        &identity,
+        &key_provider_info,
+        &cfg.data_dir,
+    )?);
     tracing::info!(rtmr3 = %measurer.event_log().replay(), "RTMR3 holds the boot events");
 
     let validity = Duration::from_secs(cfg.cert_validity_secs);
@@ -468,6 +492,8 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             if kms_root_der.is_none() {
                 kms_root_der = pem_certs(&released.root_ca_cert_pem).into_iter().next();
             }
+            check_key_provider_id(loaded.compose.key_provider_id(), kms_root_der.as_deref())
+                .map_err(&k)?;
             let ca_der = pem_certs(&released.app_ca_cert_pem)
                 .into_iter()
                 .next()
@@ -576,8 +602,7 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         guest: state.clone(),
         app_name: loaded.compose.name.clone(),
         app_compose: String::from_utf8_lossy(&loaded.bytes).into_owned(),
-        key_provider_info: String::from_utf8_lossy(&names::key_provider_payload(key_provider, ""))
-            .into_owned(),
+        key_provider_info: String::from_utf8_lossy(&key_provider_info).into_owned(),
         k256,
     });
     tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
@@ -647,6 +672,8 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
 mod tests {
     use super::*;
 
+    const KP: &[u8] = br#"{"id":"","name":"kms"}"#;
+
     fn identity(compose: &[u8]) -> Identity {
         let compose_hash = ratls::ComposeHash::of(compose);
         Identity {
@@ -662,8 +689,8 @@ mod tests {
         // One simulated TD whose RTMR3 survives the sidecar's restart, as hardware's does.
         let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
         let id = identity(b"app");
-        let first = measure(td.clone(), &id, "kms", dir.path()).unwrap();
-        let second = measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        let first = measure(td.clone(), &id, KP, dir.path()).unwrap();
+        let second = measure(td.clone(), &id, KP, dir.path()).unwrap();
         assert_eq!(second.event_log(), first.event_log());
         let (q, log) = second.quote(&ratls::ReportData::ZERO).unwrap();
         assert_eq!(
@@ -672,7 +699,7 @@ mod tests {
             "still replays after the restart"
         );
 
-        let err = measure(td.clone(), &identity(b"another app"), "kms", dir.path())
+        let err = measure(td.clone(), &identity(b"another app"), KP, dir.path())
             .err()
             .unwrap();
         assert!(
@@ -680,7 +707,7 @@ mod tests {
             "{err}"
         );
         std::fs::write(dir.path().join("event-log.json"), "[]").unwrap();
-        let err = measure(td, &id, "kms", dir.path()).err().unwrap();
+        let err = measure(td, &id, KP, dir.path()).err().unwrap();
         assert!(
             err.to_string()
                 .contains("does not match the saved event log"),
@@ -693,13 +720,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
         let id = identity(b"app");
-        measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        measure(td.clone(), &id, KP, dir.path()).unwrap();
         let old = format!(
             r#"[{{"name":"compose-hash","payload":"{}"}}]"#,
             hex::encode(id.compose_hash.0)
         );
         std::fs::write(dir.path().join("event-log.json"), old).unwrap();
-        let err = measure(td, &id, "kms", dir.path()).err().unwrap();
+        let err = measure(td, &id, KP, dir.path()).err().unwrap();
         assert!(
             err.to_string().contains("not a dstack-format event log")
                 && err.to_string().contains("restart the CVM"),
@@ -711,7 +738,7 @@ mod tests {
     fn boot_events_use_dstacks_names_and_key_provider_payload() {
         let dir = tempfile::tempdir().unwrap();
         let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
-        let m = measure(td, &identity(b"app"), "kms", dir.path()).unwrap();
+        let m = measure(td, &identity(b"app"), KP, dir.path()).unwrap();
         let log = m.event_log();
         let names: Vec<&str> = log.events().iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
