@@ -104,6 +104,23 @@ async fn without_a_kms_no_key_is_served_and_nothing_computable_from_public_data(
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(NO_KEY_PROVIDER), "{body}");
     assert!(!body.contains("PRIVATE KEY"), "{body}");
+    // dstack's API on its own socket holds to the same rule.
+    let dstack = dir.path().join("run/dstack.sock");
+    for (method, body) in [
+        ("/GetKey", r#"{"path":"wallet","purpose":"signing"}"#),
+        ("/Sign", r#"{"algorithm":"secp256k1","data":"00"}"#),
+        ("/GetTlsKey", r#"{"subject":"app.example"}"#),
+    ] {
+        let (status, body) = guest(&dstack, "POST", method, body).await;
+        assert_eq!(status, 503, "{method}: {body}");
+        assert!(body.contains(NO_KEY_PROVIDER), "{body}");
+        assert!(
+            !body.contains("\"key\"") && !body.contains("signature"),
+            "{body}"
+        );
+    }
+    let (status, body) = guest(&dstack, "POST", "/GetQuote", r#"{"report_data":"01"}"#).await;
+    assert_eq!(status, 200, "{body}");
 
     // What needs no app secret still answers: quotes and the attestation.
     let (status, body) = guest(

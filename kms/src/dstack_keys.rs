@@ -81,6 +81,12 @@ pub fn public_sec1(key: &VerifyingKey) -> Vec<u8> {
     key.to_encoded_point(true).as_bytes().to_vec()
 }
 
+/// The compressed public key of a released app k256 key (32 secret bytes).
+pub fn app_k256_public(secret: &[u8]) -> Result<Vec<u8>, K256Error> {
+    let key = SigningKey::from_slice(secret).map_err(|_| K256Error::BadKey)?;
+    Ok(public_sec1(key.verifying_key()))
+}
+
 /// dstack's signature: Keccak-256 of `message`, recoverable ECDSA, `r ‖ s ‖ v`.
 pub fn sign_recoverable(key: &SigningKey, message: &[u8]) -> Result<[u8; 65], K256Error> {
     let (sig, recid) = key
