@@ -258,26 +258,6 @@ fn measure(
     Ok(measurer)
 }
 
-/// dstack's `key_provider_id` pin: the KMS root CA's public key (SPKI DER), as dstack
-/// pins its KMS. Checked before any released key is used.
-fn check_key_provider_id(pin: &[u8], root_der: Option<&[u8]>) -> Result<(), String> {
-    if pin.is_empty() {
-        return Ok(());
-    }
-    let root = root_der.ok_or("key_provider_id is set but the KMS sent no root CA")?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(root).map_err(|e| format!("KMS root CA: {e}"))?;
-    let spki = cert.tbs_certificate.subject_pki.raw;
-    if spki != pin {
-        return Err(format!(
-            "the KMS's root CA public key {} is not the app's key_provider_id {}",
-            hex::encode(spki),
-            hex::encode(pin)
-        ));
-    }
-    Ok(())
-}
-
 /// `KEY=VALUE` lines (comments and blank lines skipped, optional double quotes).
 pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
@@ -492,8 +472,11 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             if kms_root_der.is_none() {
                 kms_root_der = pem_certs(&released.root_ca_cert_pem).into_iter().next();
             }
-            check_key_provider_id(loaded.compose.key_provider_id(), kms_root_der.as_deref())
-                .map_err(&k)?;
+            crate::compose::dstack::check_key_provider_id(
+                loaded.compose.key_provider_id(),
+                kms_root_der.as_deref(),
+            )
+            .map_err(&k)?;
             let ca_der = pem_certs(&released.app_ca_cert_pem)
                 .into_iter()
                 .next()

@@ -78,10 +78,11 @@ pub enum EventLogError {
         event_type: u32,
     },
     #[error("event {name:?}: digest {found} is not the event's digest {expected}")]
+    // Boxed: this error travels inside provider and issue errors, which stay small.
     DigestMismatch {
         name: String,
-        expected: Measurement,
-        found: Measurement,
+        expected: Box<Measurement>,
+        found: Box<Measurement>,
     },
 }
 
@@ -134,8 +135,8 @@ impl TryFrom<WireEvent> for Event {
         if expected != w.digest {
             return Err(EventLogError::DigestMismatch {
                 name: e.name,
-                expected,
-                found: w.digest,
+                expected: Box::new(expected),
+                found: Box::new(w.digest),
             });
         }
         Ok(e)

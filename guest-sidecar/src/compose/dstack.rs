@@ -254,6 +254,26 @@ fn published_ports(docker_compose: &str) -> Result<Vec<Port>, ComposeError> {
     Ok(ports.into_iter().map(Port).collect())
 }
 
+/// dstack's `key_provider_id` pin: the KMS root CA's public key (SPKI DER), as dstack
+/// pins its KMS. Checked before any released key is used.
+pub fn check_key_provider_id(pin: &[u8], root_der: Option<&[u8]>) -> Result<(), String> {
+    if pin.is_empty() {
+        return Ok(());
+    }
+    let root = root_der.ok_or("key_provider_id is set but the KMS sent no root CA")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(root).map_err(|e| format!("KMS root CA: {e}"))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    if spki != pin {
+        return Err(format!(
+            "the KMS's root CA public key {} is not the app's key_provider_id {}",
+            hex::encode(spki),
+            hex::encode(pin)
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::LoadedAppCompose;

@@ -11,8 +11,8 @@ use ratls::ReportData;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{no_kms, unhex, DstackState};
-use crate::guest_api::{bad, reply, Reply};
+use super::{err, no_kms, unhex, ApiError, DstackState};
+use crate::guest_api::{reply, Reply};
 
 /// Longest certificate `GetTlsKey` issues, as teegate's own `/tls-key`.
 const MAX_VALIDITY: u64 = 90 * 86_400;
@@ -54,10 +54,10 @@ pub(super) struct EmitReq {
 }
 
 /// dstack pads report data with zeros at the end to 64 bytes.
-fn report_data(hex_text: &str) -> Result<ReportData, Reply> {
+fn report_data(hex_text: &str) -> Result<ReportData, ApiError> {
     let bytes = unhex("report_data", hex_text)?;
     if bytes.len() > 64 {
-        return Err(bad(
+        return Err(err(
             StatusCode::BAD_REQUEST,
             format!("report_data is {} bytes; at most 64", bytes.len()),
         ));
@@ -67,16 +67,16 @@ fn report_data(hex_text: &str) -> Result<ReportData, Reply> {
     Ok(ReportData(rd))
 }
 
-fn internal(e: impl std::fmt::Display) -> Reply {
-    bad(StatusCode::INTERNAL_SERVER_ERROR, e)
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    err(StatusCode::INTERNAL_SERVER_ERROR, e)
 }
 
-fn log_text(log: &EventLog) -> Result<String, Reply> {
+fn log_text(log: &EventLog) -> Result<String, ApiError> {
     serde_json::to_string(log).map_err(internal)
 }
 
 impl DstackState {
-    pub(super) fn info(&self) -> Result<Reply, Reply> {
+    pub(super) fn info(&self) -> Result<Reply, ApiError> {
         let g = &self.guest;
         let (q, log) = g.current_measurements().map_err(internal)?;
         let r = q.rtmrs();
@@ -116,7 +116,7 @@ impl DstackState {
         ))
     }
 
-    pub(super) fn get_quote(&self, r: ReportDataReq) -> Result<Reply, Reply> {
+    pub(super) fn get_quote(&self, r: ReportDataReq) -> Result<Reply, ApiError> {
         let rd = report_data(&r.report_data)?;
         let (quote, log) = self.guest.measurer.quote(&rd).map_err(internal)?;
         Ok(reply(
@@ -130,7 +130,7 @@ impl DstackState {
         ))
     }
 
-    pub(super) fn attest(&self, r: ReportDataReq) -> Result<Reply, Reply> {
+    pub(super) fn attest(&self, r: ReportDataReq) -> Result<Reply, ApiError> {
         let rd = report_data(&r.report_data)?;
         let (quote, log) = self.guest.measurer.quote(&rd).map_err(internal)?;
         let attestation = json!({
@@ -145,7 +145,7 @@ impl DstackState {
         ))
     }
 
-    pub(super) fn get_tls_key(&self, r: TlsKeyReq) -> Result<Reply, Reply> {
+    pub(super) fn get_tls_key(&self, r: TlsKeyReq) -> Result<Reply, ApiError> {
         let mut names: Vec<String> = Vec::new();
         for n in std::iter::once(&r.subject).chain(&r.alt_names) {
             if !n.is_empty() && !names.contains(n) {
@@ -162,7 +162,7 @@ impl DstackState {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
         };
         if names.len() > MAX_NAMES || !names.iter().all(ok_name) {
-            return Err(bad(
+            return Err(err(
                 StatusCode::BAD_REQUEST,
                 format!("subject and alt_names: at most {MAX_NAMES} DNS names"),
             ));
@@ -174,7 +174,7 @@ impl DstackState {
         // Certificates start now (rcgen backdates a little for clock skew): a not_before
         // in the future cannot be honoured, so it is refused rather than ignored.
         if r.not_before.is_some_and(|nb| nb > now + 60) {
-            return Err(bad(
+            return Err(err(
                 StatusCode::BAD_REQUEST,
                 "not_before in the future is not supported: certificates are valid from issuance",
             ));
@@ -183,7 +183,7 @@ impl DstackState {
             None => DEFAULT_VALIDITY,
             Some(na) if na > now && na - now <= MAX_VALIDITY => na - now,
             Some(_) => {
-                return Err(bad(
+                return Err(err(
                     StatusCode::BAD_REQUEST,
                     format!("not_after must be in the future, at most {MAX_VALIDITY} s from now"),
                 ))
@@ -218,11 +218,11 @@ impl DstackState {
         ))
     }
 
-    pub(super) fn emit_event(&self, r: EmitReq) -> Result<Reply, Reply> {
+    pub(super) fn emit_event(&self, r: EmitReq) -> Result<Reply, ApiError> {
         let payload = unhex("payload", &r.payload)?;
         // Boot events are the sidecar's alone (see `names::RESERVED`).
         if names::is_reserved(&r.event) {
-            return Err(bad(
+            return Err(err(
                 StatusCode::FORBIDDEN,
                 format!("event name {:?} is reserved for the boot flow", r.event),
             ));
@@ -230,7 +230,7 @@ impl DstackState {
         self.guest
             .measurer
             .emit(&r.event, payload)
-            .map_err(|e| bad(StatusCode::BAD_REQUEST, e))?;
+            .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
         Ok(reply(StatusCode::OK, json!({})))
     }
 }

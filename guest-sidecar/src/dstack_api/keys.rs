@@ -25,8 +25,8 @@ use serde_json::json;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::{no_kms, unhex, DstackState};
-use crate::guest_api::{bad, reply, Reply};
+use super::{err, no_kms, unhex, ApiError, DstackState};
+use crate::guest_api::{reply, Reply};
 
 const MAX_PATH: usize = 512;
 const MAX_PURPOSE: usize = 256;
@@ -58,12 +58,12 @@ enum Algorithm {
     Ed25519,
 }
 
-fn algorithm(name: &str, prehashed_ok: bool) -> Result<Algorithm, Reply> {
+fn algorithm(name: &str, prehashed_ok: bool) -> Result<Algorithm, ApiError> {
     match name {
         "" | "secp256k1" | "k256" => Ok(Algorithm::Secp256k1),
         "secp256k1_prehashed" if prehashed_ok => Ok(Algorithm::Secp256k1Prehashed),
         "ed25519" => Ok(Algorithm::Ed25519),
-        other => Err(bad(
+        other => Err(err(
             StatusCode::BAD_REQUEST,
             format!(
                 "unsupported algorithm {:?} (secp256k1, k256, ed25519{})",
@@ -133,9 +133,9 @@ impl AppK256 {
         }
     }
 
-    fn chain(&self, purpose: &str, derived: &Derived) -> Result<[String; 2], Reply> {
+    fn chain(&self, purpose: &str, derived: &Derived) -> Result<[String; 2], ApiError> {
         let sig = kms::dstack_keys::app_signature_for_key(&self.key, purpose, &derived.public())
-            .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            .map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, e))?;
         Ok([hex::encode(sig), hex::encode(self.kms_signature)])
     }
 }
@@ -167,9 +167,9 @@ pub(super) struct VerifyReq {
 }
 
 impl DstackState {
-    pub(super) fn get_key(&self, r: GetKeyReq) -> Result<Reply, Reply> {
+    pub(super) fn get_key(&self, r: GetKeyReq) -> Result<Reply, ApiError> {
         if r.path.len() > MAX_PATH || r.purpose.len() > MAX_PURPOSE {
-            return Err(bad(
+            return Err(err(
                 StatusCode::BAD_REQUEST,
                 format!("path is at most {MAX_PATH} bytes and purpose {MAX_PURPOSE}"),
             ));
@@ -184,7 +184,7 @@ impl DstackState {
         ))
     }
 
-    pub(super) fn sign(&self, r: SignReq) -> Result<Reply, Reply> {
+    pub(super) fn sign(&self, r: SignReq) -> Result<Reply, ApiError> {
         let alg = algorithm(&r.algorithm, true)?;
         let data = unhex("data", &r.data)?;
         let k256 = self.k256.as_ref().ok_or_else(no_kms)?;
@@ -199,7 +199,7 @@ impl DstackState {
             (Derived::Ed25519(k), _) => k.sign(&data).to_bytes().to_vec(),
             (Derived::K256(k), Algorithm::Secp256k1Prehashed) => {
                 if data.len() != 32 {
-                    return Err(bad(
+                    return Err(err(
                         StatusCode::BAD_REQUEST,
                         format!(
                             "pre-hashed signing needs a 32-byte digest, not {} bytes",
@@ -209,7 +209,7 @@ impl DstackState {
                 }
                 let s: k256::ecdsa::Signature = k
                     .sign_prehash(&data)
-                    .map_err(|e| bad(StatusCode::BAD_REQUEST, e))?;
+                    .map_err(|e| err(StatusCode::BAD_REQUEST, e))?;
                 s.to_bytes().to_vec()
             }
             (Derived::K256(k), _) => {
@@ -230,19 +230,19 @@ impl DstackState {
 }
 
 /// `Verify` needs no key of the app: it checks any signature against the given key.
-pub(super) fn verify(r: VerifyReq) -> Result<Reply, Reply> {
+pub(super) fn verify(r: VerifyReq) -> Result<Reply, ApiError> {
     let alg = algorithm(&r.algorithm, true)?;
     let data = unhex("data", &r.data)?;
     let sig = unhex("signature", &r.signature)?;
     let public = unhex("public_key", &r.public_key)?;
     let bad_key = || {
-        bad(
+        err(
             StatusCode::BAD_REQUEST,
             "public_key is not a key of that algorithm",
         )
     };
     let bad_sig = || {
-        bad(
+        err(
             StatusCode::BAD_REQUEST,
             "signature is not one of that algorithm",
         )

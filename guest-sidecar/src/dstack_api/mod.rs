@@ -59,7 +59,27 @@ const METHODS: &[&str] = &[
     "Version",
 ];
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+/// A refusal: its HTTP status and message (answered as `{"error": message}`).
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+pub(crate) fn err(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status,
+        message: message.to_string(),
+    }
+}
+
+impl ApiError {
+    fn into_reply(self) -> Reply {
+        bad(self.status, self.message)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // The SDK sends `{}` for argument-less calls; curl users often send nothing.
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
@@ -67,17 +87,17 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
         body
     };
     serde_json::from_slice(body)
-        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+        .map_err(|e| err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }
 
 /// Hex as dstack's SDKs send it (an optional `0x` prefix is tolerated).
-fn unhex(field: &str, text: &str) -> Result<Vec<u8>, Reply> {
+fn unhex(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
     let t = text.strip_prefix("0x").unwrap_or(text);
-    hex::decode(t).map_err(|_| bad(StatusCode::BAD_REQUEST, format!("{field} must be hex")))
+    hex::decode(t).map_err(|_| err(StatusCode::BAD_REQUEST, format!("{field} must be hex")))
 }
 
-fn no_kms() -> Reply {
-    bad(StatusCode::SERVICE_UNAVAILABLE, NO_KEY_PROVIDER)
+fn no_kms() -> ApiError {
+    err(StatusCode::SERVICE_UNAVAILABLE, NO_KEY_PROVIDER)
 }
 
 impl DstackState {
@@ -102,10 +122,10 @@ impl DstackState {
             (&Method::POST, "GetKey") => parse(&body).and_then(|r| self.get_key(r)),
             (&Method::POST, "GetTlsKey") => parse(&body).and_then(|r| self.get_tls_key(r)),
             (&Method::POST, "Sign") => parse(&body).and_then(|r| self.sign(r)),
-            (&Method::POST, "Verify") => parse(&body).and_then(|r| keys::verify(r)),
+            (&Method::POST, "Verify") => parse(&body).and_then(keys::verify),
             (&Method::POST, "EmitEvent") => parse(&body).and_then(|r| self.emit_event(r)),
-            (_, m) if METHODS.contains(&m) => Err(bad(StatusCode::METHOD_NOT_ALLOWED, "use POST")),
-            (_, m) => Err(bad(
+            (_, m) if METHODS.contains(&m) => Err(err(StatusCode::METHOD_NOT_ALLOWED, "use POST")),
+            (_, m) => Err(err(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no such method {:?}",
@@ -113,7 +133,7 @@ impl DstackState {
                 ),
             )),
         };
-        answer.unwrap_or_else(|r| r)
+        answer.unwrap_or_else(ApiError::into_reply)
     }
 }
 
