@@ -18,7 +18,7 @@ use support::*;
 
 /// The compose as dstack's tooling writes it; `pin` is a `key_provider_id`.
 fn dstack_compose(pin: &str) -> String {
-    let yaml = "services:\n  app:\n    image: teegate-test/busybox:latest\n    command: [\"sleep\", \"3600\"]\n";
+    let yaml = "services:\n  app:\n    image: teegate-test/busybox:latest\n    command: [\"sleep\", \"3600\"]\n    volumes: [\"/var/run/dstack.sock:/var/run/dstack.sock\"]\n";
     serde_json::to_string_pretty(&serde_json::json!({
         "manifest_version": 2,
         "name": "dstack-sdk-app",

@@ -240,7 +240,7 @@ fn published_ports(docker_compose: &str) -> Result<Vec<Port>, ComposeError> {
     let spec = ComposeSpec::parse_with(
         docker_compose,
         &Default::default(),
-        &ComposeOptions::default(),
+        &super::with_dstack_socket(&ComposeOptions::default()),
         false,
     )?;
     let mut ports: Vec<u16> = spec
@@ -285,7 +285,7 @@ mod tests {
   "manifest_version": 2,
   "name": "hello-dstack",
   "runner": "docker-compose",
-  "docker_compose_file": "services:\n  web:\n    image: nginx:1.27\n    ports: [\"8080:80\"]\n  worker:\n    image: busybox\n",
+  "docker_compose_file": "services:\n  web:\n    image: nginx:1.27\n    ports: [\"8080:80\"]\n    volumes: [\"/var/run/dstack.sock:/var/run/dstack.sock\"]\n  worker:\n    image: busybox\n",
   "kms_enabled": true,
   "gateway_enabled": true,
   "public_logs": true,
@@ -317,6 +317,15 @@ mod tests {
         let d = c.dstack.as_ref().unwrap();
         assert!(d.gateway_enabled && d.public_logs && !d.secure_time);
         assert!(c.key_provider_id().is_empty());
+        // The socket mount dstack apps carry is accepted; other host paths still are not.
+        let spec = c
+            .compose_spec(&Default::default(), &ComposeOptions::default())
+            .unwrap();
+        assert!(!spec.services["web"].volumes.is_empty());
+        let j = DSTACK.replace("/var/run/dstack.sock:", "/var/run/docker.sock:");
+        assert!(load(&j)
+            .unwrap_err()
+            .contains("bind mount of host path /var/run/docker.sock refused"));
     }
 
     #[test]

@@ -62,6 +62,17 @@ pub use spec::{
     ServiceSpec, VolumeMount,
 };
 
+/// Where dstack apps mount dstack's guest API from (`/var/run/dstack.sock:/var/run/dstack.sock`
+/// in their compose): always allowed as a bind-mount source, beside the caller's bases.
+pub const DSTACK_SOCKET: &str = "/var/run/dstack.sock";
+
+/// `options` plus [`DSTACK_SOCKET`], so a dstack compose's socket mount is accepted.
+pub fn with_dstack_socket(options: &ComposeOptions) -> ComposeOptions {
+    let mut o = options.clone();
+    o.allowed_bind_bases.push(PathBuf::from(DSTACK_SOCKET));
+    o
+}
+
 /// Largest `app-compose.json` accepted.
 pub const MAX_APP_COMPOSE_BYTES: usize = 1024 * 1024;
 
@@ -472,7 +483,7 @@ impl AppCompose {
         let spec = ComposeSpec::parse_with(
             &self.docker_compose,
             &Default::default(),
-            &ComposeOptions::default(),
+            &with_dstack_socket(&ComposeOptions::default()),
             false,
         )?;
         spec.check_exposed_ports(&self.exposed_ports)?;
@@ -492,7 +503,8 @@ impl AppCompose {
             .filter(|(k, _)| self.allowed_envs.iter().any(|a| a == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let spec = ComposeSpec::parse(&self.docker_compose, &allowed, options)?;
+        let spec =
+            ComposeSpec::parse(&self.docker_compose, &allowed, &with_dstack_socket(options))?;
         spec.check_exposed_ports(&self.exposed_ports)?;
         Ok(spec)
     }
