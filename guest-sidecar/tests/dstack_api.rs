@@ -247,6 +247,18 @@ async fn bad_input_gets_the_4xx_the_sdk_expects() {
             403,
         ),
         ("/NoSuchMethod", "{}".to_string(), 404),
+        (
+            "/GetTlsKey",
+            r#"{"subject":"a.test","usage_server_auth":false,"usage_client_auth":false}"#
+                .to_string(),
+            400,
+        ),
+        ("/GetTlsKey", r#"{"subject":"a b"}"#.to_string(), 400),
+        (
+            "/GetTlsKey",
+            r#"{"subject":"a.test","not_after":1}"#.to_string(),
+            400,
+        ),
     ] {
         let (s, e) = call(&api, "POST", path, body).await;
         assert_eq!(s, status, "{path}: {e}");

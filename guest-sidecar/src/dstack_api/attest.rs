@@ -189,6 +189,14 @@ impl DstackState {
                 ))
             }
         };
+        // No extended key usage at all would make the certificate good for any purpose:
+        // more than was asked, so one usage is required.
+        if !r.usage_server_auth && !r.usage_client_auth {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "usage_server_auth or usage_client_auth must be true",
+            ));
+        }
         let ca = self.guest.app_ca.as_ref().ok_or_else(no_kms)?;
         let profile = CertProfile {
             names,
