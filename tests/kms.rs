@@ -250,6 +250,19 @@ async fn replica_onboarded_from_first_kms_releases_identical_keys() {
     assert_eq!(e1.env_public_key, a.env_public_key);
     let info = client(&second, None).info().await.unwrap();
     assert!(info.attestation.simulated);
+    // dstack's key chain: both replicas publish one k256 root, and the app's k256 key
+    // released by either is signed by it (dstack's "dstack-kms-issued" message).
+    let first_info = client(&first, None).info().await.unwrap();
+    assert_eq!(first_info.k256_root_public_key, info.k256_root_public_key);
+    assert_eq!(a.app_k256_key.expose(), b.app_k256_key.expose());
+    let app_k256 = kms::dstack_keys::app_k256_public(a.app_k256_key.expose()).unwrap();
+    let msg = kms::dstack_keys::kms_issued_message(app_id(COMPOSE).as_bytes(), &app_k256);
+    let signer =
+        kms::dstack_keys::recover(&msg, &hex::decode(&a.app_k256_signature).unwrap()).unwrap();
+    assert_eq!(
+        hex::encode(kms::dstack_keys::public_sec1(&signer)),
+        info.k256_root_public_key
+    );
     assert_eq!(info.policy.apps.len(), 2);
     assert!(
         first.audit().contains("\"action\":\"onboard\""),

@@ -70,9 +70,10 @@ fn sidecar_config(
         .map(|p| format!("encrypted_env_file = \"{}\"\n", p.display()))
         .unwrap_or_default();
     let text = format!(
-        "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms_port}\"\nkms_root_ca = \"{}\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\n{env_line}{ca_line}[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
+        "compose_file = \"{}\"\nsocket_path = \"{}\"\ndstack_socket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms_port}\"\nkms_root_ca = \"{}\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\n{env_line}{ca_line}[verifier]\nallow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\ncompose_hashes = \"any\"\napp_ids = \"any\"\n",
         compose.display(),
         dir.join("run/teegate.sock").display(),
+        dir.join("run/dstack.sock").display(),
         dir.join("kms-data/root-ca.pem").display(),
         dir.join("sidecar-data").display(),
     );

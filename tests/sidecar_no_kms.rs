@@ -59,9 +59,10 @@ async fn without_a_kms_no_key_is_served_and_nothing_computable_from_public_data(
     std::fs::write(
         &cfg,
         format!(
-            "compose_file = \"{}\"\nsocket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:1\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\nruntime = \"none\"\n[upstreams]\n80 = \"127.0.0.1:1\"\n",
+            "compose_file = \"{}\"\nsocket_path = \"{}\"\ndstack_socket_path = \"{}\"\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:1\"\nquote_provider = \"simulated\"\ndata_dir = \"{}\"\nruntime = \"none\"\n[upstreams]\n80 = \"127.0.0.1:1\"\n",
             compose.display(),
             socket.display(),
+            dir.path().join("run/dstack.sock").display(),
             dir.path().join("data").display(),
         ),
     )
@@ -103,6 +104,23 @@ async fn without_a_kms_no_key_is_served_and_nothing_computable_from_public_data(
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(NO_KEY_PROVIDER), "{body}");
     assert!(!body.contains("PRIVATE KEY"), "{body}");
+    // dstack's API on its own socket holds to the same rule.
+    let dstack = dir.path().join("run/dstack.sock");
+    for (method, body) in [
+        ("/GetKey", r#"{"path":"wallet","purpose":"signing"}"#),
+        ("/Sign", r#"{"algorithm":"secp256k1","data":"00"}"#),
+        ("/GetTlsKey", r#"{"subject":"app.example"}"#),
+    ] {
+        let (status, body) = guest(&dstack, "POST", method, body).await;
+        assert_eq!(status, 503, "{method}: {body}");
+        assert!(body.contains(NO_KEY_PROVIDER), "{body}");
+        assert!(
+            !body.contains("\"key\"") && !body.contains("signature"),
+            "{body}"
+        );
+    }
+    let (status, body) = guest(&dstack, "POST", "/GetQuote", r#"{"report_data":"01"}"#).await;
+    assert_eq!(status, 200, "{body}");
 
     // What needs no app secret still answers: quotes and the attestation.
     let (status, body) = guest(

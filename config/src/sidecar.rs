@@ -23,6 +23,10 @@ pub struct SidecarConfig {
     /// Guest API Unix socket (default `/var/run/teegate/teegate.sock`).
     #[serde(default = "default_socket_path")]
     pub socket_path: PathBuf,
+    /// dstack's guest API Unix socket, where dstack's SDKs look (default
+    /// `/var/run/dstack.sock`).
+    #[serde(default = "default_dstack_socket_path")]
+    pub dstack_socket_path: PathBuf,
     /// RA-TLS front listener (default `0.0.0.0:8443`).
     #[serde(
         default = "default_listen_front",
@@ -133,6 +137,9 @@ fn upstreams<'de, D: Deserializer<'de>>(
 fn default_socket_path() -> PathBuf {
     PathBuf::from("/var/run/teegate/teegate.sock")
 }
+fn default_dstack_socket_path() -> PathBuf {
+    PathBuf::from("/var/run/dstack.sock")
+}
 fn default_listen_front() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8443))
 }
@@ -164,6 +171,13 @@ impl Validate for SidecarConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         non_empty_path(at, "compose_file", &self.compose_file)?;
         non_empty_path(at, "socket_path", &self.socket_path)?;
+        non_empty_path(at, "dstack_socket_path", &self.dstack_socket_path)?;
+        if self.dstack_socket_path == self.socket_path {
+            return Err(ConfigError::invalid(
+                key(at, "dstack_socket_path"),
+                "must differ from socket_path (the two APIs are served on separate sockets)",
+            ));
+        }
         non_empty_path(at, "docker_socket", &self.docker_socket)?;
         non_empty_path(at, "data_dir", &self.data_dir)?;
         if let Some(file) = &self.encrypted_env_file {

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::compose::{ComposeOptions, KeyProvider, LoadedAppCompose};
 use crate::containers::pins::ResolvedImage;
 use crate::containers::{connect_docker, AppDeployment, ContainerManager, ManagerConfig};
+use crate::dstack_api::{self, AppK256, DstackState};
 use crate::front::{self, CertSlot, FrontLimits, FrontResolver, Routes};
 use crate::guest_api::{self, GuestState, KeySource};
 use crate::register::{GatewayTarget, Registrar, Registration};
@@ -202,7 +203,7 @@ fn instance_id(data_dir: &Path) -> Result<InstanceId, BootError> {
 fn measure(
     provider: Arc<dyn QuoteProvider>,
     identity: &Identity,
-    key_provider: &str,
+    key_provider_info: &[u8],
     data_dir: &Path,
 ) -> Result<Measurer, BootError> {
     let m = step("measure");
@@ -220,8 +221,15 @@ fn measure(
                 saved_path.display()
             ))
         })?;
-        let log: ratls::eventlog::EventLog =
-            serde_json::from_str(&text).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
+        // A log saved before teegate adopted dstack's event format ({name, payload}
+        // entries, digest SHA-384(name ":" payload)) is refused, not converted: this TD's
+        // RTMR3 holds the old digests, so no dstack-format log could replay to it.
+        let log: ratls::eventlog::EventLog = serde_json::from_str(&text).map_err(|e| {
+            m(format!(
+                "{}: not a dstack-format event log ({e}); a log saved by a teegate sidecar older than the dstack event format cannot be resumed, because this TD's RTMR3 holds the old digests: restart the CVM to boot afresh",
+                saved_path.display()
+            ))
+        })?;
         if log.replay() != rtmr3 {
             return Err(m(format!(
                 "RTMR3 {rtmr3} does not match the saved event log ({}); refusing to boot",
@@ -250,7 +258,7 @@ fn measure(
         .emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())
         .map_err(|e| m(e.to_string()))?;
     measurer
-        .emit(names::KEY_PROVIDER, key_provider.as_bytes().to_vec())
+        .emit(names::KEY_PROVIDER, key_provider_info.to_vec())
         .map_err(|e| m(e.to_string()))?;
     let json = serde_json::to_string(&measurer.event_log()).map_err(|e| m(e.to_string()))?;
     std::fs::write(&saved_path, json).map_err(|e| m(format!("{}: {e}", saved_path.display())))?;
@@ -483,7 +491,14 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         KeyProvider::Kms => "kms",
         KeyProvider::None => "none",
     };
-    let measurer = Arc::new(measure(provider, &identity, key_provider, &cfg.data_dir)?);
+    let key_provider_info =
+        names::key_provider_payload(key_provider, &hex::encode(loaded.compose.key_provider_id()));
+    let measurer = Arc::new(measure(
+        provider,
+        &identity,
+        &key_provider_info,
+        &cfg.data_dir,
+    )?);
     tracing::info!(rtmr3 = %measurer.event_log().replay(), "RTMR3 holds the boot events");
 
     let validity = Duration::from_secs(cfg.cert_validity_secs);
@@ -504,13 +519,17 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
     let mut kms_root_der: Option<Vec<u8>> = None;
     // Without a KMS there is no app secret: keys "derived" from the (public) compose hash
     // could be computed by anyone, so the guest API serves none.
-    type Keys = (Option<Arc<CertAuthority>>, Option<Arc<dyn KeySource>>);
+    type Keys = (
+        Option<Arc<CertAuthority>>,
+        Option<Arc<dyn KeySource>>,
+        Option<AppK256>,
+    );
     // The disk key, for the app's encrypted volumes (only with a KMS).
     let mut disk_key: Option<kms::secret::SecretBytes> = None;
-    let (app_ca, keys): Keys = match loaded.compose.key_provider {
+    let (app_ca, keys, k256): Keys = match loaded.compose.key_provider {
         KeyProvider::None => {
             tracing::warn!("key_provider = none: no KMS keys, no app CA (self-signed RA-TLS only); the guest API's /key and /tls-key answer 503");
-            (None, None)
+            (None, None, None)
         }
         KeyProvider::Kms => {
             let k = step("kms");
@@ -549,6 +568,11 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
             if kms_root_der.is_none() {
                 kms_root_der = pem_certs(&released.root_ca_cert_pem).into_iter().next();
             }
+            crate::compose::dstack::check_key_provider_id(
+                loaded.compose.key_provider_id(),
+                kms_root_der.as_deref(),
+            )
+            .map_err(&k)?;
             let ca_der = pem_certs(&released.app_ca_cert_pem)
                 .into_iter()
                 .next()
@@ -583,10 +607,17 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
                 tracing::info!(count = vars.len(), "encrypted environment decrypted");
                 env_vars = vars;
             }
-            (Some(Arc::new(ca)), {
-                disk_key = Some(released.disk_key.clone());
-                Some(Arc::new(DerivedKeys(released.disk_key.clone())))
-            })
+            let k256 = AppK256::from_released(
+                released.app_k256_key.expose(),
+                &released.app_k256_signature,
+            )
+            .map_err(k)?;
+            disk_key = Some(released.disk_key.clone());
+            (
+                Some(Arc::new(ca)),
+                Some(Arc::new(DerivedKeys(released.disk_key.clone()))),
+                Some(k256),
+            )
         }
     };
 
@@ -655,8 +686,17 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         app_ca: app_ca.clone(),
         instance_cert_pem: cert_pem.clone(),
     });
+    let dstack_socket = guest_api::bind(&cfg.dstack_socket_path).map_err(|e| s(e.to_string()))?;
+    let dstack = Arc::new(DstackState {
+        guest: state.clone(),
+        app_name: loaded.compose.name.clone(),
+        app_compose: String::from_utf8_lossy(&loaded.bytes).into_owned(),
+        key_provider_info: String::from_utf8_lossy(&key_provider_info).into_owned(),
+        k256,
+    });
     tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
-    tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), "serving");
+    tokio::spawn(dstack_api::serve(dstack_socket, dstack, stopped.clone()));
+    tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), dstack_socket = %cfg.dstack_socket_path.display(), "serving");
 
     // register
     let r = step("register");
@@ -721,6 +761,8 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
 mod tests {
     use super::*;
 
+    const KP: &[u8] = br#"{"id":"","name":"kms"}"#;
+
     fn identity(compose: &[u8]) -> Identity {
         let compose_hash = ratls::ComposeHash::of(compose);
         Identity {
@@ -736,8 +778,8 @@ mod tests {
         // One simulated TD whose RTMR3 survives the sidecar's restart, as hardware's does.
         let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
         let id = identity(b"app");
-        let first = measure(td.clone(), &id, "kms", dir.path()).unwrap();
-        let second = measure(td.clone(), &id, "kms", dir.path()).unwrap();
+        let first = measure(td.clone(), &id, KP, dir.path()).unwrap();
+        let second = measure(td.clone(), &id, KP, dir.path()).unwrap();
         assert_eq!(second.event_log(), first.event_log());
         let (q, log) = second.quote(&ratls::ReportData::ZERO).unwrap();
         assert_eq!(
@@ -746,7 +788,7 @@ mod tests {
             "still replays after the restart"
         );
 
-        let err = measure(td.clone(), &identity(b"another app"), "kms", dir.path())
+        let err = measure(td.clone(), &identity(b"another app"), KP, dir.path())
             .err()
             .unwrap();
         assert!(
@@ -754,12 +796,50 @@ mod tests {
             "{err}"
         );
         std::fs::write(dir.path().join("event-log.json"), "[]").unwrap();
-        let err = measure(td, &id, "kms", dir.path()).err().unwrap();
+        let err = measure(td, &id, KP, dir.path()).err().unwrap();
         assert!(
             err.to_string()
                 .contains("does not match the saved event log"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_saved_log_in_the_pre_dstack_format_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
+        let id = identity(b"app");
+        measure(td.clone(), &id, KP, dir.path()).unwrap();
+        let old = format!(
+            r#"[{{"name":"compose-hash","payload":"{}"}}]"#,
+            hex::encode(id.compose_hash.0)
+        );
+        std::fs::write(dir.path().join("event-log.json"), old).unwrap();
+        let err = measure(td, &id, KP, dir.path()).err().unwrap();
+        assert!(
+            err.to_string().contains("not a dstack-format event log")
+                && err.to_string().contains("restart the CVM"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn boot_events_use_dstacks_names_and_key_provider_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let td: Arc<dyn QuoteProvider> = Arc::new(SimulatedProvider::new());
+        let m = measure(td, &identity(b"app"), KP, dir.path()).unwrap();
+        let log = m.event_log();
+        let names: Vec<&str> = log.events().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["compose-hash", "app-id", "instance-id", "key-provider"]
+        );
+        let kp: serde_json::Value =
+            serde_json::from_slice(log.payloads("key-provider").next().unwrap()).unwrap();
+        assert_eq!(kp["name"], "kms");
+        let saved = std::fs::read_to_string(dir.path().join("event-log.json")).unwrap();
+        let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        assert_eq!(saved[0]["event_type"], 0x0800_0001);
     }
 
     #[test]

@@ -88,7 +88,7 @@ struct EventReq {
     payload: String,
 }
 
-fn reply(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+pub(crate) fn reply(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -96,7 +96,7 @@ fn reply(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> 
         .unwrap_or_default()
 }
 
-fn bad(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
+pub(crate) fn bad(status: StatusCode, msg: impl std::fmt::Display) -> Response<Full<Bytes>> {
     reply(status, json!({ "error": msg.to_string() }))
 }
 
@@ -108,7 +108,9 @@ fn valid_label_text(s: &str, max: usize) -> bool {
 }
 
 impl GuestState {
-    fn current_measurements(&self) -> Result<(Quote, ratls::eventlog::EventLog), String> {
+    pub(crate) fn current_measurements(
+        &self,
+    ) -> Result<(Quote, ratls::eventlog::EventLog), String> {
         let (bytes, log) = self
             .measurer
             .quote(&ReportData::ZERO)
@@ -117,16 +119,11 @@ impl GuestState {
         Ok((q, log))
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return bad(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body over {MAX_BODY} bytes"),
-                )
-            }
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(r) => return r,
         };
         macro_rules! parse {
             ($t:ty) => {
@@ -222,7 +219,7 @@ impl GuestState {
                     return bad(StatusCode::BAD_REQUEST, "payload must be hex");
                 };
                 // Boot events are the sidecar's alone; an app may not forge them.
-                if ratls::eventlog::names::RESERVED.contains(&r.name.as_str()) {
+                if ratls::eventlog::names::is_reserved(&r.name) {
                     return bad(
                         StatusCode::FORBIDDEN,
                         format!("event name {:?} is reserved for the boot flow", r.name),
@@ -284,8 +281,24 @@ pub fn bind(path: &Path) -> Result<UnixListener, GuestApiError> {
 pub async fn serve(
     listener: UnixListener,
     state: Arc<GuestState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_unix(listener, move |req| state.clone().handle(req), shutdown).await
+}
+
+/// An answer of the sidecar's Unix-socket APIs.
+pub(crate) type Reply = Response<Full<Bytes>>;
+
+/// The connection loop both guest APIs (teegate's and dstack's) share: at most
+/// [`MAX_CONNECTIONS`] at once (more are closed at accept), HTTP/1.1, until `shutdown`.
+pub(crate) async fn serve_unix<H, F>(
+    listener: UnixListener,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Reply> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
@@ -299,16 +312,27 @@ pub async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let state = state.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
+                let fut = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes, or answers 413.
+pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(bad(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_BODY} bytes"),
+        )),
     }
 }

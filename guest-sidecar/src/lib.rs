@@ -16,6 +16,7 @@
 //!                                                 ▼
 //!                      front (RA-TLS, SNI → exposed port) ◀── register (gateways, heartbeat)
 //!                      guest_api (Unix socket for the containers)
+//!                      dstack_api (dstack's guest API, for apps written with dstack's SDKs)
 //! ```
 //!
 //! - [`compose`]: the `app-compose.json` format, the compose hash and app id, and the
@@ -23,12 +24,15 @@
 //! - [`boot`]: the boot flow. With `runtime = "none"` (development only, simulated
 //!   quotes) no containers run and the front forwards to the config's `upstreams`.
 //! - [`storage`]: named volumes on gocryptfs keyed by the KMS disk key.
+//! - [`dstack_api`]: dstack's guest API (`/var/run/dstack.sock`), sharing the guest API's
+//!   measurer, app CA and bounds; [`compose::dstack`] reads dstack's app-compose form.
 //! - [`containers`]: the container manager (network, volumes, images, containers in
 //!   dependency order, adoption by label, restart watcher, logs, teardown).
 
 pub mod boot;
 pub mod compose;
 pub mod containers;
+pub mod dstack_api;
 pub mod front;
 pub mod guest_api;
 pub mod register;

@@ -138,6 +138,45 @@ async fn info_quote_and_event_log_agree() {
     assert!(e["error"].as_str().unwrap().contains("reserved"));
 }
 
+/// An app cannot forge a boot event (ours or dstack's) to make a verifier read a second
+/// `compose-hash`; the refusal leaves RTMR3 and the log as they were.
+#[tokio::test]
+async fn emitting_a_boot_event_name_is_refused_and_changes_nothing() {
+    let api = start().await;
+    let (_, before) = call(&api, "GET", "/info", "").await;
+    for name in [
+        "compose-hash",
+        "instance-id",
+        "key-provider",
+        "boot-mr-done",
+        "system-ready",
+    ] {
+        let (s, e) = call(
+            &api,
+            "POST",
+            "/emit-event",
+            format!(r#"{{"name":"{name}","payload":"{}"}}"#, "ee".repeat(32)),
+        )
+        .await;
+        assert_eq!(s, 403, "{name}: {e}");
+    }
+    let (_, after) = call(&api, "GET", "/info", "").await;
+    assert_eq!(after["rtmr3"], before["rtmr3"], "RTMR3 untouched");
+    let (_, q) = call(
+        &api,
+        "POST",
+        "/quote",
+        format!("{{\"report_data\":\"{}\"}}", "00".repeat(64)),
+    )
+    .await;
+    let log: ratls::eventlog::EventLog = serde_json::from_value(q["event_log"].clone()).unwrap();
+    assert_eq!(log.payloads(names::COMPOSE_HASH).count(), 1);
+    assert_eq!(
+        log.payloads(names::COMPOSE_HASH).next().unwrap(),
+        api.identity.compose_hash.0
+    );
+}
+
 #[tokio::test]
 async fn keys_are_deterministic_per_path_and_purpose() {
     let api = start().await;

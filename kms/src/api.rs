@@ -73,6 +73,11 @@ pub struct AppKeysResponse {
     /// One 32-byte key per requested `app/<path>`.
     #[serde(default)]
     pub app_keys: BTreeMap<String, SecretBytes>,
+    /// The app's secp256k1 root key (32 bytes), which signs dstack `GetKey` keys.
+    pub app_k256_key: SecretBytes,
+    /// The KMS k256 root's signature (65 bytes `r ‖ s ‖ v`, hex) over the app k256 public
+    /// key, [`crate::dstack_keys::kms_issued_message`]: dstack's `signature_chain[1]`.
+    pub app_k256_signature: String,
     /// The KMS root CA certificate (PEM).
     pub root_ca_cert_pem: String,
     pub boot_info: BootInfo,
@@ -131,6 +136,9 @@ pub struct PolicySummary {
 pub struct InfoResponse {
     pub version: String,
     pub root_ca_cert_pem: String,
+    /// The KMS's secp256k1 root public key (compressed SEC1, hex): the end of every dstack
+    /// `GetKey` signature chain of this KMS's apps.
+    pub k256_root_public_key: String,
     /// The KMS's own RA-TLS certificate (PEM): its quote and event log are inside.
     pub kms_cert_pem: String,
     /// What that certificate attests.

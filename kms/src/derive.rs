@@ -8,6 +8,10 @@
 //! | `disk`       | 32 bytes                                                                 |
 //! | `env`        | X25519 private key (32 bytes, clamped by X25519 itself)                  |
 //! | `app/<path>` | 32 bytes; `<path>` is 1-128 characters of `A-Z a-z 0-9 . _ - /`           |
+//! | `app-k256`   | the app's secp256k1 root key for dstack's `GetKey` ([`crate::dstack_keys`]) |
+//!
+//! One KMS-wide key: the secp256k1 root (`HKDF-SHA256(ikm = root secret, salt =
+//! "teegate-kms", info = "k256-root")`), whose public key `/v1/info` publishes.
 
 use std::fmt;
 
@@ -50,6 +54,11 @@ impl RootSecret {
     pub fn hkdf(&self, app_id: &[u8; 20], purpose: &[u8], out: &mut [u8]) {
         // Outputs here are at most 32 bytes, far below HKDF's 255 * 32 limit.
         let _ = Hkdf::<Sha256>::new(Some(app_id), self.0.as_ref()).expand(purpose, out);
+    }
+
+    /// As [`RootSecret::hkdf`] with a salt that is not an app id (KMS-wide keys).
+    pub fn hkdf_salted(&self, salt: &[u8], info: &[u8], out: &mut [u8]) {
+        let _ = Hkdf::<Sha256>::new(Some(salt), self.0.as_ref()).expand(info, out);
     }
 
     fn bytes32(&self, app_id: &[u8; 20], purpose: &[u8]) -> Zeroizing<[u8; 32]> {

@@ -67,7 +67,10 @@ impl KmsIdentity {
         measurer.emit(names::COMPOSE_HASH, compose_hash.0.to_vec())?;
         measurer.emit(names::APP_ID, identity.app_id.0.to_vec())?;
         measurer.emit(names::INSTANCE_ID, identity.instance_id.0.to_vec())?;
-        measurer.emit(names::KEY_PROVIDER, b"teegate-kms".to_vec())?;
+        measurer.emit(
+            names::KEY_PROVIDER,
+            names::key_provider_payload("teegate-kms", ""),
+        )?;
         Ok(Self {
             measurer,
             identity,

@@ -19,11 +19,12 @@
 //! ```
 //!
 //! Always built (also with `default-features = false`): [`api`] (wire types), [`envelope`]
-//! (the encrypted-environment format and the replica-onboarding box) and [`derive`] (the
-//! key derivation). The `client` feature adds the HTTPS client, `server` (default) the KMS.
+//! (the encrypted-environment format and the replica-onboarding box), [`derive`] (the
+//! key derivation) and [`dstack_keys`] (dstack's secp256k1 key chain). The `client` feature adds the HTTPS client, `server` (default) the KMS.
 
 pub mod api;
 pub mod derive;
+pub mod dstack_keys;
 pub mod envelope;
 pub mod secret;
 

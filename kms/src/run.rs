@@ -213,6 +213,9 @@ pub async fn run(
     let info = InfoResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         root_ca_cert_pem: root.ca_cert_pem(),
+        k256_root_public_key: hex::encode(crate::dstack_keys::public_sec1(
+            crate::dstack_keys::kms_k256_root(root.secret()).verifying_key(),
+        )),
         kms_cert_pem: cert.cert_pem(),
         attestation: me.attestation(),
         policy: policy.summary(),

@@ -353,7 +353,13 @@ pub fn release(
         let k = derive::app_path_key(root, id, p).map_err(|e| e.to_string())?;
         app_keys.insert(p.clone(), SecretBytes::from(*k));
     }
+    let app_k256 = crate::dstack_keys::app_k256_key(root, id);
+    let kms_k256 = crate::dstack_keys::kms_k256_root(root);
+    let app_k256_signature = crate::dstack_keys::kms_signature_for_app(&kms_k256, id, &app_k256)
+        .map_err(|e| e.to_string())?;
     Ok(AppKeysResponse {
+        app_k256_key: SecretBytes::from(<[u8; 32]>::from(app_k256.to_bytes())),
+        app_k256_signature: hex::encode(app_k256_signature),
         app_id: app.to_hex(),
         app_ca_cert_pem: ratls::cert::pem_encode("CERTIFICATE", &ca_cert),
         app_ca_key_pem: SecretString::new(ca_key_pem.to_string()),

@@ -1,13 +1,24 @@
-//! The RTMR3 runtime event log: named events with payloads, each extended into RTMR3 as
-//! `SHA-384(name ":" payload)`. Replaying the log must reproduce the quoted RTMR3 exactly;
-//! only then are the payloads (compose hash, app id, instance id, …) believed.
+//! The RTMR3 runtime event log: named events with payloads, in dstack's V1 runtime-event
+//! form so dstack's SDKs and verifier replay the same RTMR3 as ours: each event is extended
+//! into RTMR3 as `SHA-384(0x08000001 as u32 LE ‖ ":" ‖ name ‖ ":" ‖ payload)`, from 48 zero
+//! bytes, `mr = SHA-384(mr ‖ digest)`. On the wire (JSON and CBOR) an event is dstack's entry
+//! `{imr, event_type, digest, event, event_payload}` (hex for bytes). Replaying the log must
+//! reproduce the quoted RTMR3 exactly; only then are the payloads (compose hash, app id,
+//! instance id, …) believed.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
 
 use crate::types::Measurement;
 
-/// Event names teegate's boot flow records, in this order.
+/// dstack's event type for runtime events (not a TCG-defined type).
+pub const DSTACK_RUNTIME_EVENT_TYPE: u32 = 0x0800_0001;
+/// Runtime events go to RTMR3 (the SDK's `imr` index).
+pub const RTMR3_IMR: u32 = 3;
+
+/// Event names teegate's boot flow records, in this order. They are dstack's names for the
+/// same meanings (dstack-util's `measure_app_info` / `verify_app`), so dstack tools that look
+/// events up by name find ours.
 pub mod names {
     pub const COMPOSE_HASH: &str = "compose-hash";
     pub const APP_ID: &str = "app-id";
@@ -17,8 +28,10 @@ pub mod names {
     pub const IMAGE: &str = "image";
     /// How the app's volumes are stored (`gocryptfs …` or `none: …`).
     pub const STORAGE: &str = "storage";
-    /// Names only the boot flow records; an app emitting one is refused, so nothing can
-    /// forge a second compose hash, image or storage kind.
+
+    /// Every name a boot flow (teegate's or dstack's) records, so that no container can
+    /// emit one and make a verifier read a forged second value: ours (the compose, its
+    /// images and storage) and dstack's other boot events.
     pub const RESERVED: &[&str] = &[
         COMPOSE_HASH,
         APP_ID,
@@ -26,7 +39,29 @@ pub mod names {
         KEY_PROVIDER,
         IMAGE,
         STORAGE,
+        "system-preparing",
+        "init-script-hash",
+        "boot-mr-done",
+        "storage-fs",
+        "system-ready",
+        "os-image-hash",
+        "gpu-policy-hash",
+        "gpu-attestation",
     ];
+
+    /// The `key-provider` payload as dstack writes it: `{"name": "kms", "id": "<hex>"}`
+    /// (`name` is `kms` or `none`; `id` names the provider's key when the booting CVM knows
+    /// it, empty otherwise).
+    pub fn key_provider_payload(name: &str, id: &str) -> Vec<u8> {
+        serde_json::json!({ "name": name, "id": id })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// Whether `name` belongs to the boot flow (see [`RESERVED`]).
+    pub fn is_reserved(name: &str) -> bool {
+        RESERVED.contains(&name)
+    }
 }
 
 pub const MAX_EVENTS: usize = 1024;
@@ -41,14 +76,76 @@ pub enum EventLogError {
     PayloadTooLarge { name: String, len: usize },
     #[error("event log holds more than {MAX_EVENTS} events")]
     TooManyEvents,
+    #[error("event {name:?}: imr {imr} / event_type {event_type:#x} is not a dstack runtime event (imr 3, event_type 0x08000001)")]
+    NotRuntimeEvent {
+        name: String,
+        imr: u32,
+        event_type: u32,
+    },
+    #[error("event {name:?}: digest {found} is not the event's digest {expected}")]
+    // Boxed: this error travels inside provider and issue errors, which stay small.
+    DigestMismatch {
+        name: String,
+        expected: Box<Measurement>,
+        found: Box<Measurement>,
+    },
 }
 
 /// One RTMR3 event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireEvent", into = "WireEvent")]
 pub struct Event {
     pub name: String,
-    #[serde(with = "crate::hexser")]
     pub payload: Vec<u8>,
+}
+
+/// dstack's JSON entry for an event, as the SDK's `EventLog` model reads it.
+#[derive(Serialize, Deserialize)]
+struct WireEvent {
+    imr: u32,
+    event_type: u32,
+    digest: Measurement,
+    event: String,
+    #[serde(with = "crate::hexser")]
+    event_payload: Vec<u8>,
+}
+
+impl From<Event> for WireEvent {
+    fn from(e: Event) -> Self {
+        Self {
+            imr: RTMR3_IMR,
+            event_type: DSTACK_RUNTIME_EVENT_TYPE,
+            digest: e.digest(),
+            event: e.name,
+            event_payload: e.payload,
+        }
+    }
+}
+
+impl TryFrom<WireEvent> for Event {
+    type Error = EventLogError;
+
+    /// Refuses entries that are not RTMR3 runtime events, and entries whose stated digest
+    /// is not their content's: a reader shown the digest must be able to trust it matches.
+    fn try_from(w: WireEvent) -> Result<Self, EventLogError> {
+        if w.imr != RTMR3_IMR || w.event_type != DSTACK_RUNTIME_EVENT_TYPE {
+            return Err(EventLogError::NotRuntimeEvent {
+                name: w.event.chars().take(80).collect(),
+                imr: w.imr,
+                event_type: w.event_type,
+            });
+        }
+        let e = Event::new(&w.event, w.event_payload)?;
+        let expected = e.digest();
+        if expected != w.digest {
+            return Err(EventLogError::DigestMismatch {
+                name: e.name,
+                expected: Box::new(expected),
+                found: Box::new(w.digest),
+            });
+        }
+        Ok(e)
+    }
 }
 
 impl Event {
@@ -76,9 +173,12 @@ impl Event {
         Ok(())
     }
 
-    /// The value extended into RTMR3. Names cannot contain ':', so the encoding is unambiguous.
+    /// The value extended into RTMR3 (dstack's V1 runtime-event digest). Names cannot
+    /// contain ':', so the encoding is unambiguous.
     pub fn digest(&self) -> Measurement {
         let mut h = Sha384::new();
+        h.update(DSTACK_RUNTIME_EVENT_TYPE.to_le_bytes());
+        h.update(b":");
         h.update(self.name.as_bytes());
         h.update(b":");
         h.update(&self.payload);
@@ -189,23 +289,23 @@ mod tests {
         log
     }
 
+    /// Known answers computed apart from this code (Python hashlib, as dstack-sdk's
+    /// `replay_rtmr` does): dstack's V1 digest and the replay from 48 zero bytes.
     #[test]
-    fn replay_matches_manual_extension() {
+    fn digests_and_replay_match_dstack_v1_known_answers() {
         let log = boot_log();
-        let mut rtmr = Measurement::ZERO;
-        for e in log.events() {
-            let mut h = Sha384::new();
-            h.update(e.name.as_bytes());
-            h.update(b":");
-            h.update(&e.payload);
-            let d: [u8; 48] = h.finalize().into();
-            let mut h = Sha384::new();
-            h.update(rtmr.0);
-            h.update(d);
-            rtmr = Measurement(h.finalize().into());
-        }
-        assert_eq!(log.replay(), rtmr);
-        assert_eq!(log.replay_steps().last().unwrap().rtmr3, rtmr);
+        let steps = log.replay_steps();
+        assert_eq!(
+            steps[0].digest.to_hex(),
+            "7d4757031d553d5909fc8f62f33a778c2221b1e7175ed3cb6f5eef23cd13b16925b0300b4f9685c31fc4ec4c781e74aa"
+        );
+        assert_eq!(
+            steps[1].digest.to_hex(),
+            "83e7db32bf808503d7ef329e4ee6ab8a8b7d23e65d262ebf259b837d9819f169ca75ad6cf5512e2bf9d30fe01da39f98"
+        );
+        let rtmr3 = "454cb0910e2a17b54f592a318a3c58e23f4e7e7daa281e87ceeb65423a91d6d285768fa670205c5e72d386eff36f5803";
+        assert_eq!(log.replay().to_hex(), rtmr3);
+        assert_eq!(steps[1].rtmr3.to_hex(), rtmr3);
     }
 
     #[test]
@@ -230,10 +330,67 @@ mod tests {
     }
 
     #[test]
-    fn json_roundtrip_uses_hex_payloads() {
+    fn json_is_dstacks_event_log_entries() {
         let log = boot_log();
-        let json = serde_json::to_string(&log).unwrap();
-        assert!(json.contains(&"01".repeat(32)));
-        assert_eq!(serde_json::from_str::<EventLog>(&json).unwrap(), log);
+        let json = serde_json::to_value(&log).unwrap();
+        let first = &json[0];
+        assert_eq!(first["imr"], 3);
+        assert_eq!(first["event_type"], 134_217_729);
+        assert_eq!(first["event"], "compose-hash");
+        assert_eq!(first["event_payload"], "01".repeat(32));
+        assert_eq!(first["digest"], log.events()[0].digest().to_hex());
+        assert_eq!(first.as_object().unwrap().len(), 5);
+        assert_eq!(serde_json::from_value::<EventLog>(json).unwrap(), log);
+        // CBOR (the certificate claims) carries the same entries.
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&log, &mut cbor).unwrap();
+        assert_eq!(
+            ciborium::from_reader::<EventLog, _>(&cbor[..]).unwrap(),
+            log
+        );
+    }
+
+    #[test]
+    fn refuses_entries_whose_digest_or_register_is_not_theirs() {
+        let mut json = serde_json::to_value(boot_log()).unwrap();
+        json[1]["event_payload"] = "03".repeat(20).into();
+        let err = serde_json::from_value::<EventLog>(json).unwrap_err();
+        assert!(
+            err.to_string().contains("is not the event's digest"),
+            "{err}"
+        );
+        for (field, value) in [("imr", 2), ("event_type", 1)] {
+            let mut json = serde_json::to_value(boot_log()).unwrap();
+            json[0][field] = value.into();
+            let err = serde_json::from_value::<EventLog>(json).unwrap_err();
+            assert!(
+                err.to_string().contains("not a dstack runtime event"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_the_pre_dstack_format() {
+        let old = format!(
+            r#"[{{"name":"compose-hash","payload":"{}"}}]"#,
+            "01".repeat(32)
+        );
+        assert!(serde_json::from_str::<EventLog>(&old).is_err());
+    }
+
+    #[test]
+    fn boot_names_are_reserved() {
+        for n in [
+            names::COMPOSE_HASH,
+            names::APP_ID,
+            names::INSTANCE_ID,
+            names::KEY_PROVIDER,
+            "boot-mr-done",
+            "system-ready",
+        ] {
+            assert!(names::is_reserved(n), "{n}");
+        }
+        assert!(!names::is_reserved("app-started"));
     }
 }

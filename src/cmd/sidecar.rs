@@ -31,6 +31,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         eprintln!("  RA-TLS front  {}", running.front_addr);
         eprintln!("  guest API     {}", running.socket_path.display());
+        eprintln!("  dstack API    {}", cfg.dstack_socket_path.display());
         eprintln!("ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("SIGTERM handler")?;

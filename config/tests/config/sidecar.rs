@@ -15,6 +15,7 @@ fn with(extra: &str) -> String {
 fn minimal_config_gets_documented_defaults() {
     let cfg: SidecarConfig = parse(MIN).unwrap();
     assert_eq!(cfg.socket_path, Path::new("/var/run/teegate/teegate.sock"));
+    assert_eq!(cfg.dstack_socket_path, Path::new("/var/run/dstack.sock"));
     assert_eq!(cfg.listen_front, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(cfg.front_addr(), cfg.listen_front);
     assert!(cfg.gateways.is_empty());
@@ -44,6 +45,17 @@ fn rejects_missing_compose_file_and_kms_url() {
     assert_eq!(e, "missing required key sidecar.compose_file");
     let e = error::<SidecarConfig>("compose_file = \"/c.json\"");
     assert_eq!(e, "missing required key sidecar.kms_url");
+}
+
+#[test]
+fn rejects_one_socket_for_both_guest_apis() {
+    let e = error::<SidecarConfig>(&with(
+        "socket_path = \"/run/x.sock\"\ndstack_socket_path = \"/run/x.sock\"\n",
+    ));
+    assert_contains(
+        &e,
+        &["sidecar.dstack_socket_path", "must differ from socket_path"],
+    );
 }
 
 #[test]

@@ -13,6 +13,9 @@
 //!
 //! # Format
 //!
+//! dstack's form (a file with `manifest_version`) is read as dstack reads it: see
+//! [`dstack`]. teegate's own form:
+//!
 //! A JSON object; unknown fields are refused, and errors name the field
 //! (`exposed_ports[1]: port 70000 out of range (1-65535)`). At most
 //! [`MAX_APP_COMPOSE_BYTES`].
@@ -42,6 +45,7 @@
 //! }
 //! ```
 
+pub mod dstack;
 pub mod interpolate;
 pub mod spec;
 
@@ -57,6 +61,17 @@ pub use spec::{
     ComposeOptions, ComposeSpec, DependsCondition, HealthTest, Healthcheck, PortSpec, Restart,
     ServiceSpec, VolumeMount,
 };
+
+/// Where dstack apps mount dstack's guest API from (`/var/run/dstack.sock:/var/run/dstack.sock`
+/// in their compose): always allowed as a bind-mount source, beside the caller's bases.
+pub const DSTACK_SOCKET: &str = "/var/run/dstack.sock";
+
+/// `options` plus [`DSTACK_SOCKET`], so a dstack compose's socket mount is accepted.
+pub fn with_dstack_socket(options: &ComposeOptions) -> ComposeOptions {
+    let mut o = options.clone();
+    o.allowed_bind_bases.push(PathBuf::from(DSTACK_SOCKET));
+    o
+}
 
 /// Largest `app-compose.json` accepted.
 pub const MAX_APP_COMPOSE_BYTES: usize = 1024 * 1024;
@@ -290,6 +305,9 @@ pub struct AppCompose {
     pub app_id: Option<AppId>,
     #[serde(default)]
     pub images: Vec<ImageTarball>,
+    /// Set when the file is in dstack's form ([`dstack`]).
+    #[serde(skip)]
+    pub dstack: Option<dstack::DstackOptions>,
 }
 
 /// An `app-compose.json` with the identity derived from its bytes.
@@ -340,13 +358,19 @@ impl LoadedAppCompose {
             });
         }
         let compose_hash = ComposeHash::of(bytes);
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let compose: AppCompose = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            // serde_json appends " at line L column C"; keep it, it helps find the spot.
-            ComposeError::json(field, inner.to_string())
-        })?;
+        let dstack_form = serde_json::from_slice::<serde_json::Value>(bytes)
+            .is_ok_and(|v| dstack::is_dstack_form(&v));
+        let compose: AppCompose = if dstack_form {
+            dstack::parse(bytes)?
+        } else {
+            let de = &mut serde_json::Deserializer::from_slice(bytes);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                // serde_json appends " at line L column C"; keep it, it helps find the spot.
+                ComposeError::json(field, inner.to_string())
+            })?
+        };
         compose.validate()?;
         let (app_id, app_id_named) = match compose.app_id {
             Some(id) => (id, true),
@@ -384,6 +408,14 @@ pub(crate) fn is_env_name(s: &str) -> bool {
 }
 
 impl AppCompose {
+    /// The KMS pin of a dstack-form file (`key_provider_id`), empty when not pinned.
+    pub fn key_provider_id(&self) -> &[u8] {
+        self.dstack
+            .as_ref()
+            .map(|d| d.key_provider_id.as_slice())
+            .unwrap_or_default()
+    }
+
     /// Field-level checks serde cannot express. Also parses the compose YAML (with no
     /// env values) so a bad compose is refused at load, and checks `exposed_ports`
     /// against the ports the services publish.
@@ -395,6 +427,8 @@ impl AppCompose {
             ));
         }
         match (self.key_provider, &self.kms_url) {
+            // dstack's form names no KMS URL: the sidecar's `kms_url` is used.
+            (KeyProvider::Kms, None) if self.dstack.is_some() => {}
             (KeyProvider::Kms, None) => {
                 return Err(ComposeError::json(
                     "kms_url",
@@ -449,7 +483,7 @@ impl AppCompose {
         let spec = ComposeSpec::parse_with(
             &self.docker_compose,
             &Default::default(),
-            &ComposeOptions::default(),
+            &with_dstack_socket(&ComposeOptions::default()),
             false,
         )?;
         spec.check_exposed_ports(&self.exposed_ports)?;
@@ -469,7 +503,8 @@ impl AppCompose {
             .filter(|(k, _)| self.allowed_envs.iter().any(|a| a == *k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let spec = ComposeSpec::parse(&self.docker_compose, &allowed, options)?;
+        let spec =
+            ComposeSpec::parse(&self.docker_compose, &allowed, &with_dstack_socket(options))?;
         spec.check_exposed_ports(&self.exposed_ports)?;
         Ok(spec)
     }

@@ -286,11 +286,12 @@ pub fn sidecar_config(
     docker_socket: &Path,
 ) -> Result<PathBuf> {
     let socket = app.dir.join("guest.sock");
+    let dstack_socket = app.dir.join("dstack.sock");
     // sun_path holds 108 bytes including the terminating NUL.
-    if socket.as_os_str().len() > 100 {
+    if dstack_socket.as_os_str().len() > 100 {
         bail!(
             "the data directory's path is too long for a Unix socket ({}); choose a shorter --data-dir",
-            socket.display()
+            dstack_socket.display()
         );
     }
     let runtime = match app.demo_addr {
@@ -298,9 +299,10 @@ pub fn sidecar_config(
         None => "runtime = \"docker\"\n".to_string(),
     };
     let text = format!(
-        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\ngateway_ca = {ca}\nquote_provider = \"simulated\"\ndata_dir = {data}\ndocker_socket = {docker}\nheartbeat_secs = 10\n{runtime}\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
+        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\ndstack_socket_path = {dstack}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\ngateway_ca = {ca}\nquote_provider = \"simulated\"\ndata_dir = {data}\ndocker_socket = {docker}\nheartbeat_secs = 10\n{runtime}\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
         compose = path_str(&app.compose_path),
         socket = path_str(&socket),
+        dstack = path_str(&dstack_socket),
         kms = ports.kms,
         root = path_str(&layout.kms_root_ca()),
         ca = path_str(&layout.dev_ca()),
