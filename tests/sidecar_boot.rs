@@ -547,3 +547,48 @@ async fn an_unpinned_image_stops_the_boot_at_compose_naming_the_service() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_kms_volumes_are_not_encrypted_and_it_says_so() {
+    let docker = docker_support::docker().await;
+    let busybox = docker_support::busybox_id(&docker).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "services:\n  web:\n    image: teegate-test/busybox@{busybox}\n    command: [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/data\"]\n    ports: [\"80\"]\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+    );
+    let compose = serde_json::json!({
+        "name": format!("no-kms-volumes-{}", std::process::id()),
+        "docker_compose": yaml,
+        "exposed_ports": [80],
+        "gateway_urls": [],
+        "key_provider": "none",
+    })
+    .to_string();
+    let compose_path = dir.path().join("app-compose.json");
+    std::fs::write(&compose_path, &compose).unwrap();
+    let app = ratls::ComposeHash::of(compose.as_bytes()).default_app_id();
+    let _guard = docker_support::AppGuard(teegate_guest_sidecar::compose::AppId(app.0));
+    let cfg = sidecar_config(dir.path(), &compose_path, 1, None, None);
+    let running = boot::boot(&cfg).await.unwrap_or_else(|e| panic!("{e}"));
+    let storage: Vec<String> = running
+        .event_log()
+        .payloads("storage")
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(storage, [teegate_guest_sidecar::storage::KIND_NONE]);
+    // The volume is a plain Docker volume: no encrypted directory was made.
+    assert!(!dir.path().join("sidecar-data/volumes/data.enc").exists());
+    let container = teegate_guest_sidecar::containers::container_name(
+        &teegate_guest_sidecar::compose::AppId(app.0),
+        "web",
+    );
+    let c = docker.inspect_container(&container, None).await.unwrap();
+    let mounts = c.mounts.unwrap_or_default();
+    assert!(
+        mounts.iter().any(
+            |m| m.destination.as_deref() == Some("/data") && m.typ.as_deref() == Some("volume")
+        ),
+        "{mounts:?}"
+    );
+    running.shutdown();
+}
