@@ -7,11 +7,9 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
 use ratls::cert::{issue, CertProfile};
 use ratls::eventlog::names;
 use ratls::provider::{Measurer, SimulatedProvider};
@@ -109,25 +107,6 @@ async fn ghsa_9fcv_app_info_is_taken_from_the_quote_not_from_unverified_fields()
     )
     .await;
     assert!(!apps.contains(&victim.app_id.to_hex()), "{apps}");
-}
-
-async fn guest(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "teegate")
-        .body(Full::new(bytes::Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// dstack #557: boot events forged from inside the CVM. A container asking the guest API

@@ -5,33 +5,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
 use sha2::Digest;
 use support::*;
 
 const NO_KEY_PROVIDER: &str = "no key provider is configured";
-
-async fn guest(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "teegate")
-        .body(Full::new(bytes::Bytes::from(body.to_owned())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
 
 /// What `/key` answered before: SHA-256 over a constant, the compose hash (public: it is on
 /// `/info`, in the quote and on the trust page), the path and the purpose.

@@ -816,3 +816,23 @@ pub fn ratls_cert_by(id: &Identity, ca: &ratls::cert::CertAuthority) -> RaTlsCer
     )
     .unwrap()
 }
+
+/// One HTTP/1.1 request to a guest API on its Unix socket; returns (status, body).
+pub async fn guest(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "teegate")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
