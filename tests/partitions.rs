@@ -7,16 +7,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::etcd::{get, metric, replica_clients, wait_for_dns};
-use support::lab::{Lab, Net};
+use support::lab_client::*;
 use support::lab_hosts::*;
-use support::{http_get_at, identity, ratls_cert, register_body, register_with_at, BASE};
+use support::{http_get_at, identity, ratls_cert, BASE};
 
 /// The tests here run one at a time: each starts a handful of hosts, and the machine is
 /// small. Their timing assertions mean more without a neighbour competing for the cores.
@@ -28,271 +27,6 @@ fn app_host(app: &ratls::AppId) -> String {
 
 fn app_of(app: &str) -> ratls::AppId {
     ratls::ComposeHash::of(compose(app).as_bytes()).default_app_id()
-}
-
-async fn metrics(r: &Replica) -> String {
-    http_get_at(r.admin, "/metrics", None, "GET").await.1
-}
-
-/// Waits (bounded) until `series` reads `want` on `r`; returns how long it took.
-async fn wait_metric(r: &Replica, series: &str, want: f64, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let m = metrics(r).await;
-        if metric(&m, series) == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{}: {series} is not {want} after {within:?}:\n{m}\n{}",
-            r.host.name,
-            r.host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls `GET https://<host>/` (bounded) until `ok(status, body)`; returns how long it took.
-async fn wait_served(
-    client: &reqwest::Client,
-    host: &str,
-    within: Duration,
-    ok: impl Fn(u16, &str) -> bool,
-    what: &str,
-    explain: &[&support::lab::Host],
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let got = get(client, host).await;
-        if let Ok((s, b)) = &got {
-            if ok(*s, b) {
-                return start.elapsed();
-            }
-        }
-        if start.elapsed() >= within {
-            let logs: Vec<String> = explain
-                .iter()
-                .map(|h| format!("--- {}:\n{}", h.name, h.log()))
-                .collect();
-            panic!(
-                "{what}: still {got:?} after {within:?}\n{}",
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A probe registration of a simulated instance at `r` (its front address need not serve:
-/// only the answer matters).
-async fn probe_register(
-    r: &Replica,
-    ca_pem: &str,
-    probe: &ratls::cert::RaTlsCert,
-    front: SocketAddr,
-) -> (u16, String) {
-    register_with_at(
-        r.registration,
-        ca_pem,
-        probe.rustls_chain(),
-        probe.rustls_key(),
-        &register_body(front, &[80]),
-    )
-    .await
-}
-
-/// Retries the probe registration (bounded) until it is accepted; returns how long it took.
-async fn registers_within(
-    r: &Replica,
-    ca_pem: &str,
-    probe: &ratls::cert::RaTlsCert,
-    front: SocketAddr,
-    within: Duration,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let (s, body) = probe_register(r, ca_pem, probe, front).await;
-        if s == 200 {
-            return start.elapsed();
-        }
-        eprintln!(
-            "{}: registration refused, to be retried: {s} {body}",
-            r.host.name
-        );
-        assert!(
-            s == 503 && start.elapsed() < within,
-            "registration at {}: {s} {body}\n{}",
-            r.host.name,
-            r.host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The replica addresses `GET /v1/replicas` lists at `r`, or its error status and body.
-async fn listed_replicas(r: &Replica) -> Result<Vec<IpAddr>, (u16, String)> {
-    let (s, body) = http_get_at(r.admin, "/v1/replicas", Some(ADMIN_TOKEN), "GET").await;
-    if s != 200 {
-        return Err((s, body));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let mut ips: Vec<IpAddr> = v["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["addrs"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a.as_str()?.parse().ok())
-        .collect();
-    ips.sort();
-    Ok(ips)
-}
-
-fn ips(rs: &[&Replica]) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = rs.iter().map(|r| IpAddr::V4(r.ip)).collect();
-    v.sort();
-    v
-}
-
-/// A client loop against one replica.
-#[derive(Default)]
-struct Load {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    slowest_ms: AtomicU64,
-    /// The first few failures, for the assertion message.
-    errors: Mutex<Vec<String>>,
-    /// Answers by the instance that gave them.
-    by_instance: Mutex<HashMap<String, u64>>,
-}
-
-impl Load {
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-    fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-}
-
-/// Two workers sending `GET https://<host>/` through `client` until `stop`, a request
-/// every 10 ms or so each.
-fn spawn_load(
-    client: reqwest::Client,
-    host: String,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Load>, Vec<tokio::task::JoinHandle<()>>) {
-    let load = Arc::new(Load::default());
-    let tasks = (0..2)
-        .map(|_| {
-            let (load, client, host, stop) =
-                (load.clone(), client.clone(), host.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let got = get(&client, &host).await;
-                    load.slowest_ms
-                        .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    match got {
-                        Ok((200, body)) if body.starts_with("instance=") => {
-                            load.ok.fetch_add(1, Ordering::Relaxed);
-                            let who = body.trim().to_string();
-                            *load.by_instance.lock().unwrap().entry(who).or_default() += 1;
-                        }
-                        other => {
-                            load.failed.fetch_add(1, Ordering::Relaxed);
-                            let mut e = load.errors.lock().unwrap();
-                            if e.len() < 5 {
-                                e.push(format!("{other:?}"));
-                            }
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        })
-        .collect();
-    (load, tasks)
-}
-
-/// Stops the loops and waits for them (bounded).
-async fn stop_loads(stop: &AtomicBool, tasks: Vec<tokio::task::JoinHandle<()>>) {
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(15), t)
-            .await
-            .expect("a client loop stops")
-            .unwrap();
-    }
-}
-
-/// Asserts a loop lost no request and served some; prints its counts.
-fn assert_no_failure(what: &str, load: &Load) {
-    let by = load.by_instance.lock().unwrap().clone();
-    eprintln!(
-        "{what}: {} ok, {} failed, slowest {} ms, by instance {by:?}",
-        load.ok(),
-        load.failed(),
-        load.slowest_ms.load(Ordering::Relaxed)
-    );
-    assert_eq!(
-        load.failed(),
-        0,
-        "{what}: requests failed: {:?}",
-        load.errors.lock().unwrap()
-    );
-    assert!(load.ok() > 0, "{what}: nothing served");
-}
-
-/// The lab's networks and etcd of one test.
-struct Site {
-    lab: Lab,
-    front: Net,
-    back: Net,
-    cvm: Vec<Net>,
-    etcd: Vec<support::lab::Host>,
-    endpoints: String,
-    ca_pem: String,
-}
-
-async fn site(dir: &std::path::Path, etcd_members: u8, cvm_nets: usize) -> Site {
-    let lab = Lab::new(dir).await;
-    let ca = certificates(&lab);
-    let front = lab.net("front").await;
-    let back = lab.net("back").await;
-    let mut cvm = Vec::new();
-    for i in 1..=cvm_nets {
-        cvm.push(lab.net(&format!("cvm{i}")).await);
-    }
-    let etcd = etcd_cluster(&lab, &back, etcd_members).await;
-    let endpoints = etcd_endpoints(&etcd, &back);
-    Site {
-        lab,
-        front,
-        back,
-        cvm,
-        etcd,
-        endpoints,
-        ca_pem: ca.ca_pem,
-    }
-}
-
-impl Site {
-    /// Replicas `1..=n` on the front, back and every CVM network, started together, each
-    /// listed for DNS under a lease of `lease_secs`.
-    async fn replicas(&self, n: u8, lease_secs: u64, extra: &str) -> Vec<Replica> {
-        let cvms: Vec<&Net> = self.cvm.iter().collect();
-        futures_util::future::join_all((1..=n).map(|i| {
-            replica(
-                &self.lab,
-                i,
-                (&self.front, &self.back, &cvms),
-                &self.endpoints,
-                lease_secs,
-                extra,
-            )
-        }))
-        .await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,22 +67,13 @@ async fn replica_cut_off_from_etcd_refuses_registrations_serves_what_it_has_and_
         )
         .await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let loads: Vec<Arc<Load>> = replicas
-        .iter()
-        .map(|r| {
-            let (load, t) = spawn_load(client(r), host_a.clone(), stop.clone());
-            tasks.extend(t);
-            load
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let through: Vec<reqwest::Client> = replicas.iter().map(client).collect();
+    let loads = Loads::start(&through, &host_a).await;
 
     // r1 loses etcd; its clients and its CVM still reach it.
     lab.disconnect(&r1.host, back).await;
     let cut = Instant::now();
-    let at_cut: Vec<u64> = loads.iter().map(|l| l.ok()).collect();
+    let at_cut = loads.oks();
     wait_metric(r1, "teegate_store_up", 0.0, Duration::from_secs(15)).await;
     eprintln!(
         "r1 reports the store down {:?} after the cut",
@@ -419,7 +144,7 @@ async fn replica_cut_off_from_etcd_refuses_registrations_serves_what_it_has_and_
 
     lab.connect(&r1.host, back).await;
     let rejoined = Instant::now();
-    let at_rejoin: Vec<u64> = loads.iter().map(|l| l.ok()).collect();
+    let at_rejoin = loads.oks();
     let took = wait_metric(r1, "teegate_store_up", 1.0, Duration::from_secs(15)).await;
     eprintln!("r1 reports the store up {took:?} after the link returned");
     let took = wait_served(
@@ -457,32 +182,13 @@ async fn replica_cut_off_from_etcd_refuses_registrations_serves_what_it_has_and_
     );
     assert_eq!(listed_replicas(r1).await.unwrap(), ips(&[r1, r2, r3]));
 
-    stop_loads(&stop, tasks).await;
-    for (i, load) in loads.iter().enumerate() {
+    for i in 0..3 {
         assert!(at_rejoin[i] > at_cut[i], "r{} served during the cut", i + 1);
-        assert_no_failure(&format!("client loop on r{} (A)", i + 1), load);
     }
+    loads
+        .stop(&["loop on r1 (A)", "loop on r2 (A)", "loop on r3 (A)"])
+        .await;
     drop(b);
-}
-
-/// The member that leads the cluster now, by its index in `members`.
-async fn leader(members: &[&support::lab::Host], back: &Net) -> Option<usize> {
-    let (ok, out) = etcdctl(members, back, &["endpoint", "status", "-w", "json"]).await;
-    if !ok {
-        return None;
-    }
-    let json = out.lines().find(|l| l.trim_start().starts_with('['))?;
-    let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
-    list.iter().find_map(|e| {
-        let status = &e["Status"];
-        let me = status["header"]["member_id"].as_u64()?;
-        (me == status["leader"].as_u64()?).then(|| {
-            let endpoint = e["Endpoint"].as_str().unwrap_or_default();
-            members
-                .iter()
-                .position(|m| endpoint.contains(&format!("//{}:", m.ip(back))))
-        })?
-    })
 }
 
 /// The replica lease of the etcd member test: the default. A member that goes silent is
@@ -524,16 +230,8 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
         a == ips(&[r1, r2])
     })
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let loads: Vec<Arc<Load>> = replicas
-        .iter()
-        .map(|r| {
-            let (load, t) = spawn_load(client(r), host_a.clone(), stop.clone());
-            tasks.extend(t);
-            load
-        })
-        .collect();
+    let through: Vec<reqwest::Client> = replicas.iter().map(client).collect();
+    let loads = Loads::start(&through, &host_a).await;
 
     // Cut off the leader: the other two must elect one of themselves.
     let members: Vec<&support::lab::Host> = site.etcd.iter().collect();
@@ -681,10 +379,7 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
         lease_lines.join("\n")
     );
 
-    stop_loads(&stop, tasks).await;
-    for (i, load) in loads.iter().enumerate() {
-        assert_no_failure(&format!("client loop on r{} (A)", i + 1), load);
-    }
+    loads.stop(&["loop on r1 (A)", "loop on r2 (A)"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,17 +426,8 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
             .await;
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let loads: Vec<Arc<Load>> = replicas
-        .iter()
-        .map(|r| {
-            let (load, t) = spawn_load(client(r), host_a.clone(), stop.clone());
-            tasks.extend(t);
-            load
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let through: Vec<reqwest::Client> = replicas.iter().map(client).collect();
+    let loads = Loads::start(&through, &host_a).await;
 
     // a1 loses its link to r1 only.
     lab.disconnect(&r1.host, &site.cvm[0]).await;
@@ -753,12 +439,11 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
         )
         .await;
     eprintln!("r1 marked a1 down {:?} after the cut", cut.elapsed());
-    // Let requests caught in flight at the cut finish (retried elsewhere), then sample.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let count = |l: &Load, who: &str| l.by_instance.lock().unwrap().get(who).copied().unwrap_or(0);
+    // From now on no answer of a1's can reach r1's loop: one in flight at the cut was
+    // lost with the link (and its request retried on a2).
     let (r1_a1, r2_a1) = (
-        count(&loads[0], "instance=a1"),
-        count(&loads[1], "instance=a1"),
+        loads.each[0].from("instance=a1"),
+        loads.each[1].from("instance=a1"),
     );
     let mut a2_through_r1 = 0;
     for _ in 0..20 {
@@ -780,11 +465,11 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
     )
     .await;
     assert!(
-        count(&loads[1], "instance=a1") > r2_a1,
+        loads.each[1].from("instance=a1") > r2_a1,
         "r2's loop still gets a1"
     );
     assert_eq!(
-        count(&loads[0], "instance=a1"),
+        loads.each[0].from("instance=a1"),
         r1_a1,
         "r1's loop gets no a1 while cut"
     );
@@ -799,7 +484,6 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
     eprintln!("r1 served {a2_through_r1} sampled requests from a2 while a1 was cut off from it");
 
     lab.connect(&r1.host, &site.cvm[0]).await;
-    let back = Instant::now();
     let took = wait_served(
         &client(r1),
         &host_a,
@@ -810,10 +494,6 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
     )
     .await;
     eprintln!("r1 serves from a1 again {took:?} after the link returned (down back-off 2 s)");
-    let _ = back;
 
-    stop_loads(&stop, tasks).await;
-    for (i, load) in loads.iter().enumerate() {
-        assert_no_failure(&format!("client loop on r{} (A)", i + 1), load);
-    }
+    loads.stop(&["loop on r1 (A)", "loop on r2 (A)"]).await;
 }

@@ -1,8 +1,16 @@
 //! Separate hosts for the partition tests: Docker containers on private Docker networks,
-//! each with its own network stack, run from an image imported from this very build (the
-//! `teegate` binary and the shared libraries `ldd` lists for it, Debian's `etcd`, and
-//! busybox-static), so no registry is involved. A host is cut off from a network with
-//! `docker network disconnect` and brought back, at the same address, with `connect`.
+//! each with its own network stack, run from an image imported from this very build
+//! ([`super::lab_image`]), so no registry is involved. A host is cut off from a network
+//! with `docker network disconnect` and brought back, at the same address, with `connect`.
+//! Cut off, its packets to that network go to its default route, where Docker's isolation
+//! rules drop them, and packets to its old address find nobody: silence, as in a real
+//! partition, not a quick "connection refused".
+//!
+//! Why containers rather than network namespaces joined by veth pairs: the daemon gives
+//! every host its own filesystem too (the sidecar's sockets and every data directory sit at
+//! fixed paths), keeps logs, and removes everything by name or label, even what a killed
+//! test run left behind; namespaces would need root `ip netns` plumbing, a bridge, and a
+//! sweeper of our own for the same.
 //!
 //! ```text
 //! Lab ── image  teegate-lab:<run>        (removed when the Lab drops)
@@ -40,13 +48,6 @@ const STALE_AFTER_SECS: u64 = 15 * 60;
 /// Each host's command runs under `timeout`: a run killed before its cleanup leaves no
 /// process running longer than this.
 pub const MAX_LIFE_SECS: u64 = 10 * 60;
-const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &[
-    "sh", "httpd", "mkdir", "echo", "cat", "ls", "sleep", "timeout", "ip", "ps",
-];
-/// The binaries in the image besides `teegate`: Debian's etcd (package etcd-server).
-const ETCD: &str = "/usr/bin/etcd";
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -168,103 +169,6 @@ async fn connect() -> Docker {
         })
 }
 
-/// The absolute paths `ldd` lists for `bin` (shared libraries and the loader).
-fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
-    let out = std::process::Command::new("ldd")
-        .arg(bin)
-        .output()
-        .expect("ldd (Debian libc-bin) is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "statically linked" is fine: nothing to add.
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = l.split_once("=>").map_or(l, |(_, p)| p.trim());
-            path.split_whitespace()
-                .next()
-                .filter(|p| p.starts_with('/'))
-                .map(PathBuf::from)
-        })
-        .collect()
-}
-
-fn tar_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(mode);
-    h.set_size(0);
-    h.set_mtime(0);
-    b.append_data(&mut h, path, std::io::empty())
-        .expect("tar dir");
-}
-
-/// The image's root filesystem: `/teegate`, `/usr/bin/etcd`, their libraries at the paths
-/// `ldd` names, busybox with a few applets, and the directories the hosts write to.
-fn rootfs(teegate: &Path) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
-    for (d, mode) in [
-        ("bin", 0o755),
-        ("tmp", 0o1777),
-        ("data", 0o700),
-        ("run", 0o755),
-        ("www", 0o755),
-        ("cfg", 0o755),
-        ("etc", 0o755),
-    ] {
-        tar_dir(&mut b, &format!("{d}/"), mode);
-        dirs.insert(d.to_string());
-    }
-    let mut files = vec![
-        (teegate.to_path_buf(), "teegate".to_string()),
-        (PathBuf::from(ETCD), "usr/bin/etcd".to_string()),
-        (PathBuf::from(BUSYBOX), "bin/busybox".to_string()),
-    ];
-    let mut libs = shared_libraries(teegate);
-    libs.extend(shared_libraries(Path::new(ETCD)));
-    libs.sort();
-    libs.dedup();
-    files.extend(libs.into_iter().map(|lib| {
-        let dst = lib.to_string_lossy().trim_start_matches('/').to_string();
-        (lib, dst)
-    }));
-    for (src, dst) in files {
-        let parents: Vec<String> = Path::new(&dst)
-            .ancestors()
-            .skip(1)
-            .map(|p| p.to_string_lossy().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        for p in parents.into_iter().rev() {
-            if dirs.insert(p.clone()) {
-                tar_dir(&mut b, &format!("{p}/"), 0o755);
-            }
-        }
-        let bytes = std::fs::read(&src).unwrap_or_else(|e| {
-            panic!(
-                "{} is needed in the test image ({e}); scripts/test installs it",
-                src.display()
-            )
-        });
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o755);
-        h.set_size(bytes.len() as u64);
-        h.set_mtime(0);
-        b.append_data(&mut h, &dst, bytes.as_slice())
-            .expect("tar file");
-    }
-    for a in APPLETS {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(0);
-        b.append_link(&mut h, format!("bin/{a}"), "busybox")
-            .expect("tar link");
-    }
-    b.into_inner().expect("tar finish")
-}
-
 impl Lab {
     /// Removes stale left-overs of earlier runs, then imports this run's image.
     pub async fn new(dir: &Path) -> Lab {
@@ -273,17 +177,7 @@ impl Lab {
         let run = format!("tglab{}x{:x}", std::process::id(), rand_u32());
         let image = format!("{IMAGE_REPO}:{run}");
         let started = Instant::now();
-        // Without its debug sections (symbols stay, for backtraces) the binary is a
-        // quarter of the size, and the import four times faster.
-        let stripped = tempfile::NamedTempFile::new().expect("a temporary file");
-        let out = std::process::Command::new("strip")
-            .args(["--strip-debug", "-o"])
-            .arg(stripped.path())
-            .arg(env!("CARGO_BIN_EXE_teegate"))
-            .output()
-            .expect("strip (Debian binutils) is installed");
-        assert!(out.status.success(), "strip: {out:?}");
-        let tar = rootfs(stripped.path());
+        let tar = super::lab_image::rootfs_of_this_build();
         let size = tar.len();
         let opts = CreateImageOptions {
             from_src: Some("-".into()),

@@ -281,3 +281,75 @@ pub async fn cvm(lab: &Lab, name: &str, n: u8, net: &Net, app: &str, gateways: &
         front,
     }
 }
+
+/// The lab's networks and etcd of one test.
+pub struct Site {
+    pub lab: Lab,
+    pub front: Net,
+    pub back: Net,
+    pub cvm: Vec<Net>,
+    pub etcd: Vec<Host>,
+    pub endpoints: String,
+    pub ca_pem: String,
+}
+
+pub async fn site(dir: &std::path::Path, etcd_members: u8, cvm_nets: usize) -> Site {
+    let lab = Lab::new(dir).await;
+    let ca = certificates(&lab);
+    let front = lab.net("front").await;
+    let back = lab.net("back").await;
+    let mut cvm = Vec::new();
+    for i in 1..=cvm_nets {
+        cvm.push(lab.net(&format!("cvm{i}")).await);
+    }
+    let etcd = etcd_cluster(&lab, &back, etcd_members).await;
+    let endpoints = etcd_endpoints(&etcd, &back);
+    Site {
+        lab,
+        front,
+        back,
+        cvm,
+        etcd,
+        endpoints,
+        ca_pem: ca.ca_pem,
+    }
+}
+
+impl Site {
+    /// Replicas `1..=n` on the front, back and every CVM network, started together, each
+    /// listed for DNS under a lease of `lease_secs`.
+    pub async fn replicas(&self, n: u8, lease_secs: u64, extra: &str) -> Vec<Replica> {
+        let cvms: Vec<&Net> = self.cvm.iter().collect();
+        futures_util::future::join_all((1..=n).map(|i| {
+            replica(
+                &self.lab,
+                i,
+                (&self.front, &self.back, &cvms),
+                &self.endpoints,
+                lease_secs,
+                extra,
+            )
+        }))
+        .await
+    }
+}
+
+/// The member that leads the cluster now, by its index in `members`.
+pub async fn leader(members: &[&Host], back: &Net) -> Option<usize> {
+    let (ok, out) = etcdctl(members, back, &["endpoint", "status", "-w", "json"]).await;
+    if !ok {
+        return None;
+    }
+    let json = out.lines().find(|l| l.trim_start().starts_with('['))?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    list.iter().find_map(|e| {
+        let status = &e["Status"];
+        let me = status["header"]["member_id"].as_u64()?;
+        (me == status["leader"].as_u64()?).then(|| {
+            let endpoint = e["Endpoint"].as_str().unwrap_or_default();
+            members
+                .iter()
+                .position(|m| endpoint.contains(&format!("//{}:", m.ip(back))))
+        })?
+    })
+}

@@ -785,7 +785,9 @@ pub async fn start_test_dns(
 }
 pub mod etcd;
 pub mod lab;
+pub mod lab_client;
 pub mod lab_hosts;
+pub mod lab_image;
 
 // ---------------------------------------------------------------- KMS-issued app CAs
 
