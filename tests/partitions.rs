@@ -235,7 +235,7 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
 
     // Cut off the leader: the other two must elect one of themselves.
     let members: Vec<&support::lab::Host> = site.etcd.iter().collect();
-    let led = leader(&members, back)
+    let led = leader(&members, back, Duration::from_secs(15))
         .await
         .expect("the cluster has a leader");
     let cut_member = members[led];
@@ -261,17 +261,9 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
             seen
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let new_leader = loop {
-        if let Some(i) = leader(&rest, back).await {
-            break i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new leader among the other two members"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let new_leader = leader(&rest, back, Duration::from_secs(15))
+        .await
+        .expect("a new leader among the other two members");
     eprintln!(
         "{} leads {:?} after its leader {} was cut off",
         rest[new_leader].name,
@@ -297,13 +289,15 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
             cut.elapsed()
         );
     }
+    // From then on at once: well inside the 3 s a call stuck on the silent member takes.
     for r in &replicas {
         let asked = Instant::now();
         let (s, body) = probe_register(r, &site.ca_pem, &probe, probe_front).await;
         assert_eq!(s, 200, "{}: {body}", r.host.name);
         assert!(
-            asked.elapsed() < Duration::from_secs(1),
-            "{:?}",
+            asked.elapsed() < Duration::from_secs(2),
+            "{}: a registration took {:?}",
+            r.host.name,
             asked.elapsed()
         );
         wait_metric(r, "teegate_store_up", 1.0, Duration::from_secs(10)).await;

@@ -87,7 +87,7 @@ pub async fn etcdctl(members: &[&Host], back: &Net, args: &[&str]) -> (bool, Str
     let out = tokio::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", endpoints.join(",")))
-        .args(["--dial-timeout=1s", "--command-timeout=2s"])
+        .args(["--dial-timeout=2s", "--command-timeout=3s"])
         .args(args)
         .output()
         .await
@@ -334,22 +334,30 @@ impl Site {
     }
 }
 
-/// The member that leads the cluster now, by its index in `members`.
-pub async fn leader(members: &[&Host], back: &Net) -> Option<usize> {
-    let (ok, out) = etcdctl(members, back, &["endpoint", "status", "-w", "json"]).await;
-    if !ok {
-        return None;
+/// The member among `members` that leads the cluster, by its index, asked of each member
+/// in turn (one slow or silent member does not hide the others) until one says it leads,
+/// for at most `within`.
+pub async fn leader(members: &[&Host], back: &Net, within: Duration) -> Option<usize> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            let (ok, out) = etcdctl(&[m], back, &["endpoint", "status", "-w", "json"]).await;
+            let Some(json) = out.lines().find(|l| l.trim_start().starts_with('[')) else {
+                continue;
+            };
+            let list: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+            let leads = list.first().is_some_and(|e| {
+                let status = &e["Status"];
+                status["header"]["member_id"].as_u64().is_some()
+                    && status["header"]["member_id"] == status["leader"]
+            });
+            if ok && leads {
+                return Some(i);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let json = out.lines().find(|l| l.trim_start().starts_with('['))?;
-    let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
-    list.iter().find_map(|e| {
-        let status = &e["Status"];
-        let me = status["header"]["member_id"].as_u64()?;
-        (me == status["leader"].as_u64()?).then(|| {
-            let endpoint = e["Endpoint"].as_str().unwrap_or_default();
-            members
-                .iter()
-                .position(|m| endpoint.contains(&format!("//{}:", m.ip(back))))
-        })?
-    })
 }
