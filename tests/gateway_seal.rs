@@ -39,17 +39,35 @@ fn gateway_compose(name: &str) -> String {
     .unwrap()
 }
 
-fn kms_config(dir: &Path, port: u16, composes: &[&str]) -> PathBuf {
+/// A gateway app with a named app id (teegate's compose format): the KMS, not the compose
+/// hash, ties it to its composes, so its keys survive an upgrade of the compose.
+fn named_gateway_compose(name: &str, app: &str) -> String {
+    serde_json::json!({
+        "name": name,
+        "app_id": app,
+        "docker_compose": "services:\n  gateway:\n    image: teegate-test/gateway:latest\n",
+        "exposed_ports": [],
+        "allowed_envs": [],
+        "kms_url": "https://127.0.0.1:1",
+        "gateway_urls": [],
+        "key_provider": "kms",
+    })
+    .to_string()
+}
+
+fn hash(compose: &str) -> String {
+    ratls::ComposeHash::of(compose.as_bytes()).to_hex()
+}
+
+/// The KMS policy: each app id with the compose hashes it may run.
+fn kms_config(dir: &Path, port: u16, apps: &[(String, Vec<String>)]) -> PathBuf {
     let mut text = format!(
         "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nquote_provider = \"simulated\"\n[verifier]\nallow_simulated = true\n[policy.os]\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\n",
         dir.join("kms-data").display()
     );
-    for compose in composes {
-        let hash = ratls::ComposeHash::of(compose.as_bytes());
-        text += &format!(
-            "[policy.apps.{}]\ncompose_hashes = [\"{hash}\"]\nallow_simulated = true\n",
-            hash.default_app_id()
-        );
+    for (app, hashes) in apps {
+        text +=
+            &format!("[policy.apps.{app}]\ncompose_hashes = {hashes:?}\nallow_simulated = true\n");
     }
     let path = dir.join("kms.toml");
     std::fs::write(&path, text).unwrap();
@@ -153,8 +171,29 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
         gateway_compose("teegate-gateway-a"),
         gateway_compose("teegate-gateway-b"),
     );
+    let named = "9a".repeat(20);
+    let (compose_v1, compose_v2) = (
+        named_gateway_compose("teegate-gateway-named-v1", &named),
+        named_gateway_compose("teegate-gateway-named-v2", &named),
+    );
+    let content_addressed = |c: &str| {
+        (
+            ratls::ComposeHash::of(c.as_bytes())
+                .default_app_id()
+                .to_hex(),
+            vec![hash(c)],
+        )
+    };
     let kms_port = free_port();
-    let kms_cfg = kms_config(dir.path(), kms_port, &[&compose_a, &compose_b]);
+    let kms_cfg = kms_config(
+        dir.path(),
+        kms_port,
+        &[
+            content_addressed(&compose_a),
+            content_addressed(&compose_b),
+            (named.clone(), vec![hash(&compose_v1), hash(&compose_v2)]),
+        ],
+    );
     let _kms = spawn_teegate(
         &["kms", "--config", kms_cfg.to_str().unwrap()],
         "ready",
@@ -241,6 +280,8 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
     // The record opens under the key app A derives (and only so), and is the served key;
     // no encoding of it, or of the development CA's key, is in etcd or the data dir.
     let key_a = app_seal_key(&sock_a).await;
+    let att = GuestApi::new(&sock_a).attestation().await.unwrap();
+    assert!(att.certificate_pem.contains("BEGIN CERTIFICATE") && !att.event_log.is_empty());
     assert_eq!(sealing["key_id"], key_a.id().to_string());
     let record = etcd_cert(&etcd, prefix);
     let wildcard = format!("*.{BASE}");

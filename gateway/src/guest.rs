@@ -6,6 +6,7 @@
 //!     .quote(ReportData)     ─ POST /quote ─▶ GuestQuote (raw quote + RTMR3 event log)
 //!     .derive_key(path, purpose) ─ POST /key ─▶ DerivedKey (32 bytes, zeroized on drop)
 //!     .attestation()         ─ GET /attestation ─▶ the instance certificate, quote, event log
+//!     .tls_key(names, secs)  ─ POST /tls-key ─▶ GuestTlsKey (RA-TLS chain from the app CA)
 //! ```
 //!
 //! One short connection per call (calls are rare: start-up, re-quoting, key derivation), a
@@ -103,6 +104,22 @@ pub struct GuestAttestation {
     pub event_log: EventLog,
 }
 
+/// `POST /tls-key`: a fresh RA-TLS certificate for the app, signed by its app CA (from the
+/// KMS), with its private key.
+pub struct GuestTlsKey {
+    /// Leaf first, then the app CA (DER).
+    pub chain: Vec<Vec<u8>>,
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for GuestTlsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestTlsKey")
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A 32-byte key from `POST /key`, derived by the KMS's rules for this app (so every
 /// replica of the same app derives the same one). Zeroized on drop; never printed.
 pub struct DerivedKey(Zeroizing<[u8; 32]>);
@@ -134,6 +151,12 @@ struct AttestationAnswer {
     certificate: String,
     quote: String,
     event_log: EventLog,
+}
+
+#[derive(Deserialize)]
+struct TlsKeyAnswer {
+    certificate_chain: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +272,38 @@ impl GuestApi {
             quote: self.hex(CALL, "quote", &answer.quote)?,
             event_log: answer.event_log,
         })
+    }
+
+    /// `POST /tls-key`: a fresh RA-TLS certificate for `names`, valid `validity_secs`,
+    /// signed by the app CA the KMS released to this CVM.
+    pub async fn tls_key(
+        &self,
+        names: &[String],
+        validity_secs: u64,
+    ) -> Result<GuestTlsKey, GuestError> {
+        const CALL: &str = "POST /tls-key";
+        let req = serde_json::json!({ "names": names, "validity_secs": validity_secs }).to_string();
+        let body = Zeroizing::new(self.call(CALL, "POST", "/tls-key", Some(req)).await?);
+        let answer: TlsKeyAnswer = self.decode(CALL, &body)?;
+        let key_pem = Zeroizing::new(answer.key);
+        let chain: Vec<Vec<u8>> = pem::parse_many(&answer.certificate_chain)
+            .map_err(|e| {
+                self.fail(
+                    CALL,
+                    GuestErrorKind::Decode(format!("certificate_chain: {e}")),
+                )
+            })?
+            .into_iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .map(pem::Pem::into_contents)
+            .collect();
+        if chain.is_empty() {
+            return Err(self.fail(
+                CALL,
+                GuestErrorKind::Decode("certificate_chain holds no certificate".into()),
+            ));
+        }
+        Ok(GuestTlsKey { chain, key_pem })
     }
 
     fn fail(&self, call: &'static str, kind: GuestErrorKind) -> GuestError {

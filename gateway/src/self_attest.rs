@@ -4,6 +4,14 @@
 //! freshness, event-log replay, app authorisation, policy). There is no fallback: any
 //! failure stops the gateway, naming `attestation.guest_api`, the step and the cause.
 //!
+//! A content-addressed gateway app (app id = its compose hash's first 20 bytes) is checked
+//! on a throwaway certificate the gateway issues itself, quoting through the guest API
+//! with a nonce of its own. A named app id can only be authorised by the KMS, through the
+//! app CA it signs for the app: then the check is on a fresh certificate the sidecar
+//! issues with that CA (`POST /tls-key`), verified with its chain against
+//! `verifier.kms_roots`. A named app id keeps its KMS keys, so its sealed records, across
+//! compose upgrades the KMS policy allows.
+//!
 //! ```text
 //!  GET /info ─▶ identity ─┐
 //!  POST /quote (zeros) ─▶ event log ─┐
@@ -108,6 +116,14 @@ pub async fn check(
             SelfAttestError::GuestApi(e)
         }
     })?;
+    if info.app_id != info.compose_hash.default_app_id() {
+        let verified = check_named(&api, verifier).await?;
+        return Ok(AttestedSelf {
+            api,
+            info,
+            verified,
+        });
+    }
     for _ in 0..LOG_RACE_RETRIES {
         let log = api
             .quote(&ReportData::ZERO)
@@ -173,4 +189,29 @@ pub async fn check(
         });
     }
     Err(SelfAttestError::LogRace)
+}
+
+/// The check of a named app id: a certificate the sidecar issues now with the app CA.
+async fn check_named(
+    api: &GuestApi,
+    verifier: &AttestationVerifier,
+) -> Result<VerifiedAttestation, SelfAttestError> {
+    let issued = api
+        .tls_key(&["gateway-self-check.invalid".to_string()], 600)
+        .await
+        .map_err(SelfAttestError::GuestApi)?;
+    let issuers: Vec<&[u8]> = issued.chain[1..].iter().map(Vec::as_slice).collect();
+    let verified = verifier
+        .verify_chain(&issued.chain[0], &issuers)
+        .map_err(SelfAttestError::Verify)?;
+    // Issued for this check, not an old certificate replayed: its validity starts now
+    // (the sidecar backdates by at most five minutes).
+    let not_before = crate::certs::x509_not_before(&issued.chain[0]).unwrap_or(0);
+    let now = ratls::verifier::unix_now();
+    if not_before + 600 < now || not_before > now + 600 {
+        return Err(SelfAttestError::Issue(format!(
+            "the guest API's certificate is not fresh (valid from unix {not_before}, now {now})"
+        )));
+    }
+    Ok(verified)
 }
