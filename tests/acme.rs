@@ -432,7 +432,6 @@ fn caa_account(dns: std::net::SocketAddr) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caa_pins_the_sealed_acme_account_and_a_restart_reuses_it() {
-    use base64::Engine;
     use gateway::seal::Kind;
     let dir = tempfile::tempdir().unwrap();
     let (dns_udp, dns_api, _dns_stop) = start_dns(dir.path()).await;
@@ -457,11 +456,7 @@ async fn caa_pins_the_sealed_acme_account_and_a_restart_reuses_it() {
     let account = gateway::acme::acme_account_spki(&creds).unwrap();
     assert_eq!(account.uri, pinned[0], "CAA pins the sealed account");
     // Neither the account key nor the served certificate's key is in state.json.
-    let creds_json: serde_json::Value = serde_json::from_str(&creds).unwrap();
-    let account_der = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(creds_json["key_pkcs8"].as_str().unwrap())
-        .unwrap();
-    let account_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", account_der));
+    let account_pem = acme_account_key_pem(&creds);
     assert_eq!(key_spki(&account_pem), account.spki_der);
     let wildcard = format!("*.{BASE}");
     let cert_key = seal

@@ -355,6 +355,68 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
         "A still serves its certificate"
     );
     assert!(gw_a.stop(Duration::from_secs(10)).is_some());
+
+    // A named gateway app: authorised only through the KMS's app CA, so a gateway that
+    // pins no KMS root refuses to start at app-authorisation.
+    let (_cvm_v1, sock_v1) = start_gateway_cvm(dir.path(), "cvm-v1", &compose_v1, kms_port);
+    let (_cvm_v2, sock_v2) = start_gateway_cvm(dir.path(), "cvm-v2", &compose_v2, kms_port);
+    let cfg = attested(
+        &dir.path().join("gw-unpinned"),
+        &GatewayPorts::new(),
+        &sock_v1,
+        "",
+    );
+    let err = refused(&cfg);
+    assert!(err.contains("at step app-authorisation"), "{err}");
+    // Pinning the KMS root, it starts; after a compose upgrade (same app id, another
+    // compose hash the KMS allows) the upgraded gateway opens the same sealed records.
+    let pinned = format!(
+        "[verifier]\n{ANY_OS}compose_hashes = \"any\"\napp_ids = \"any\"\nkms_roots = [\"{}\"]\n",
+        dir.path().join("kms-data/root-ca.pem").display()
+    );
+    let n_dir = dir.path().join("gw-named");
+    let ports = GatewayPorts::new();
+    let https = std::net::SocketAddr::from(([127, 0, 0, 1], ports.https));
+    let mut served_by = Vec::new();
+    for sock in [&sock_v1, &sock_v2] {
+        let cfg = attested(&n_dir, &ports, sock, &pinned);
+        let mut gw = spawn_teegate(
+            &["gateway", "--config", cfg.to_str().unwrap()],
+            "ready",
+            Duration::from_secs(30),
+        );
+        assert!(
+            gw.log().contains("this gateway is attested"),
+            "{}",
+            gw.log()
+        );
+        wait_for_port(ports.https, Duration::from_secs(10));
+        let ca = std::fs::read_to_string(n_dir.join("dev-ca.pem")).unwrap();
+        served_by.push(served(https, &ca).await);
+        assert!(gw.stop(Duration::from_secs(10)).is_some());
+    }
+    assert_eq!(
+        served_by[0], served_by[1],
+        "the upgraded gateway serves the sealed certificate"
+    );
+    // In the embedded store too, the key is there only sealed.
+    let key = app_seal_key(&sock_v2).await;
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(n_dir.join("state.json")).unwrap()).unwrap();
+    let wildcard = format!("*.{BASE}");
+    let key_pem = key
+        .open_text(
+            Kind::CertKey,
+            &wildcard,
+            state["certs"][&wildcard]["key_pem"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(key_spki(&key_pem), cert_spki(&served_by[0]));
+    assert_no_key_in(
+        &all_file_bytes(&n_dir),
+        &key_pem,
+        "the data dir (state.json)",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -966,3 +966,13 @@ pub fn expect_exit_failure(cmd: &mut Command, within: Duration) -> String {
     assert!(!status.success(), "{cmd:?} succeeded; stderr:\n{err}");
     err
 }
+
+/// The ACME account key (PEM) in instant-acme's credentials JSON (`key_pkcs8`, base64url).
+pub fn acme_account_key_pem(credentials_json: &str) -> String {
+    use base64::Engine;
+    let creds: serde_json::Value = serde_json::from_str(credentials_json).expect("credentials");
+    let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(creds["key_pkcs8"].as_str().expect("key_pkcs8"))
+        .expect("base64url");
+    pem::encode(&pem::Pem::new("PRIVATE KEY", der))
+}
