@@ -94,6 +94,8 @@ fn start_gateway_cvm(dir: &Path, name: &str, compose: &str, kms_port: u16) -> (P
     (proc, d.join("teegate.sock"))
 }
 
+const TOKEN: &str = "test-admin-token-0123456789";
+
 const ANY_OS: &str =
     "allow_simulated = true\nmrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\n";
 
@@ -156,11 +158,10 @@ async fn app_seal_key(socket: &Path) -> SealKey {
 fn etcd_cert(etcd: &Etcd, prefix: &str) -> serde_json::Value {
     let out = etcd.etcdctl(&[
         "get",
-        "--prefix",
-        &format!("{prefix}/certs/"),
+        &format!("{prefix}/certs/*.{BASE}"),
         "--print-value-only",
     ]);
-    serde_json::from_str(out.lines().next().unwrap_or("null")).unwrap()
+    serde_json::from_str(out.trim()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,13 +267,7 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
     wait_for_port(ports.https, Duration::from_secs(10));
     let ca_pem = std::fs::read_to_string(a_dir.join("dev-ca.pem")).unwrap();
     let first = served(https, &ca_pem).await;
-    let (s, sealing) = http_get(
-        ports.admin,
-        "/v1/sealing",
-        Some("test-admin-token-0123456789"),
-        "GET",
-    )
-    .await;
+    let (s, sealing) = http_get(ports.admin, "/v1/sealing", Some(TOKEN), "GET").await;
     assert_eq!(s, 200, "{sealing}");
     let sealing: serde_json::Value = serde_json::from_str(&sealing).unwrap();
     assert_eq!(sealing["key_source"]["mode"], "attested", "{sealing}");
@@ -354,6 +349,33 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
         first,
         "A still serves its certificate"
     );
+
+    // A record another gateway app sealed, arriving while A runs: A names it (log, metric,
+    // admin API), neither serves nor overwrites it, and keeps serving its own.
+    let foreign = serde_json::json!({
+        "name": "b-only.example",
+        "cert_chain_pem": record["cert_chain_pem"],
+        "key_pem": key_b.seal(Kind::CertKey, "b-only.example", key_pem.as_bytes()),
+        "not_after": record["not_after"],
+    });
+    etcd.etcdctl(&[
+        "put",
+        &format!("{prefix}/certs/b-only.example"),
+        &foreign.to_string(),
+    ]);
+    wait_for_line(
+        &gw_a,
+        "cannot be opened by this gateway",
+        Duration::from_secs(10),
+    );
+    let (_, m) = http_get(ports.admin, "/metrics", None, "GET").await;
+    assert_eq!(metric(&m, "teegate_sealed_records_unreadable"), 1.0, "{m}");
+    let (_, sealing) = http_get(ports.admin, "/v1/sealing", Some(TOKEN), "GET").await;
+    assert!(
+        sealing.contains("cert/b-only.example") && sealing.contains(&key_b.id().to_string()),
+        "{sealing}"
+    );
+    assert_eq!(served(https, &ca_pem).await, first);
     assert!(gw_a.stop(Duration::from_secs(10)).is_some());
 
     // A named gateway app: authorised only through the KMS's app CA, so a gateway that
@@ -449,13 +471,7 @@ async fn unattested_gateway_seals_under_its_key_file_and_reseals_old_plaintext()
         "{}",
         gw.proc.log()
     );
-    let (_, sealing) = http_get(
-        gw.ports.admin,
-        "/v1/sealing",
-        Some("test-admin-token-0123456789"),
-        "GET",
-    )
-    .await;
+    let (_, sealing) = http_get(gw.ports.admin, "/v1/sealing", Some(TOKEN), "GET").await;
     assert!(sealing.contains("unattested-key-file"), "{sealing}");
     let dev_ca_key = seal_key_in(dir.path())
         .open_text(
