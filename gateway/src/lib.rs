@@ -14,6 +14,10 @@
 //!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
+//!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
+//!            self_attest (start-up: a fresh quote verified by [verifier]) ─▶ AttestedSelf
+//!  private keys ─▶ SealedStore (seal: ChaCha20-Poly1305 under a guest-API-derived key,
+//!                  or an unattested key file) ─▶ Store; unreadable records ─▶ SealReport
 //! ```
 //!
 //! [`api`] holds the wire types and builds without the server (`default-features = false`).
@@ -34,6 +38,8 @@ pub mod custom;
 #[cfg(feature = "server")]
 pub mod frontdoor;
 #[cfg(feature = "server")]
+pub mod guest;
+#[cfg(feature = "server")]
 mod http1;
 #[cfg(feature = "server")]
 mod http_util;
@@ -41,6 +47,8 @@ mod http_util;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod ondemand;
+#[cfg(feature = "server")]
+mod own_identity;
 #[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]
@@ -55,6 +63,10 @@ pub mod registration;
 pub mod registry;
 #[cfg(feature = "server")]
 pub mod replicas;
+#[cfg(feature = "server")]
+pub mod seal;
+#[cfg(feature = "server")]
+pub mod self_attest;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
