@@ -14,6 +14,7 @@
 //!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
+//!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
 //! ```
 //!
 //! [`api`] holds the wire types and builds without the server (`default-features = false`).
@@ -33,6 +34,8 @@ pub mod certs;
 pub mod custom;
 #[cfg(feature = "server")]
 pub mod frontdoor;
+#[cfg(feature = "server")]
+pub mod guest;
 #[cfg(feature = "server")]
 mod http1;
 #[cfg(feature = "server")]
