@@ -17,6 +17,9 @@
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
 //!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
+//!            self_attest (start-up: a fresh quote verified by [verifier]) ─▶ AttestedSelf
+//!  private keys ─▶ SealedStore (seal: ChaCha20-Poly1305 under a guest-API-derived key,
+//!                  or an unattested key file) ─▶ Store; unreadable records ─▶ SealReport
 //! ```
 //!
 //! [`api`] holds the wire types and builds without the server (`default-features = false`).
@@ -49,6 +52,8 @@ pub mod metrics;
 #[cfg(feature = "server")]
 pub mod ondemand;
 #[cfg(feature = "server")]
+mod own_identity;
+#[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]
 pub mod per_ip;
@@ -62,6 +67,10 @@ pub mod registration;
 pub mod registry;
 #[cfg(feature = "server")]
 pub mod replicas;
+#[cfg(feature = "server")]
+pub mod seal;
+#[cfg(feature = "server")]
+pub mod self_attest;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -31,7 +31,8 @@ use crate::refused::RefusedLog;
 use crate::registration::Registrar;
 use crate::registry::{Balance, Registry};
 use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
-use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, Store};
+use crate::self_attest::SelfAttestError;
+use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, SealReport, SealedStore, Store};
 use crate::trust_page::TrustPages;
 use crate::{attest, http_util};
 
@@ -51,6 +52,13 @@ pub enum GatewayError {
     Cert(#[from] certs::CertError),
     #[error(transparent)]
     Attest(#[from] attest::AttestConfigError),
+    #[error(transparent)]
+    SelfAttest(#[from] SelfAttestError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// The store holds sealed records this gateway cannot open (another gateway's).
+    #[error("the store holds records this gateway cannot open: {records}. They were sealed by a gateway of another app (or another seal_key_file) and are left untouched; this gateway does not start rather than serve without them or overwrite them. Give it its own store (data_dir, or store.etcd.prefix), or delete those records if the gateway that wrote them is retired")]
+    SealedByOther { records: String },
 }
 
 /// What a running gateway tells its operator at start.
@@ -97,12 +105,21 @@ async fn restore(
 async fn install_certificates(
     cfg: &GatewayConfig,
     base: &str,
-    store: &dyn Store,
+    store: &SealedStore,
     resolver: &CertResolver,
     metrics: &Metrics,
 ) -> Result<Option<std::path::PathBuf>, GatewayError> {
     let wildcard = format!("*.{base}");
     let stored = store.certs().await?;
+    if cfg.tls.mode == TlsMode::Acme {
+        // Reading the account also reports it when it does not open.
+        let _ = store
+            .get_value(&crate::acme::account_key(
+                &cfg.tls.acme.directory_url.to_string(),
+            ))
+            .await;
+    }
+    crate::own_identity::refuse_unreadable(store)?;
     for record in &stored {
         resolver.install(record)?;
         metrics
@@ -117,7 +134,7 @@ async fn install_certificates(
     let mut dev_ca_path = None;
     let record = match cfg.tls.mode {
         TlsMode::SelfSigned => {
-            let ca = DevCa::load_or_create(&cfg.data_dir)?;
+            let ca = DevCa::load_or_create(&cfg.data_dir, store.key())?;
             dev_ca_path = Some(ca.cert_path.clone());
             (!have_wildcard)
                 .then(|| ca.issue_wildcard(base))
@@ -333,8 +350,8 @@ pub fn run(
             "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
         );
     }
-    // The gateway does not run as an attested app yet ([attestation] is not built): say so.
-    tracing::warn!("{}", crate::trust_page::model::NOT_ATTESTED);
+    // With [attestation], no listener opens unless the gateway's own quote verifies.
+    let (_attested, seal_key) = crate::own_identity::attest_and_key(&cfg, verifier.verifier())?;
     match cfg.verifier.kms_roots.len() {
         0 => tracing::info!(
             "app authorisation: content-addressed app ids only (no verifier.kms_roots pinned)"
@@ -344,7 +361,7 @@ pub fn run(
             "app authorisation: content-addressed app ids, and named ones whose app CA a pinned KMS root signed"
         ),
     }
-    let (store, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
+    let (backend, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
         StoreConfig::Embedded => (Arc::new(EmbeddedStore::open(&cfg.data_dir)?), None),
         StoreConfig::Etcd(etcd_cfg) => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -355,6 +372,13 @@ pub fn run(
             (Arc::new(etcd.clone()), Some(etcd))
         }
     };
+    // Every private key goes through the sealing layer, whichever backend holds it.
+    let sealed = Arc::new(SealedStore::new(
+        backend,
+        Arc::new(seal_key),
+        Arc::new(SealReport::new(Some(metrics.sealed_unreadable.clone()))),
+    ));
+    let store: Arc<dyn Store> = sealed.clone();
 
     let resolver = Arc::new(CertResolver::new(&base, provider.clone()));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -364,7 +388,7 @@ pub fn run(
     let dev_ca_path = rt.block_on(async {
         let restored = restore(store.as_ref(), &verifier, &registry).await?;
         tracing::info!(restored, "registrations restored from the store");
-        install_certificates(&cfg, &base, store.as_ref(), &resolver, &metrics).await
+        install_certificates(&cfg, &base, &sealed, &resolver, &metrics).await
     })?;
     drop(rt);
     let held_keys = Arc::new(HeldKeys::new(resolver.clone()));
@@ -580,6 +604,7 @@ pub fn run(
         store: store.clone(),
         etcd: etcd.clone(),
         metrics: metrics.clone(),
+        sealing: sealed.clone(),
     });
     let admin_handler: Handler =
         Arc::new(move |req, peer| Box::pin(admin.clone().handle(req, peer)));
