@@ -32,6 +32,8 @@ pub struct CertResolver {
     provider: Arc<CryptoProvider>,
     certs: RwLock<Arc<HashMap<String, Arc<CertifiedKey>>>>,
     base_domain: String,
+    /// Counts installs, so the gateway's evidence re-quotes when a key is added or rotated.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -86,7 +88,28 @@ impl CertResolver {
             provider,
             certs: RwLock::new(Arc::new(HashMap::new())),
             base_domain: base_domain.to_ascii_lowercase(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Notified after every install (a new or rotated certificate).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Each served certificate's name and the SHA-256 of its leaf's public key (sorted by
+    /// name): what the gateway's evidence binds.
+    pub fn served_keys(&self) -> Vec<(String, ratls::SpkiHash)> {
+        let mut keys: Vec<(String, ratls::SpkiHash)> = self
+            .snapshot()
+            .iter()
+            .filter_map(|(name, ck)| {
+                let leaf = ck.cert.first()?;
+                Some((name.clone(), ratls::SpkiHash::of_certificate(leaf)?))
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<CertifiedKey>>> {
@@ -120,6 +143,8 @@ impl CertResolver {
         let mut next = HashMap::clone(&guard);
         next.insert(record.name.to_ascii_lowercase(), ck);
         *guard = Arc::new(next);
+        drop(guard);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 

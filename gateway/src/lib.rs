@@ -12,6 +12,8 @@
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
 //!  Store (embedded file | etcd) ─events─▶ StoreSync ─▶ Registry, CertResolver (replicas)
 //!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
+//!        /.well-known/teegate/gateway ─▶ evidence::Publisher (guest API quote binding the
+//!        CertResolver's keys + the ACME account key; re-quoted on change)
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
 //!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
@@ -35,6 +37,8 @@ pub mod attest;
 pub mod certs;
 #[cfg(feature = "server")]
 pub mod custom;
+#[cfg(feature = "server")]
+pub mod evidence;
 #[cfg(feature = "server")]
 pub mod frontdoor;
 #[cfg(feature = "server")]

@@ -20,7 +20,9 @@ use crate::acme::{Acme, AcmeSettings, Http01Tokens};
 use crate::admin::{self, Admin};
 use crate::certs::{self, CertResolver, DevCa};
 use crate::custom::CustomDomains;
+use crate::evidence::{HeldKeys, Publisher};
 use crate::frontdoor::FrontDoor;
+use crate::guest::{GuestApi, GuestInfo};
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
 use crate::per_ip::PerIp;
@@ -259,6 +261,38 @@ impl BackgroundService for HttpListener {
 /// Runs the ACME renewal loop as a pingora background service.
 struct AcmeService(Arc<Acme>);
 
+/// Re-quotes the gateway's evidence when its keys change (see `evidence.rs`).
+struct EvidenceService(Arc<Publisher>);
+
+#[async_trait]
+impl BackgroundService for EvidenceService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run(shutdown).await;
+    }
+}
+
+/// The gateway's evidence publisher: with a guest API (`[attestation]`), its first
+/// evidence is quoted now, over the keys already installed, and must verify with the
+/// gateway's own verifier or the gateway does not start; without one, the published
+/// document says the gateway is not attested.
+fn evidence_publisher(
+    guest: Option<(GuestApi, GuestInfo)>,
+    held: Arc<HeldKeys>,
+    verifier: &ratls::AttestationVerifier,
+) -> Result<Arc<Publisher>, GatewayError> {
+    let Some((api, info)) = guest else {
+        return Ok(Arc::new(Publisher::unattested(held)));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let publisher = rt
+        .block_on(Publisher::attested(api, info, held, verifier.clone()))
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    Ok(Arc::new(publisher))
+}
+
 #[async_trait]
 impl BackgroundService for AcmeService {
     async fn start(&self, shutdown: ShutdownWatch) {
@@ -357,6 +391,8 @@ pub fn run(
         install_certificates(&cfg, &base, &sealed, &resolver, &metrics).await
     })?;
     drop(rt);
+    let held_keys = Arc::new(HeldKeys::new(resolver.clone()));
+    let evidence = evidence_publisher(None, held_keys.clone(), verifier.verifier())?;
 
     let registration_listener = bind(cfg.listen_registration, "registration")?;
     let admin_listener = bind(cfg.listen_admin, "admin")?;
@@ -453,14 +489,17 @@ pub fn run(
                 page_roots.push(root.clone());
             }
         }
-        Some(Arc::new(TrustPages::new(
-            base.clone(),
-            https_addr.port(),
-            registry.clone(),
-            verifier.clone(),
-            refused.clone(),
-            page_roots,
-        )))
+        Some(Arc::new(
+            TrustPages::new(
+                base.clone(),
+                https_addr.port(),
+                registry.clone(),
+                verifier.clone(),
+                refused.clone(),
+                page_roots,
+            )
+            .with_gateway(evidence.clone(), resolver.clone()),
+        ))
     } else {
         None
     };
@@ -622,6 +661,10 @@ pub fn run(
             }),
         ));
     }
+    server.add_service(GenBackgroundService::new(
+        "teegate gateway evidence".into(),
+        Arc::new(EvidenceService(evidence)),
+    ));
     server.add_service(GenBackgroundService::new(
         "teegate lease reaper".into(),
         Arc::new(LeaseReaper {

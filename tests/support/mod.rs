@@ -757,6 +757,7 @@ pub async fn start_test_dns(
     });
     (addr, seen)
 }
+pub mod cvm;
 pub mod etcd;
 
 // ---------------------------------------------------------------- KMS-issued app CAs
