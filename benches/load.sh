@@ -71,7 +71,7 @@ run_one() { # load workers contender
       else
         # h2load stops only on a request count with Connection: close; size it to last
         # roughly DURATION seconds at the rate the contenders reach here.
-        args+=(--h1 -n$((FULL_RATE * DURATION)) -H "Host: $HOST" -H "Connection: close")
+        args+=(--h1 -n$((FULL_RATE * DURATION)) -H ":authority: $HOST" -H "Connection: close")
       fi
       rm -f "$T/h2load.log"
       out=$(h2load "${args[@]}" "$url" 2>&1)

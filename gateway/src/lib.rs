@@ -36,13 +36,19 @@ pub mod attest;
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
+mod chunked;
+#[cfg(feature = "server")]
 pub mod custom;
 #[cfg(feature = "server")]
 pub mod evidence;
 #[cfg(feature = "server")]
+pub mod fast;
+#[cfg(feature = "server")]
 pub mod frontdoor;
 #[cfg(feature = "server")]
 pub mod guest;
+#[cfg(feature = "server")]
+mod head;
 #[cfg(feature = "server")]
 mod http1;
 #[cfg(feature = "server")]
@@ -77,3 +83,5 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "server")]
 pub mod trust_page;
+#[cfg(feature = "server")]
+pub mod upstream;

@@ -412,6 +412,9 @@ pub fn run(
 
     let conf = ServerConf {
         threads: usize::from(cfg.workers),
+        // Thread per core: each worker is a current-thread runtime, so a connection and
+        // its fast path (and this thread's upstream pool) stay on one thread.
+        work_stealing: false,
         grace_period_seconds: Some(cfg.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(cfg.grace_period_secs),
         ..ServerConf::default()
@@ -525,6 +528,14 @@ pub fn run(
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption: stateless tickets (TLS 1.2 and 1.3, keys rotated by rustls), and a
+    // session cache for clients that resume by id, sized for the connections we allow
+    // rather than rustls' default 256 (a few hundred bytes per entry).
+    tls.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| GatewayError::Config(format!("TLS ticketer: {e}")))?;
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(
+        (cfg.limits.max_connections as usize).clamp(1024, 65_536),
+    );
     let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
     let tokens = Arc::new(Http01Tokens::default());
     let on_demand = match (&acme, &custom) {
@@ -544,8 +555,23 @@ pub fn run(
         }
         _ => None,
     };
+    let upstreams = crate::upstream::Upstreams::new(
+        registry.clone(),
+        provider.clone(),
+        base.clone(),
+        settings.connect_timeout,
+        settings.idle_timeout,
+    )
+    .map_err(|e| GatewayError::Config(format!("upstream TLS: {e}")))?;
+    let fast = Arc::new(crate::fast::FastPath {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        upstreams,
+    });
     let front = FrontDoor {
         proxy,
+        fast,
         acceptor,
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -554,6 +580,7 @@ pub fn run(
         hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
         hello_max: cfg.limits.client_hello_max_bytes as usize,
         idle_timeout: settings.idle_timeout,
+        request_timeout: settings.request_timeout,
         connect_timeout: settings.connect_timeout,
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
         per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
@@ -562,7 +589,12 @@ pub fn run(
         on_demand,
     };
     let mut https = Service::new("teegate https".to_string(), front);
-    https.add_tcp(&https_addr.to_string());
+    // No L4 buffers: TLS reads whole records itself and writes them out whole, and an
+    // idle connection should hold no 64 KiB read buffer.
+    https.add_listener(
+        pingora_core::listeners::ListenerConfig::tcp(https_addr.to_string())
+            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::unbuffered()),
+    );
     https.threads = Some(usize::from(cfg.workers));
     server.add_service(https);
 
