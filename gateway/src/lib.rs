@@ -9,6 +9,8 @@
 //!   (PerIp, max conns)└─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
 //!                         HTTP/1 heads read by http1 (header deadline); HTTP/2 by H2Options
 //!                            route (names) → pick (Registry) → connect → fingerprint check
+//!                            (pingora's connector gets upstream_roots' throwaway anchor,
+//!                             never the host's CA bundle)
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
 //!  Store (embedded file | etcd) ─events─▶ StoreSync ─▶ Registry, CertResolver (replicas)
 //!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
@@ -85,3 +87,5 @@ pub mod store;
 pub mod trust_page;
 #[cfg(feature = "server")]
 pub mod upstream;
+#[cfg(feature = "server")]
+mod upstream_roots;

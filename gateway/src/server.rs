@@ -410,11 +410,15 @@ pub fn run(
         dev_ca: dev_ca_path,
     };
 
+    let anchor =
+        crate::upstream_roots::write_anchor(&cfg.data_dir).map_err(GatewayError::Config)?;
     let conf = ServerConf {
         threads: usize::from(cfg.workers),
         // Thread per core: each worker is a current-thread runtime, so a connection and
         // its fast path (and this thread's upstream pool) stay on one thread.
         work_stealing: false,
+        // Upstreams are checked by fingerprint, never against roots (see upstream_roots).
+        ca_file: Some(anchor.to_string_lossy().into_owned()),
         grace_period_seconds: Some(cfg.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(cfg.grace_period_secs),
         ..ServerConf::default()

@@ -458,7 +458,12 @@ pub async fn dns_a(server: SocketAddr, name: &str) -> Vec<IpAddr> {
     let mut q = Message::query();
     q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     q.metadata.id = rand_id();
-    let Ok(sock) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+    let local = if server.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
         return vec![];
     };
     if sock.send_to(&q.to_vec().unwrap(), server).await.is_err() {

@@ -467,6 +467,18 @@ pub async fn register_with(
     key: rustls::pki_types::PrivateKeyDer<'static>,
     body: &serde_json::Value,
 ) -> (u16, String) {
+    let at = SocketAddr::from(([127, 0, 0, 1], gw_reg_port));
+    register_with_at(at, dev_ca_pem, chain, key, body).await
+}
+
+/// As [`register_with`], at the registration listener `gw_reg`.
+pub async fn register_with_at(
+    gw_reg: SocketAddr,
+    dev_ca_pem: &str,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    body: &serde_json::Value,
+) -> (u16, String) {
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -474,9 +486,7 @@ pub async fn register_with(
         .with_client_auth_cert(chain, key)
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(("127.0.0.1", gw_reg_port))
-        .await
-        .unwrap();
+    let tcp = TcpStream::connect(gw_reg).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(format!("gateway.{BASE}")).unwrap();
     let mut tls = match connector.connect(name, tcp).await {
         Ok(t) => t,
@@ -537,7 +547,23 @@ pub fn register_body(front: SocketAddr, ports: &[u16]) -> serde_json::Value {
 
 /// Plain HTTP on loopback (admin listener); returns (status, body).
 pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    http_get_at(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        token,
+        method,
+    )
+    .await
+}
+
+/// As [`http_get`], at `addr`.
+pub async fn http_get_at(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    method: &str,
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -759,6 +785,10 @@ pub async fn start_test_dns(
 }
 pub mod cvm;
 pub mod etcd;
+pub mod lab;
+pub mod lab_client;
+pub mod lab_hosts;
+pub mod lab_image;
 
 // ---------------------------------------------------------------- KMS-issued app CAs
 
