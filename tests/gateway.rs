@@ -611,8 +611,8 @@ async fn custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names() {
     // Certificates for the custom names, from the gateway's own development CA.
     {
         use gateway::store::Store;
-        let ca = gateway::certs::DevCa::load_or_create(dir.path()).unwrap();
-        let store = gateway::store::EmbeddedStore::open(dir.path()).unwrap();
+        let ca = dev_ca_in(dir.path());
+        let store = sealed_store_in(dir.path());
         for name in [
             "shop.example",
             "internal.example",

@@ -783,6 +783,7 @@ pub async fn start_test_dns(
     });
     (addr, seen)
 }
+pub mod cvm;
 pub mod etcd;
 pub mod lab;
 pub mod lab_client;
@@ -865,4 +866,144 @@ pub async fn guest(socket: &Path, method: &str, path: &str, body: &str) -> (u16,
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+// ---------------------------------------------------------------- sealed store
+
+/// The sealing key an unattested gateway with `data_dir = dir` uses (its default
+/// `seal_key_file`, made when missing).
+pub fn seal_key_in(dir: &Path) -> Arc<gateway::seal::SealKey> {
+    Arc::new(gateway::seal::SealKey::load_or_create_file(&dir.join("seal.key")).expect("seal key"))
+}
+
+/// The development CA of an unattested gateway in `dir`, as the gateway itself opens it.
+pub fn dev_ca_in(dir: &Path) -> gateway::certs::DevCa {
+    gateway::certs::DevCa::load_or_create(dir, &seal_key_in(dir)).expect("dev CA")
+}
+
+/// The embedded store of an unattested gateway in `dir`, behind its sealing layer, for
+/// putting records in before the gateway starts.
+pub fn sealed_store_in(dir: &Path) -> gateway::store::SealedStore {
+    let backend = gateway::store::EmbeddedStore::open(dir).expect("embedded store");
+    gateway::store::SealedStore::new(
+        Arc::new(backend),
+        seal_key_in(dir),
+        Arc::new(gateway::store::SealReport::new(None)),
+    )
+}
+
+/// Every encoding of a private key a careless store could hold: the PEM text and its
+/// base64 body, the DER raw, in hex, and in standard and URL-safe base64.
+pub fn key_encodings(key_pem: &str) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine;
+    let der = pem::parse(key_pem).expect("key PEM").into_contents();
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    vec![
+        ("PEM".into(), key_pem.trim().as_bytes().to_vec()),
+        ("PEM body".into(), body.into_bytes()),
+        ("DER".into(), der.clone()),
+        ("hex DER".into(), hex::encode(&der).into_bytes()),
+        (
+            "base64 DER".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&der)
+                .into_bytes(),
+        ),
+        (
+            "base64url DER".into(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(&der)
+                .into_bytes(),
+        ),
+    ]
+}
+
+/// Fails naming `what` and the encoding when `haystack` holds any encoding of the key.
+pub fn assert_no_key_in(haystack: &[u8], key_pem: &str, what: &str) {
+    for (encoding, needle) in key_encodings(key_pem) {
+        assert!(
+            !haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "{what} holds the private key ({encoding})"
+        );
+    }
+    assert!(
+        !haystack.windows(11).any(|w| w == b"PRIVATE KEY"),
+        "{what} holds a PEM private key"
+    );
+}
+
+/// All files under `dir` (recursively), concatenated, for searching.
+pub fn all_file_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    out
+}
+
+/// The SubjectPublicKeyInfo (DER) of a certificate.
+pub fn cert_spki(cert_der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).expect("certificate");
+    cert.public_key().raw.to_vec()
+}
+
+/// The SubjectPublicKeyInfo (DER) of a PEM private key.
+pub fn key_spki(key_pem: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::from_pem(key_pem).expect("key PEM");
+    rcgen::PublicKeyData::subject_public_key_info(&key)
+}
+
+/// Runs a command that must fail within `within`; its standard error. A process still
+/// running then is killed and the test fails.
+pub fn expect_exit_failure(cmd: &mut Command, within: Duration) -> String {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("TEEGATE_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert!(!status.success(), "{cmd:?} succeeded; stderr:\n{err}");
+    err
+}
+
+/// The ACME account key (PEM) in instant-acme's credentials JSON (`key_pkcs8`, base64url).
+pub fn acme_account_key_pem(credentials_json: &str) -> String {
+    use base64::Engine;
+    let creds: serde_json::Value = serde_json::from_str(credentials_json).expect("credentials");
+    let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(creds["key_pkcs8"].as_str().expect("key_pkcs8"))
+        .expect("base64url");
+    pem::encode(&pem::Pem::new("PRIVATE KEY", der))
 }

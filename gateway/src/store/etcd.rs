@@ -8,8 +8,8 @@
 //! P/instance-owners/<instance>   the app id holding that instance id (same lease), so an
 //!                                instance id has one holder across apps; written in the
 //!                                same transaction as the record
-//! P/certs/<name>                 CertRecord (chain and key, PEM)
-//! P/values/<key>                 small named values (the ACME account)
+//! P/certs/<name>                 CertRecord (chain PEM, key sealed by SealedStore)
+//! P/values/<key>                 small named values, sealed (the ACME account)
 //! P/locks/<name>                 held under the holder's lease, kept alive while held
 //! P/replicas/<replica id>        ReplicaRecord, under the replica's lease, kept alive while it runs
 //! ```
@@ -1131,7 +1131,7 @@ mod tests {
         one.put_cert(&CertRecord {
             name: "*.x.test".into(),
             cert_chain_pem: "c".into(),
-            key_pem: "k".into(),
+            key_pem: zeroize::Zeroizing::new("k".into()),
             not_after: 9,
         })
         .await
