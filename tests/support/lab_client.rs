@@ -112,6 +112,44 @@ pub async fn registers_within(
     }
 }
 
+/// Waits (bounded by `within`) until `n` probe registrations in a row at every replica are
+/// accepted, each answered within `fast`; returns how long that took. Refusals and slow
+/// answers before then are printed.
+pub async fn registrations_settle(
+    replicas: &[Replica],
+    ca_pem: &str,
+    probe: &ratls::cert::RaTlsCert,
+    front: SocketAddr,
+    n: usize,
+    fast: Duration,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < n * replicas.len() {
+        let r = &replicas[in_a_row % replicas.len()];
+        let asked = Instant::now();
+        let (s, body) = probe_register(r, ca_pem, probe, front).await;
+        let took = asked.elapsed();
+        if s == 200 && took < fast {
+            in_a_row += 1;
+            continue;
+        }
+        eprintln!(
+            "{}: registration not taken at once ({took:?}): {s} {}",
+            r.host.name,
+            body.chars().take(200).collect::<String>()
+        );
+        in_a_row = 0;
+        assert!(
+            start.elapsed() < within,
+            "registrations are not taken at once within {within:?}:\n{}",
+            r.host.log()
+        );
+    }
+    start.elapsed()
+}
+
 /// The replica addresses `GET /v1/replicas` lists at `r`, or its error status and body.
 pub async fn listed_replicas(r: &Replica) -> Result<Vec<IpAddr>, (u16, String)> {
     let (s, body) = http_get_at(r.admin, "/v1/replicas", Some(ADMIN_TOKEN), "GET").await;
@@ -142,8 +180,8 @@ pub struct Load {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
     pub slowest_ms: AtomicU64,
-    /// The first few failures, for the assertion message.
-    pub errors: Mutex<Vec<String>>,
+    /// The first few failures: when the request was sent, and what came back.
+    pub errors: Mutex<Vec<(Instant, String)>>,
     /// Answers by the instance that gave them.
     pub by_instance: Mutex<HashMap<String, u64>>,
 }
@@ -195,7 +233,7 @@ fn spawn_load(
                             load.failed.fetch_add(1, Ordering::Relaxed);
                             let mut e = load.errors.lock().unwrap();
                             if e.len() < 5 {
-                                e.push(format!("{other:?}"));
+                                e.push((started, format!("{other:?}")));
                             }
                         }
                     }
@@ -249,6 +287,13 @@ impl Loads {
     /// Stops the loops (bounded) and asserts that none lost a request; prints their counts
     /// under `names`.
     pub async fn stop(self, names: &[&str]) {
+        for (load, name) in self.finish().await.iter().zip(names) {
+            assert_no_failure(name, load);
+        }
+    }
+
+    /// Stops the loops (bounded) and returns them, to be judged by the caller.
+    pub async fn finish(self) -> Vec<Arc<Load>> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             tokio::time::timeout(Duration::from_secs(15), t)
@@ -256,14 +301,12 @@ impl Loads {
                 .expect("a client loop stops")
                 .unwrap();
         }
-        for (load, name) in self.each.iter().zip(names) {
-            assert_no_failure(name, load);
-        }
+        self.each
     }
 }
 
-/// Asserts a loop lost no request and served some; prints its counts.
-fn assert_no_failure(what: &str, load: &Load) {
+/// Prints a loop's counts under `what`.
+pub fn report(what: &str, load: &Load) {
     let by = load.by_instance.lock().unwrap().clone();
     eprintln!(
         "{what}: {} ok, {} failed, slowest {} ms, by instance {by:?}",
@@ -271,6 +314,11 @@ fn assert_no_failure(what: &str, load: &Load) {
         load.failed(),
         load.slowest_ms.load(Ordering::Relaxed)
     );
+}
+
+/// Asserts a loop lost no request and served some; prints its counts.
+pub fn assert_no_failure(what: &str, load: &Load) {
+    report(what, load);
     assert_eq!(
         load.failed(),
         0,

@@ -32,6 +32,23 @@ pub fn certificates(lab: &Lab) -> super::etcd::TestCa {
     ca
 }
 
+/// The store-sealing key every replica of a lab reads (`/cfg/seal.key`: 32 random bytes,
+/// hex, mode 0600), made here since `/cfg` is read-only to the hosts.
+fn seal_key(lab: &Lab) -> &'static str {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let path = lab.dir.join("seal.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .expect("random bytes");
+        std::fs::write(&path, format!("{}\n", hex::encode(key))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    "/cfg/seal.key"
+}
+
 /// Starts an `n`-member etcd cluster on `back` (hosts 11, 12, …) and waits until every
 /// member serves.
 pub async fn etcd_cluster(lab: &Lab, back: &Net, n: u8) -> Vec<Host> {
@@ -124,6 +141,7 @@ pub async fn replica(
     let (front, back, cvms) = nets;
     let n = 20 + i;
     let ip = front.ip(n);
+    let seal = seal_key(lab);
     let cfg = lab.file(
         &format!("r{i}.toml"),
         &format!(
@@ -138,6 +156,7 @@ workers = 1
 admin_token = "{ADMIN_TOKEN}"
 advertise_addrs = ["{ip}"]
 replica_lease_secs = {replica_lease_secs}
+seal_key_file = "{seal}"
 
 [tls]
 mode = "files"
