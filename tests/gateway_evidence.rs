@@ -587,7 +587,10 @@ async fn evidence_is_requoted_when_a_key_is_added() {
     let dir = tempfile::tempdir().unwrap();
     let cvm = start_gateway_cvm(dir.path(), &gateway_compose("evidence-requote-gateway"));
     let resolver = Arc::new(gateway::certs::CertResolver::new(BASE, provider()));
-    let ca = gateway::certs::DevCa::load_or_create(&dir.path().join("ca")).unwrap();
+    let ca_dir = dir.path().join("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let sealing = gateway::seal::SealKey::load_or_create_file(&ca_dir.join("seal.key")).unwrap();
+    let ca = gateway::certs::DevCa::load_or_create(&ca_dir, &sealing).unwrap();
     resolver.install(&ca.issue_wildcard(BASE).unwrap()).unwrap();
     let held = Arc::new(gateway::evidence::HeldKeys::new(resolver.clone()));
     let (api, info) = gateway::guest::GuestApi::connect(&cvm.socket)
