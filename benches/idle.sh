@@ -27,9 +27,10 @@ for w in $WORKERS; do
     case $who in gateway) port=$PG ;; nginx) port=$PN ;; haproxy) port=$PH ;; esac
     pids=$(pids_of "$who")
     # The client opens the connections, reports, holds them until told, then closes them.
-    coproc CLIENT { python3 - "$port" "$HOST" "$IDLE_CONNS" <<'PY'
-import socket, ssl, sys
-port, host, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    rm -f "$T/opened" "$T/release"
+    python3 - "$port" "$HOST" "$IDLE_CONNS" "$T/opened" "$T/release" <<'PY' &
+import os, socket, ssl, sys, time
+port, host, n, report, release = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
@@ -49,16 +50,22 @@ for _ in range(n):
         conns.append(s)
     except OSError:
         failed += 1
-print(len(conns), failed, flush=True)
-sys.stdin.readline()
+with open(report + ".tmp", "w") as f:
+    f.write(f"{len(conns)} {failed}\n")
+os.rename(report + ".tmp", report)
+for _ in range(600):
+    if os.path.exists(release):
+        break
+    time.sleep(0.1)
 PY
-    }
+    client=$!
     before=$(rss_kb $pids)
-    read -r opened failed <&"${CLIENT[0]}"
+    for _ in $(seq 1 3000); do [ -f "$T/opened" ] && break; sleep 0.1; done
+    read -r opened failed < "$T/opened"
     sleep 1
     after=$(rss_kb $pids)
-    echo >&"${CLIENT[1]}"
-    wait "$CLIENT_PID" 2>/dev/null || true
+    touch "$T/release"
+    wait "$client" 2>/dev/null || true
     per=$(awk -v a="$after" -v b="$before" -v n="$opened" 'BEGIN { printf "%.1f", n ? (a - b) / n : 0 }')
     printf '  w=%s %-8s %5s idle connections (%s failed): RSS %7s KiB -> %7s KiB, %6s KiB per connection\n' \
       "$w" "$who" "$opened" "$failed" "$before" "$after" "$per" >&2

@@ -173,7 +173,7 @@ app_ids = "any"
 CONF
   TEEGATE_LOG=${TEEGATE_LOG:-warn,rustls=error} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
   GW_PID=$!
-  for _ in $(seq 1 100); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 "${READY_TRIES:-100}"); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
   grep -q ready "$T/gateway.err" || { cat "$T/gateway.err" >&2; exit 1; }
   "$HELPER" register "$T/certs" "$PR" "127.0.0.1:$PB"
   for url in "https://127.0.0.1:$PG/" "https://127.0.0.1:$PN/" "https://127.0.0.1:$PH/"; do

@@ -265,7 +265,7 @@ impl ServerApp for FrontDoor {
             .and_then(|s| names::parse(s, &self.base_domain).ok())
         {
             if target.mode == Mode::Passthrough {
-                self.passthrough(stream, target).await;
+                Box::pin(self.passthrough(stream, target)).await;
                 return None;
             }
         }
@@ -288,7 +288,12 @@ impl ServerApp for FrontDoor {
                 }
             }
         }
-        let handshake = pingora_core::protocols::tls::server::handshake(&self.acceptor, l4);
+        // Boxed, like the other large futures below, so the connection's own state stays
+        // small while it idles.
+        let handshake = Box::pin(pingora_core::protocols::tls::server::handshake(
+            &self.acceptor,
+            l4,
+        ));
         let tls = match tokio::time::timeout(self.hello_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -311,7 +316,7 @@ impl ServerApp for FrontDoor {
         let tls: Stream = Box::new(tls);
         if tls.selected_alpn_proto() == Some(ALPN::H2) {
             // HTTP/2 bounds its streams and frames itself (the proxy's H2Options).
-            self.proxy.process_new(tls, shutdown).await;
+            Box::pin(self.proxy.process_new(tls, shutdown)).await;
         } else {
             let conn = http1::Conn {
                 proxy: &self.proxy,

@@ -378,7 +378,7 @@ mod tests {
         );
         assert!(matches!(
             parse_response(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", Method::Get),
-            ParsedResponse::Interim(36)
+            ParsedResponse::Interim(37)
         ));
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",

@@ -209,8 +209,10 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
         // the whole exchange.
         set(&mut deadline, c.request_timeout);
         let progress = Progress::default();
+        // The request's futures are boxed, so an idle connection's task keeps only the
+        // small state of this loop, not the largest request state it ever reached.
         let outcome = tokio::select! {
-            o = c.fast.serve(&mut stream, &mut head, c.client_ip, &progress) => o,
+            o = Box::pin(c.fast.serve(&mut stream, &mut head, c.client_ip, &progress)) => o,
             _ = deadline.as_mut() => {
                 if !progress.started() {
                     refuse(
@@ -246,7 +248,7 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
         }
         // Pipelining stays off, so pingora hands back no bytes of its own to prepend.
         session.set_pipelined_prefix(head);
-        let Some(reused) = c.proxy.process_new_http(session, shutdown).await else {
+        let Some(reused) = Box::pin(c.proxy.process_new_http(session, shutdown)).await else {
             return;
         };
         (stream, persisted) = reused.consume();

@@ -6,9 +6,11 @@
 //!
 //! ```text
 //!  :443 ─▶ FrontDoor ─┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
-//!   (PerIp, max conns)└─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
-//!                         HTTP/1 heads read by http1 (header deadline); HTTP/2 by H2Options
-//!                            route (names) → pick (Registry) → connect → fingerprint check
+//!   (PerIp, max conns)└─ TLS (CertResolver by SNI, tickets) ─┬─ HTTP/1: http1 (one deadline)
+//!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
+//!                                                            │    └─ declined ─┐  (verified, pooled)
+//!                                                            └─ HTTP/2 ────────┴▶ GatewayProxy ─▶ front
+//!                            route (names) → pick (Registry) → connect + fingerprint check → forward → log
 //!                            (pingora's connector gets upstream_roots' throwaway anchor,
 //!                             never the host's CA bundle)
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
