@@ -758,6 +758,21 @@ pub async fn start_test_dns(
     (addr, seen)
 }
 pub mod etcd;
+pub mod hostile;
+
+/// Certificates for `names` (custom domains), issued by the development CA in the gateway
+/// data dir `dir` and put in its embedded store, so a gateway started there serves them.
+pub async fn store_dev_certs(dir: &Path, names: &[&str]) {
+    use gateway::store::Store;
+    let ca = gateway::certs::DevCa::load_or_create(dir).unwrap();
+    let store = gateway::store::EmbeddedStore::open(dir).unwrap();
+    for name in names {
+        store
+            .put_cert(&ca.issue(name, vec![name.to_string()]).unwrap())
+            .await
+            .unwrap();
+    }
+}
 
 // ---------------------------------------------------------------- KMS-issued app CAs
 
