@@ -111,9 +111,9 @@ wait_port "$PPM" || { cat "$T/pebble.log" >&2; exit 1; }
 curl -sf --cacert "$T/pebble/ca.pem" "https://127.0.0.1:$PPM/roots/0" > "$T/acme-root.pem"
 
 # --- three instances: RA-TLS certificates and an nginx front each ---------------------
-gen=(0 0 0)
 for i in 0 1 2; do
   mkdir -p "$T/i$i"
+  echo 0 > "$T/i$i/gen"
   "$HELPER" ratls "$T/certs" "$i" 0 "$BASE"
   cp "$T/certs/i$i-g0.pem" "$T/i$i/current.pem"
   cp "$T/certs/i$i-g0.key" "$T/i$i/current.key"
@@ -187,32 +187,34 @@ register() { # index [extra front cert...]
 event() { echo "$(elapsed) $*" >> "$T/events"; }
 churn_fail() { echo "$(elapsed) $*" >> "$T/churn-errors"; echo "churn step failed: $*" >&2; }
 # Each instance renews its registration every LEASE/3 s, as a sidecar does, except while
-# it is letting its lease lapse (paused) or rotating (busy: the rotation registers itself).
+# it is letting its lease lapse (paused). An instance's registrations are serialised by a
+# lock, as in the sidecar: a renewal must not land inside a rotation.
 heartbeats() {
   local period=$((LEASE / 3 > 0 ? LEASE / 3 : 1))
   while [ ! -f "$T/stop" ]; do
     for i in 0 1 2; do
-      [ -f "$T/i$i/paused" ] || [ -f "$T/i$i/busy" ] && continue
-      register "$i" 2>>"$T/churn.err" || churn_fail "renewal of instance $i"
+      [ -f "$T/i$i/paused" ] && continue
+      ( flock 9; [ -f "$T/i$i/paused" ] || register "$i" ) 9>"$T/i$i/lock" 2>>"$T/churn.err" \
+        || churn_fail "renewal of instance $i"
     done
     sleep "$period"
   done
 }
 rotate() {
-  local i=$1 g=$((gen[$1] + 1))
+  local i=$1 g
+  g=$(($(cat "$T/i$i/gen") + 1))
   "$HELPER" ratls "$T/certs" "$i" "$g" "$BASE"
-  touch "$T/i$i/busy"
   # Announce the new certificate beside the current one, serve it, then register it alone.
-  if ! register "$i" "$T/certs/i$i-g$g.pem" 2>>"$T/churn.err"; then
-    rm -f "$T/i$i/busy"; churn_fail "rotation announce $i"; return
-  fi
-  cp "$T/certs/i$i-g$g.pem" "$T/i$i/current.pem"
-  cp "$T/certs/i$i-g$g.key" "$T/i$i/current.key"
-  kill -HUP "$(cat "$T/i$i/nginx.pid")"
-  sleep 1
-  register "$i" 2>>"$T/churn.err" || churn_fail "rotation register $i"
-  rm -f "$T/i$i/busy"
-  gen[$i]=$g
+  (
+    flock 9
+    register "$i" "$T/certs/i$i-g$g.pem" || { echo "rotation announce $i" >&2; exit 1; }
+    cp "$T/certs/i$i-g$g.pem" "$T/i$i/current.pem"
+    cp "$T/certs/i$i-g$g.key" "$T/i$i/current.key"
+    kill -HUP "$(cat "$T/i$i/nginx.pid")"
+    sleep 1
+    register "$i" || { echo "rotation register $i" >&2; exit 1; }
+  ) 9>"$T/i$i/lock" 2>>"$T/churn.err" || { churn_fail "rotation of instance $i"; return; }
+  echo "$g" > "$T/i$i/gen"
   event "rotate i$i g$g"
 }
 restart() {
@@ -237,7 +239,7 @@ expire() {
     [ -f "$T/stop" ] || churn_fail "lease of instance $i did not expire"
   fi
   rm -f "$T/i$i/paused"
-  register "$i" 2>>"$T/churn.err" || { churn_fail "re-registration $i"; return; }
+  ( flock 9; register "$i" ) 9>"$T/i$i/lock" 2>>"$T/churn.err" || { churn_fail "re-registration $i"; return; }
   event "expire+reregister i$i"
 }
 reload() {
@@ -302,6 +304,7 @@ echo "after ${WARMUP_SECS}s warm-up: RSS ${RSS0} kB, ${FD0} fds (idle)" >&2
 CHURN_START=$(date +%s)
 churn &
 CHURN_PID=$!
+pids+=("$CHURN_PID")
 printf '%6s %10s %8s %8s %9s %5s %5s  %s\n' t requests failed req/s rss_kB fds inst events
 total=0; failed=0; t=0; max_rss=$RSS0
 while [ "$t" -lt "$SOAK_SECS" ]; do
