@@ -1,195 +1,155 @@
 #!/usr/bin/env bash
-# Side-by-side load run on this machine: teegate's gateway against nginx doing the same job.
+# Side-by-side load run on this machine: teegate's gateway against nginx and HAProxy doing
+# the same job, at each worker count in WORKERS.
 #
 #   backend:  an nginx (1 worker, its own process) that plays the CVM's RA-TLS front: TLS with a
 #             simulated RA-TLS certificate, `return 200`; plus a plain-HTTP port as the ceiling.
-#   contenders, same wildcard ECDSA P-256 certificate, same worker count, keep-alive TLS upstream:
-#     teegate gateway  (registration over mutual RA-TLS, upstream pinned by certificate fingerprint)
-#     nginx            (proxy_pass https://, proxy_ssl_verify on against the RA-TLS certificate)
-#   loads: wrk keep-alive, wrk with `Connection: close` (a new TLS connection per request), and
-#          wrk straight at the backend. Contenders run alternately, ROUNDS times; medians printed.
+#   contenders, same wildcard ECDSA P-256 certificate, same worker count, keep-alive TLS upstream
+#   verified against the RA-TLS certificate, X-Forwarded-For/-Proto set, no access log:
+#     gateway  teegate (registration over mutual RA-TLS, upstream pinned by certificate fingerprint)
+#     nginx    proxy_pass https://, proxy_ssl_verify on, keepalive 64
+#     haproxy  server ... ssl verify required ca-file <RA-TLS cert>, http-reuse always
+#   loads (contenders alternate within each round; medians over ROUNDS):
+#     keepalive  wrk -t1 -cCONNS, HTTP/1.1 keep-alive
+#     h2         h2load -cCONNS -m10, HTTP/2
+#     resumed    wrk with `Connection: close`: a new TLS connection per request; wrk resumes
+#                its TLS session on reconnect, so these are resumed handshakes
+#     full       h2load --h1 with `Connection: close`: a new connection per request, and h2load
+#                never resumes, so every handshake is a full one (for every contender)
+#     direct     wrk straight at the backend's plain port (the ceiling, not a contender)
+#   figures: req/s, p50 and p99 latency, and CPU µs per request (the contender's processes'
+#   utime+stime from /proc/<pid>/stat over the run, divided by the requests it answered).
+#   Ratios: teegate against the best of nginx and HAProxy for each figure, oriented so that
+#   > 1 means teegate is better. Exits non-zero when any run saw an error (never on ratios).
 #
-# Usage: benches/load.sh   (env: ROUNDS=3 DURATION=8 CONNS=50 WORKERS=1)
-# Needs: nginx, wrk (Debian packages; installed when run as root).
+# Usage: benches/load.sh   (env: WORKERS="1 2" ROUNDS=3 DURATION=6 CONNS=50 LOADS="keepalive h2
+#        resumed full" PROFILE=release; TEEGATE_BIN / HELPER_BIN to use prebuilt binaries)
+# Needs: nginx, haproxy, wrk, h2load, curl (Debian packages; installed when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+WORKERS=${WORKERS:-1 2}
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-8}
+DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
-WORKERS=${WORKERS:-1}
+LOADS=${LOADS:-keepalive h2 resumed full}
+PROFILE=${PROFILE:-release}
 BASE=apps.bench.test
 
-need=()
-for p in nginx wrk; do command -v "$p" >/dev/null || need+=("$p"); done
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "install first: sudo apt-get install -y ${need[*]}" >&2; exit 1
-  fi
-fi
+. benches/lib.sh
 
-echo "building (release)..." >&2
-cargo build --release --quiet --bin teegate --example bench_instance
-BIN=target/release/teegate
-HELPER=target/release/examples/bench_instance
-
-T=$(mktemp -d)
-pids=()
-cleanup() {
-  # Keep the gateway's log for a look after the run.
-  cp "$T/gateway.err" target/bench-gateway.log 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$T/backend.pid" ] && kill "$(cat "$T/backend.pid")" 2>/dev/null || true
-  [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null || true
-  sleep 0.3
-  rm -rf "$T"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-PB=$(free_port); PP=$(free_port); PG=$(free_port); PGH=$(free_port); PR=$(free_port); PA=$(free_port); PN=$(free_port)
-
-"$HELPER" certs "$T/certs" "$BASE"
-APP=$(cat "$T/certs/app_id")
-HOST="$APP.$BASE"
-
-cat > "$T/backend.conf" <<CONF
-user root;
-worker_processes 1;
-pid $T/backend.pid;
-error_log $T/backend.err warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$PB ssl;
-    ssl_certificate $T/certs/ratls.pem;
-    ssl_certificate_key $T/certs/ratls.key;
-    location / { return 200 "hello from the app\n"; }
-  }
-  server {
-    listen 127.0.0.1:$PP;
-    location / { return 200 "hello from the app\n"; }
-  }
-}
-CONF
-nginx -c "$T/backend.conf" -p "$T" -e "$T/backend.err"
-
-cat > "$T/nginx.conf" <<CONF
-user root;
-worker_processes $WORKERS;
-pid $T/nginx.pid;
-error_log $T/nginx.err warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$PB; keepalive 64; }
-  server {
-    listen 127.0.0.1:$PN ssl;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_certificate $T/certs/wildcard.pem;
-    ssl_certificate_key $T/certs/wildcard.key;
-    location / {
-      proxy_pass https://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_ssl_session_reuse on;
-      proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $T/certs/ratls.pem;
-      proxy_ssl_server_name on;
-      proxy_ssl_name $APP-80.$BASE;
-    }
-  }
-}
-CONF
-nginx -c "$T/nginx.conf" -p "$T" -e "$T/nginx.err"
-
-cat > "$T/gateway.toml" <<CONF
-base_domain = "$BASE"
-listen_https = "127.0.0.1:$PG"
-listen_http = "127.0.0.1:$PGH"
-listen_registration = "127.0.0.1:$PR"
-listen_admin = "127.0.0.1:$PA"
-data_dir = "$T/gateway"
-workers = $WORKERS
-grace_period_secs = 1
-access_log = false
-[tls]
-mode = "files"
-cert_file = "$T/certs/wildcard.pem"
-key_file = "$T/certs/wildcard.key"
-[limits]
-max_connections = 20000
-max_connections_per_app = 20000
-[registration]
-allow_loopback = true
-# One registration for the whole run (the bench does not heartbeat).
-lease_secs = 86400
-[verifier]
-allow_simulated = true
-mrtd = "any"
-rtmr0 = "any"
-rtmr1 = "any"
-rtmr2 = "any"
-compose_hashes = "any"
-app_ids = "any"
-CONF
-TEEGATE_LOG=${TEEGATE_LOG:-warn} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
-grep -q ready "$T/gateway.err" || { cat "$T/gateway.err" >&2; exit 1; }
-"$HELPER" register "$T/certs" "$PR" "127.0.0.1:$PB"
-
-check() { curl -sk --max-time 5 -H "Host: $HOST" "$1" | grep -q "hello from the app" || { echo "sanity check failed for $1" >&2; exit 1; }; }
-check "https://127.0.0.1:$PG/"
-check "https://127.0.0.1:$PN/"
-
-# wrk prints "Requests/sec: N" and, with --latency, "99%  X.XXms".
-run_wrk() { # name url extra-header...
-  local name=$1 url=$2; shift 2
-  local out
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "$@" "$url" 2>&1)
-  local rps p99 errs
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
-  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$name $rps $p99" >> "$T/results"
-  [ -n "$errs" ] && echo "$name $errs" >> "$T/errors"
-  printf '  %-22s %10s req/s  p99 %8s ms  %s\n' "$name" "$rps" "$p99" "$errs" >&2
+url_of() {
+  case $1 in
+    gateway) echo "https://127.0.0.1:$PG/" ;;
+    nginx) echo "https://127.0.0.1:$PN/" ;;
+    haproxy) echo "https://127.0.0.1:$PH/" ;;
+    direct) echo "http://127.0.0.1:$PP/" ;;
+  esac
 }
 
+# One run: prints "load workers contender rps p50_ms p99_ms requests cpu_ticks" to results.
+run_one() { # load workers contender
+  local load=$1 w=$2 who=$3 url out pids t0 t1 rps p50 p99 reqs errs=""
+  url=$(url_of "$who")
+  pids=$(pids_of "$who")
+  t0=$(cpu_ticks $pids)
+  case $load in
+    keepalive|resumed|direct)
+      local extra=()
+      [ "$load" = resumed ] && extra=(-H "Connection: close")
+      out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "$url" 2>&1)
+      t1=$(cpu_ticks $pids)
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+      ms() { awk -v k="$1" '$1==k {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out"; }
+      p50=$(ms 50%); p99=$(ms 99%)
+      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+      ;;
+    h2|full)
+      local args=(-c"$CONNS" --log-file="$T/h2load.log")
+      if [ "$load" = h2 ]; then
+        args+=(-m10 -D"$DURATION" -H ":authority: $HOST")
+      else
+        # h2load stops only on a request count with Connection: close; size it to last
+        # roughly DURATION seconds at the rate the contenders reach here.
+        args+=(--h1 -n$((FULL_RATE * DURATION)) -H ":authority: $HOST" -H "Connection: close")
+      fi
+      rm -f "$T/h2load.log"
+      out=$(h2load "${args[@]}" "$url" 2>&1)
+      t1=$(cpu_ticks $pids)
+      rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+      reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+      read -r p50 p99 < <(python3 - "$T/h2load.log" <<'PY'
+import sys
+v = sorted(int(l.split()[2]) for l in open(sys.argv[1]) if l.strip())
+q = lambda f: v[min(len(v) - 1, int(f * len(v)))] / 1000 if v else 0
+print(q(0.50), q(0.99))
+PY
+)
+      local failed nok
+      failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
+      nok=$(awk '/^status codes:/ {print $5 + $7 + $9}' <<<"$out")
+      [ "${failed:-1}" != 0 ] || [ "${nok:-1}" != 0 ] && errs="h2load: $(grep -E '^(requests|status codes):' <<<"$out" | tr '\n' ' ')"
+      [ -z "$reqs" ] || [ "$reqs" = 0 ] && errs="h2load made no request: $(tail -3 <<<"$out" | tr '\n' ' ')"
+      ;;
+  esac
+  echo "$load $w $who ${rps:-0} ${p50:-0} ${p99:-0} ${reqs:-0} $((t1 - t0))" >> "$T/results"
+  [ -n "$errs" ] && echo "$load w=$w $who: $errs" >> "$T/errors"
+  printf '  %-9s w=%s %-8s %9s req/s  p50 %7s ms  p99 %7s ms  %6s µs/req  %s\n' "$load" "$w" "$who" \
+    "${rps:-0}" "${p50:-0}" "${p99:-0}" \
+    "$(awk -v t=$((t1 - t0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? t * 10000 / n : 0}')" "$errs" >&2
+}
+
+FULL_RATE=${FULL_RATE:-3000}
 : > "$T/results"
 : > "$T/errors"
-for r in $(seq 1 "$ROUNDS"); do
-  echo "round $r/$ROUNDS" >&2
-  run_wrk gateway-keepalive "https://127.0.0.1:$PG/"
-  run_wrk nginx-keepalive "https://127.0.0.1:$PN/"
-  run_wrk gateway-newconn "https://127.0.0.1:$PG/" -H "Connection: close"
-  run_wrk nginx-newconn "https://127.0.0.1:$PN/" -H "Connection: close"
-  run_wrk direct-plain "http://127.0.0.1:$PP/"
+for w in $WORKERS; do
+  echo "== $w worker(s): starting contenders" >&2
+  start_contenders "$w"
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS, $w worker(s)" >&2
+    for load in $LOADS; do
+      # Alternate the order each round so no contender always follows the same one.
+      if ((r % 2)); then order="gateway nginx haproxy"; else order="haproxy nginx gateway"; fi
+      for who in $order; do run_one "$load" "$w" "$who"; done
+    done
+    run_one direct "$w" direct
+  done
+  stop_contenders
 done
 
-python3 - "$T/results" "$ROUNDS" "$DURATION" "$CONNS" "$WORKERS" <<'PY'
+python3 - "$T/results" "$ROUNDS" "$DURATION" "$CONNS" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    parts = line.split()
-    rows.setdefault(parts[0], []).append((float(parts[1]), float(parts[2])))
-med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in rows.items()}
-print(f"\nteegate vs nginx, {sys.argv[2]} rounds x {sys.argv[3]}s, {sys.argv[4]} connections, {sys.argv[5]} worker(s), wrk -t1")
-print(f"{'run':<22}{'req/s (median)':>16}{'p99 ms (median)':>18}")
-for k in ["gateway-keepalive", "nginx-keepalive", "gateway-newconn", "nginx-newconn", "direct-plain"]:
-    if k in med:
-        print(f"{k:<22}{med[k][0]:>16.0f}{med[k][1]:>18.2f}")
-g, n, d = med["gateway-keepalive"], med["nginx-keepalive"], med["direct-plain"]
-gc, nc = med["gateway-newconn"], med["nginx-newconn"]
-print(f"\nkeep-alive   gateway/nginx = {g[0]/n[0]:.2f}x  (target >= 1.2)   p99 gateway/nginx = {g[1]/n[1]:.2f}")
-print(f"new conns    gateway/nginx = {gc[0]/nc[0]:.2f}x  (target >= 1.5)   p99 gateway/nginx = {gc[1]/nc[1]:.2f}")
-print(f"keep-alive   gateway/direct-plain = {g[0]/d[0]:.2f}x")
+path, rounds, duration, conns, hz = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+runs = {}
+for line in open(path):
+    load, w, who, rps, p50, p99, reqs, ticks = line.split()
+    cpu = int(ticks) * 1e6 / hz / int(reqs) if int(reqs) else float("nan")
+    runs.setdefault((load, w, who), []).append((float(rps), float(p50), float(p99), cpu))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
+print(f"\nteegate vs nginx vs HAProxy: medians of {rounds} rounds x {duration}s, {conns} connections")
+print("(ratio: teegate against the best peer, > 1 means teegate is better: req/s gw/best, "
+      "latency and CPU best/gw)")
+hdr = f"{'load':<10}{'w':>2} {'contender':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}"
+print(hdr)
+loads = []
+for (load, w, _) in med:
+    if (load, w) not in loads:
+        loads.append((load, w))
+for load, w in loads:
+    for who in ["gateway", "nginx", "haproxy", "direct"]:
+        if (load, w, who) in med:
+            r = med[(load, w, who)]
+            print(f"{load:<10}{w:>2} {who:<9}{r[0]:>10.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[3]:>12.1f}")
+    g = med.get((load, w, "gateway"))
+    peers = [med[(load, w, p)] for p in ("nginx", "haproxy") if (load, w, p) in med]
+    if g and peers:
+        best_rps = max(p[0] for p in peers)
+        best_p50 = min(p[1] for p in peers)
+        best_p99 = min(p[2] for p in peers)
+        best_cpu = min(p[3] for p in peers)
+        div = lambda a, b: a / b if b else float("nan")
+        print(f"{load:<10}{w:>2} {'ratio':<9}{div(g[0], best_rps):>9.2f}x{div(best_p50, g[1]):>8.2f}x"
+              f"{div(best_p99, g[2]):>8.2f}x{div(best_cpu, g[3]):>11.2f}x")
 PY
 if [ -s "$T/errors" ]; then
   echo "ERROR: some runs saw failed requests; the figures above are not valid:" >&2

@@ -18,10 +18,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn certs(dir: &Path, base: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let ca = gateway::certs::DevCa::load_or_create(dir)?;
+    let sealing = gateway::seal::SealKey::load_or_create_file(&dir.join("seal.key"))?;
+    let ca = gateway::certs::DevCa::load_or_create(dir, &sealing)?;
     let wildcard = ca.issue_wildcard(base)?;
     std::fs::write(dir.join("wildcard.pem"), &wildcard.cert_chain_pem)?;
-    std::fs::write(dir.join("wildcard.key"), &wildcard.key_pem)?;
+    // The benchmark's nginx and gateway read this plaintext key: a throwaway bench key.
+    std::fs::write(dir.join("wildcard.key"), wildcard.key_pem.as_bytes())?;
     std::fs::copy(&ca.cert_path, dir.join("ca.pem"))?;
 
     let compose_hash = ratls::ComposeHash::of(b"{\"name\":\"bench\"}");

@@ -258,8 +258,8 @@ async fn custom_domain_gets_an_on_demand_http01_certificate_and_others_get_none(
     let gw_dir = dir.path().join("gw");
     {
         use gateway::store::Store;
-        let ca = gateway::certs::DevCa::load_or_create(&gw_dir).unwrap();
-        let store = gateway::store::EmbeddedStore::open(&gw_dir).unwrap();
+        let ca = dev_ca_in(&gw_dir);
+        let store = sealed_store_in(&gw_dir);
         store
             .put_cert(&ca.issue_wildcard(BASE).unwrap())
             .await
@@ -359,8 +359,8 @@ async fn failing_challenge_is_counted_and_the_existing_certificate_keeps_serving
     let gw_dir = dir.path().join("gw");
     let existing = {
         use gateway::store::Store;
-        let ca = gateway::certs::DevCa::load_or_create(&gw_dir).unwrap();
-        let store = gateway::store::EmbeddedStore::open(&gw_dir).unwrap();
+        let ca = dev_ca_in(&gw_dir);
+        let store = sealed_store_in(&gw_dir);
         let rec = ca.issue_wildcard(BASE).unwrap();
         store.put_cert(&rec).await.unwrap();
         pem::parse(&rec.cert_chain_pem).unwrap().into_contents()
@@ -404,4 +404,98 @@ async fn failing_challenge_is_counted_and_the_existing_certificate_keeps_serving
         existing,
         "the old certificate still serves"
     );
+}
+
+/// The `accounturi` of the CAA records the DNS server answers for the base domain.
+fn caa_account(dns: std::net::SocketAddr) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args([
+            &format!("@{}", dns.ip()),
+            "-p",
+            &dns.port().to_string(),
+            "+short",
+            "+time=2",
+            "+tries=2",
+            BASE,
+            "CAA",
+        ])
+        .output()
+        .expect("dig is installed (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let uri = l.split("accounturi=").nth(1)?;
+            Some(uri.split(';').next()?.trim().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caa_pins_the_sealed_acme_account_and_a_restart_reuses_it() {
+    use gateway::seal::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let (dns_udp, dns_api, _dns_stop) = start_dns(dir.path()).await;
+    let pebble = start_pebble(dir.path(), dns_udp, None);
+    let root = pebble.issuing_root_pem().await;
+    let gw_dir = dir.path().join("gw");
+    let extra = acme_gateway_config(&pebble, dns_api, dir.path());
+    let mut gw = start_gateway_in(&gw_dir, GatewayPorts::new(), &extra);
+    let first = served_cert(&gw, &root, Duration::from_secs(60)).await;
+
+    // The CAA records pin one account: the one whose credentials the store holds, sealed.
+    let pinned = caa_account(dns_udp);
+    assert_eq!(pinned.len(), 2, "issue and issuewild: {pinned:?}");
+    assert!(pinned.iter().all(|u| *u == pinned[0]), "{pinned:?}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gw_dir.join("state.json")).unwrap()).unwrap();
+    let account_key = gateway::acme::account_key(&pebble.directory);
+    let sealed = state["values"][&account_key].as_str().unwrap();
+    assert!(gateway::seal::is_sealed(sealed), "{sealed}");
+    let seal = seal_key_in(&gw_dir);
+    let creds = seal.open_text(Kind::Value, &account_key, sealed).unwrap();
+    let account = gateway::acme::acme_account_spki(&creds).unwrap();
+    assert_eq!(account.uri, pinned[0], "CAA pins the sealed account");
+    // Neither the account key nor the served certificate's key is in state.json.
+    let account_pem = acme_account_key_pem(&creds);
+    assert_eq!(key_spki(&account_pem), account.spki_der);
+    let wildcard = format!("*.{BASE}");
+    let cert_key = seal
+        .open_text(
+            Kind::CertKey,
+            &wildcard,
+            state["certs"][&wildcard]["key_pem"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(key_spki(&cert_key), cert_spki(&first));
+    let raw = std::fs::read(gw_dir.join("state.json")).unwrap();
+    assert_no_key_in(&raw, &account_pem, "state.json (ACME account key)");
+    assert_no_key_in(&raw, &cert_key, "state.json (certificate key)");
+
+    // After a restart a forced renewal reuses the sealed account: no second account, and
+    // the CAA pin stands.
+    assert!(gw.proc.stop(Duration::from_secs(10)).is_some());
+    let ports = GatewayPorts {
+        https: gw.ports.https,
+        http: gw.ports.http,
+        registration: gw.ports.registration,
+        admin: gw.ports.admin,
+    };
+    gw = start_gateway_in(&gw_dir, ports, &extra);
+    let (s, _) = http_post_admin(gw.ports.admin, "/v1/acme/renew").await;
+    assert_eq!(s, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served_cert(&gw, &root, Duration::from_secs(10)).await == first {
+        assert!(Instant::now() < deadline, "no renewal after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = pebble.proc.log();
+    let accounts = log
+        .lines()
+        .filter(|l| l.contains("There are now") && l.contains("accounts"))
+        .count();
+    assert_eq!(
+        accounts, 1,
+        "one ACME account, reused after the restart:\n{log}"
+    );
+    assert_eq!(caa_account(dns_udp), pinned);
 }

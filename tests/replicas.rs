@@ -294,6 +294,37 @@ async fn three_replicas_starting_together_order_one_certificate_and_all_serve_it
         waited, 2,
         "the two replicas that did not order took the certificate from etcd"
     );
+    // Unattested replicas seal under the key file they share: etcd holds the certificate's
+    // key and the ACME account's only sealed, in no encoding a reader could use.
+    use gateway::seal::Kind;
+    let seal = gateway::seal::SealKey::load_or_create_file(&set.seal_key_file).unwrap();
+    let get = |key: String| etcd.etcdctl(&["get", &key, "--print-value-only"]);
+    let wildcard = format!("*.{BASE}");
+    let record: serde_json::Value =
+        serde_json::from_str(get(format!("/teegate-test/certs/{wildcard}")).trim()).unwrap();
+    let cert_key = seal
+        .open_text(
+            Kind::CertKey,
+            &wildcard,
+            record["key_pem"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(key_spki(&cert_key), cert_spki(&served[0]));
+    let account = gateway::acme::account_key(&pebble.directory);
+    let creds = seal
+        .open_text(
+            Kind::Value,
+            &account,
+            get(format!("/teegate-test/values/{account}")).trim(),
+        )
+        .unwrap();
+    let everything = etcd.etcdctl(&["get", "--prefix", ""]);
+    assert_no_key_in(everything.as_bytes(), &cert_key, "etcd (certificate key)");
+    assert_no_key_in(
+        everything.as_bytes(),
+        &acme_account_key_pem(&creds),
+        "etcd (ACME account key)",
+    );
 }
 
 /// Counts of a load run.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::attestation::AttestationConfig;
 use crate::error::ConfigError;
 use crate::load::Component;
 use crate::store::StoreConfig;
@@ -99,6 +100,15 @@ pub struct GatewayConfig {
     /// The chain-of-trust pages at `https://<base_domain>/`.
     #[serde(default)]
     pub web: WebConfig,
+    /// The gateway's own attestation (a guest API to quote and derive keys through);
+    /// none: the gateway is not attested.
+    #[serde(default)]
+    pub attestation: Option<AttestationConfig>,
+    /// Unattested gateways only: the file holding the key that seals private keys in the
+    /// store (default `<data_dir>/seal.key`, made with mode 0600 when missing). Replicas
+    /// sharing an etcd store need the same file.
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
 }
 
 fn default_replica_lease_secs() -> u64 {
@@ -177,6 +187,18 @@ impl Validate for GatewayConfig {
             }
         }
         in_range(at, "replica_lease_secs", self.replica_lease_secs, 2..=300)?;
+        if let Some(a) = &self.attestation {
+            a.validate(&key(at, "attestation"))?;
+        }
+        if let Some(path) = &self.seal_key_file {
+            non_empty_path(at, "seal_key_file", path)?;
+            if self.attestation.is_some() {
+                return Err(ConfigError::invalid(
+                    key(at, "seal_key_file"),
+                    "is only used without [attestation] (an attested gateway's sealing key comes from its guest API)",
+                ));
+            }
+        }
         self.store.validate(&key(at, "store"))
     }
 }

@@ -27,6 +27,7 @@
 //! ```
 
 mod allowlist;
+mod attestation;
 mod dns;
 mod env;
 mod error;
@@ -42,6 +43,7 @@ mod validate;
 mod verifier;
 
 pub use allowlist::Allowlist;
+pub use attestation::{AttestationConfig, DEFAULT_SEAL_KEY_PATH};
 pub use dns::{DnsApiConfig, DnsConfig, SoaConfig};
 pub use env::{env_var_name, ENV_PREFIX, ENV_SEPARATOR};
 pub use error::ConfigError;

@@ -15,14 +15,16 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use tokio::sync::{watch, Mutex, Notify};
+use zeroize::Zeroizing;
 
 use crate::certs::{x509_not_after, x509_not_before, CertResolver};
 use crate::metrics::Metrics;
 use crate::store::{CertRecord, Store};
 
-/// The account is stored per ACME directory: moving from a staging CA to production (or
-/// to another CA) must create an account there, not present one the new CA never issued.
-fn account_key(directory_url: &str) -> String {
+/// The store key of the ACME account credentials for a directory. The account is stored
+/// per ACME directory: moving from a staging CA to production (or to another CA) must
+/// create an account there, not present one the new CA never issued.
+pub fn account_key(directory_url: &str) -> String {
     format!("acme/account/{directory_url}")
 }
 const MIN_BACKOFF: Duration = Duration::from_secs(5);
@@ -42,6 +44,32 @@ pub enum AcmeError {
     Store(#[from] crate::store::StoreError),
     #[error("certificate: {0}")]
     Cert(#[from] crate::certs::CertError),
+}
+
+/// The ACME account a gateway uses: its URI (what the CAA records pin, `accounturi`) and the
+/// SubjectPublicKeyInfo of its key (what the gateway's evidence binds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeAccountId {
+    pub uri: String,
+    pub spki_der: Vec<u8>,
+}
+
+/// The account URI and key SPKI of stored ACME credentials (instant-acme's JSON).
+pub fn acme_account_spki(credentials_json: &str) -> Result<AcmeAccountId, AcmeError> {
+    let bad = |m: String| AcmeError::Account(format!("stored credentials: {m}"));
+    let creds: AccountCredentials =
+        serde_json::from_str(credentials_json).map_err(|e| bad(e.to_string()))?;
+    // instant-acme keeps the URI private; it is the credentials' `id` field.
+    let uri = serde_json::from_str::<serde_json::Value>(credentials_json)
+        .ok()
+        .and_then(|v| v.get("id")?.as_str().map(str::to_string))
+        .ok_or_else(|| bad("no account id".into()))?;
+    let key = rcgen::KeyPair::try_from(creds.private_key().secret_pkcs8_der())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(AcmeAccountId {
+        uri,
+        spki_der: rcgen::PublicKeyData::subject_public_key_info(&key),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +168,18 @@ impl Acme {
         format!("*.{}", self.settings.base_domain)
     }
 
+    /// The account in use (none created yet: `None`), for the gateway's evidence and CAA.
+    pub async fn account_id(&self) -> Result<Option<AcmeAccountId>, AcmeError> {
+        match self
+            .store
+            .get_value(&account_key(&self.settings.directory_url))
+            .await?
+        {
+            Some(json) => acme_account_spki(&Zeroizing::new(json)).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Asks the renewal loop to issue now, whatever the current certificate's age.
     pub fn force_renewal(&self) {
         self.force.notify_one();
@@ -160,6 +200,7 @@ impl Acme {
             .get_value(&account_key(&self.settings.directory_url))
             .await?
         {
+            let json = Zeroizing::new(json);
             let creds: AccountCredentials = serde_json::from_str(&json)
                 .map_err(|e| AcmeError::Account(format!("stored credentials: {e}")))?;
             return self
@@ -182,7 +223,9 @@ impl Acme {
             )
             .await
             .map_err(|e| AcmeError::Account(e.to_string()))?;
-        let json = serde_json::to_string(&creds).map_err(|e| AcmeError::Account(e.to_string()))?;
+        let json = Zeroizing::new(
+            serde_json::to_string(&creds).map_err(|e| AcmeError::Account(e.to_string()))?,
+        );
         self.store
             .put_value(&account_key(&self.settings.directory_url), &json)
             .await?;
@@ -346,7 +389,7 @@ impl Acme {
         order: &mut instant_acme::Order,
         names: &[String],
         kind: ChallengeType,
-    ) -> Result<(String, String), AcmeError> {
+    ) -> Result<(String, Zeroizing<String>), AcmeError> {
         let order_err = |m: String| AcmeError::Order {
             names: names.join(", "),
             message: m,
@@ -377,10 +420,13 @@ impl Acme {
                 "order is {status:?}, not ready (validation failed?)"
             )));
         }
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(|e| order_err(e.to_string()))?;
+        // The certificate key, made here in the gateway, lives in wiped memory from now on.
+        let key_pem = Zeroizing::new(
+            order
+                .finalize()
+                .await
+                .map_err(|e| order_err(e.to_string()))?,
+        );
         let chain = order
             .poll_certificate(&retry)
             .await

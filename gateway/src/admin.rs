@@ -1,6 +1,6 @@
 //! The admin listener: Prometheus `/metrics`, and an admin API (`GET /v1/apps`,
 //! `GET /v1/apps/<id>`, `DELETE /v1/instances/<id>`, `GET /v1/replicas`,
-//! `POST /v1/acme/renew`) that requires the configured bearer token; with no token
+//! `GET /v1/sealing`, `POST /v1/acme/renew`) that requires the configured bearer token; with no token
 //! configured the admin API is off. Also the port-80 redirect.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use crate::http_util::{error, json, text, Body, Peer};
 use crate::metrics::Metrics;
 use crate::proxy::now_ms;
 use crate::registry::Registry;
-use crate::store::{EtcdStore, Store};
+use crate::store::{EtcdStore, SealedStore, Store};
 
 pub struct Admin {
     pub acme: Option<Arc<crate::acme::Acme>>,
@@ -22,6 +22,8 @@ pub struct Admin {
     /// The etcd store when replicas share one; `None` with the embedded store.
     pub etcd: Option<EtcdStore>,
     pub metrics: Arc<Metrics>,
+    /// The sealing layer: its key id and source, and the records it could not open.
+    pub sealing: Arc<SealedStore>,
 }
 
 /// Compares without an early exit, so timing does not reveal a matching prefix.
@@ -86,6 +88,14 @@ impl Admin {
                 ),
             },
             (Method::GET, ["apps"]) => json(StatusCode::OK, &self.registry.apps(now_ms())),
+            (Method::GET, ["sealing"]) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "key_id": self.sealing.key().id().to_string(),
+                    "key_source": self.sealing.key().source(),
+                    "unreadable": self.sealing.report().unreadable(),
+                }),
+            ),
             (Method::GET, ["replicas"]) => match &self.etcd {
                 Some(etcd) => match etcd.replicas().await {
                     Ok(list) => json(

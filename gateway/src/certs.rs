@@ -15,7 +15,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::seal::{self, Kind, SealKey};
 use crate::store::CertRecord;
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -30,6 +32,8 @@ pub struct CertResolver {
     provider: Arc<CryptoProvider>,
     certs: RwLock<Arc<HashMap<String, Arc<CertifiedKey>>>>,
     base_domain: String,
+    /// Counts installs, so the gateway's evidence re-quotes when a key is added or rotated.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -84,7 +88,28 @@ impl CertResolver {
             provider,
             certs: RwLock::new(Arc::new(HashMap::new())),
             base_domain: base_domain.to_ascii_lowercase(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Notified after every install (a new or rotated certificate).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Each served certificate's name and the SHA-256 of its leaf's public key (sorted by
+    /// name): what the gateway's evidence binds.
+    pub fn served_keys(&self) -> Vec<(String, ratls::SpkiHash)> {
+        let mut keys: Vec<(String, ratls::SpkiHash)> = self
+            .snapshot()
+            .iter()
+            .filter_map(|(name, ck)| {
+                let leaf = ck.cert.first()?;
+                Some((name.clone(), ratls::SpkiHash::of_certificate(leaf)?))
+            })
+            .collect();
+        keys.sort();
+        keys
     }
 
     fn snapshot(&self) -> Arc<HashMap<String, Arc<CertifiedKey>>> {
@@ -118,6 +143,8 @@ impl CertResolver {
         let mut next = HashMap::clone(&guard);
         next.insert(record.name.to_ascii_lowercase(), ck);
         *guard = Arc::new(next);
+        drop(guard);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -161,19 +188,30 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> CertError {
     }
 }
 
+/// Writes `data` to `path` with mode 0600, through a temporary file renamed into place, so
+/// a crash leaves either the old file or the new one.
 fn write_private(path: &Path, data: &str) -> Result<(), CertError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
-    f.write_all(data.as_bytes()).map_err(|e| io_err(path, e))
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(data.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
-/// The development CA kept in the data directory (`dev-ca.pem`, `dev-ca.key`), made once.
+/// The development CA's key file name, also the name its sealed value is bound to.
+const DEV_CA_KEY: &str = "dev-ca.key";
+
+/// The development CA kept in the data directory (`dev-ca.pem`, and `dev-ca.key` sealed
+/// under the gateway's [`SealKey`]), made once.
 pub struct DevCa {
     pub cert_pem: String,
     pub cert_path: std::path::PathBuf,
@@ -181,14 +219,29 @@ pub struct DevCa {
 }
 
 impl DevCa {
-    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
+    pub fn load_or_create(dir: &Path, sealing: &SealKey) -> Result<Self, CertError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let cert_path = dir.join("dev-ca.pem");
-        let key_path = dir.join("dev-ca.key");
+        let key_path = dir.join(DEV_CA_KEY);
         if cert_path.exists() && key_path.exists() {
             let cert_pem =
                 std::fs::read_to_string(&cert_path).map_err(|e| io_err(&cert_path, e))?;
-            let key_pem = std::fs::read_to_string(&key_path).map_err(|e| io_err(&key_path, e))?;
+            let stored = Zeroizing::new(
+                std::fs::read_to_string(&key_path).map_err(|e| io_err(&key_path, e))?,
+            );
+            let key_pem = if seal::is_sealed(&stored) {
+                sealing
+                    .open_text(Kind::File, DEV_CA_KEY, &stored)
+                    .map_err(|e| io_err(&key_path, e))?
+            } else {
+                // Written in plaintext by an earlier version: seal it in place.
+                tracing::warn!(path = %key_path.display(), "plaintext development CA key: sealing it now");
+                write_private(
+                    &key_path,
+                    &sealing.seal(Kind::File, DEV_CA_KEY, stored.as_bytes()),
+                )?;
+                stored
+            };
             let key = KeyPair::from_pem(&key_pem).map_err(|e| io_err(&key_path, e))?;
             return Ok(Self {
                 cert_pem,
@@ -206,7 +259,11 @@ impl DevCa {
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         let cert = params.self_signed(&key).map_err(|e| io_err(dir, e))?;
-        write_private(&key_path, &key.serialize_pem())?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        write_private(
+            &key_path,
+            &sealing.seal(Kind::File, DEV_CA_KEY, key_pem.as_bytes()),
+        )?;
         std::fs::write(&cert_path, cert.pem()).map_err(|e| io_err(&cert_path, e))?;
         Ok(Self {
             cert_pem: cert.pem(),
@@ -240,7 +297,7 @@ impl DevCa {
         Ok(CertRecord {
             name: name.to_string(),
             cert_chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
-            key_pem: key.serialize_pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
             not_after: params.not_after.unix_timestamp().max(0) as u64,
         })
     }
@@ -249,7 +306,7 @@ impl DevCa {
 /// A certificate and key from PEM files (`tls.mode = "files"`).
 pub fn from_files(name: &str, cert: &Path, key: &Path) -> Result<CertRecord, CertError> {
     let cert_chain_pem = std::fs::read_to_string(cert).map_err(|e| io_err(cert, e))?;
-    let key_pem = std::fs::read_to_string(key).map_err(|e| io_err(key, e))?;
+    let key_pem = Zeroizing::new(std::fs::read_to_string(key).map_err(|e| io_err(key, e))?);
     let chain = parse_pem_chain(name, &cert_chain_pem)?;
     let not_after = x509_not_after(&chain[0]).unwrap_or(0);
     Ok(CertRecord {
@@ -280,10 +337,14 @@ mod tests {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 
+    fn sealing(dir: &Path) -> SealKey {
+        SealKey::load_or_create_file(&dir.join("seal.key")).unwrap()
+    }
+
     #[test]
     fn wildcard_covers_one_label_and_the_base() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::load_or_create(dir.path()).unwrap();
+        let ca = DevCa::load_or_create(dir.path(), &sealing(dir.path())).unwrap();
         let r = CertResolver::new("apps.test", provider());
         r.install(&ca.issue_wildcard("apps.test").unwrap()).unwrap();
         assert!(r.lookup("abc.apps.test").is_some());
@@ -296,7 +357,7 @@ mod tests {
     #[test]
     fn exact_names_win_and_swaps_take_effect() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::load_or_create(dir.path()).unwrap();
+        let ca = DevCa::load_or_create(dir.path(), &sealing(dir.path())).unwrap();
         let r = CertResolver::new("apps.test", provider());
         let first = ca.issue_wildcard("apps.test").unwrap();
         r.install(&first).unwrap();
@@ -310,20 +371,31 @@ mod tests {
     fn dev_ca_is_made_once_with_a_private_key_file() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let a = DevCa::load_or_create(dir.path()).unwrap();
-        let b = DevCa::load_or_create(dir.path()).unwrap();
+        let a = DevCa::load_or_create(dir.path(), &sealing(dir.path())).unwrap();
+        let b = DevCa::load_or_create(dir.path(), &sealing(dir.path())).unwrap();
         assert_eq!(a.cert_pem, b.cert_pem);
         let mode = std::fs::metadata(dir.path().join("dev-ca.key"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+        let stored = std::fs::read_to_string(dir.path().join("dev-ca.key")).unwrap();
+        assert!(
+            seal::is_sealed(&stored) && !stored.contains("PRIVATE KEY"),
+            "{stored}"
+        );
+        // Another key cannot open it, and says so.
+        let other = dir.path().join("other");
+        let e = DevCa::load_or_create(dir.path(), &sealing(&other))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("another key"), "{e}");
     }
 
     #[test]
     fn mismatched_key_and_garbage_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::load_or_create(dir.path()).unwrap();
+        let ca = DevCa::load_or_create(dir.path(), &sealing(dir.path())).unwrap();
         let mut rec = ca.issue_wildcard("apps.test").unwrap();
         rec.key_pem = ca.issue_wildcard("apps.test").unwrap().key_pem;
         let r = CertResolver::new("apps.test", provider());

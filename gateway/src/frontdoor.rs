@@ -16,6 +16,7 @@ use pingora_proxy::HttpProxy;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::fast::FastPath;
 use crate::http1;
 use crate::metrics::Metrics;
 use crate::names::{self, Mode};
@@ -137,6 +138,8 @@ pub fn h2_options(
 
 pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<GatewayProxy>>,
+    /// Plain HTTP/1 requests to app names.
+    pub fast: Arc<FastPath>,
     pub acceptor: Acceptor,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -145,6 +148,7 @@ pub struct FrontDoor {
     pub hello_timeout: Duration,
     pub hello_max: usize,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub connections: Arc<Semaphore>,
     /// Open connections per client address.
@@ -309,15 +313,16 @@ impl ServerApp for FrontDoor {
             // HTTP/2 bounds its streams and frames itself (the proxy's H2Options).
             self.proxy.process_new(tls, shutdown).await;
         } else {
-            http1::serve(
-                &self.proxy,
-                tls,
-                self.idle_timeout,
-                self.header_timeout,
-                &self.metrics,
-                shutdown,
-            )
-            .await;
+            let conn = http1::Conn {
+                proxy: &self.proxy,
+                fast: &self.fast,
+                idle: self.idle_timeout,
+                header_timeout: self.header_timeout,
+                request_timeout: self.request_timeout,
+                metrics: &self.metrics,
+                client_ip: peer_ip,
+            };
+            http1::serve(conn, tls, shutdown).await;
         }
         None
     }

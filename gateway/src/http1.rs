@@ -1,20 +1,24 @@
-//! HTTP/1 on a terminated TLS connection: the keep-alive loop, with a total deadline on
-//! every request head.
+//! HTTP/1 on a terminated TLS connection: the keep-alive loop, with one deadline per
+//! connection that moves from state to state, and the choice between the fast path and
+//! pingora's proxy for each request.
 //!
 //! pingora reads a request head with a timeout per read, so a head sent one line at a
-//! time never times out, and the proxy's own phases run only once the head is parsed. So
-//! the front door reads each head itself: waiting for its first byte is bounded by the idle
-//! timeout (nothing of a request has arrived: the connection just closes), and from that
-//! byte to the end of the head by `header_timeout` (past it: 408 and close). The bytes are
-//! then handed to pingora as a pipelined prefix, which it parses without reading the
-//! socket again. Two timers per request, none per read.
+//! time never times out. So the front door reads each head itself: waiting for its first
+//! byte is bounded by the idle timeout (nothing of a request has arrived: the connection
+//! just closes), and from that byte to the end of the head by `header_timeout` (past it:
+//! 408 and close). The head then goes to the fast path ([`crate::fast`]), bounded by the
+//! request timeout (past it: 504, or a close once the answer has started), or, when the
+//! fast path declines it, to pingora as a pipelined prefix, which it parses without reading
+//! the socket again. While idle, the connection holds no read buffer of its own.
 //!
 //! ```text
-//!  idle ──first byte──▶ head (≤ header_timeout) ──end of head──▶ pingora: proxy phases
-//!   ▲ idle_timeout: close        └─ late: 408 + close                 │
+//!  idle ──first byte──▶ head (≤ header_timeout) ──end of head──▶ fast path (≤ request_timeout)
+//!   ▲ idle_timeout: close        └─ late: 408 + close              └─ declined: pingora's phases
 //!   └──────────────────────── keep-alive reuse ◀──────────────────────┘
 //! ```
 
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::fast::{FastPath, Outcome, Progress};
 use crate::metrics::Metrics;
 use crate::pages;
 use crate::proxy::GatewayProxy;
@@ -88,53 +93,60 @@ enum Head {
     Late,
 }
 
+/// The connection's one deadline, moved as it goes from state to state (idle, head,
+/// request) instead of a timer per read or write.
+type Deadline = Pin<Box<tokio::time::Sleep>>;
+
+fn set(deadline: &mut Deadline, after: Duration) {
+    deadline.as_mut().reset(tokio::time::Instant::now() + after);
+}
+
 async fn read_head(
     stream: &mut Stream,
+    deadline: &mut Deadline,
     idle: Duration,
     header_timeout: Duration,
     shutdown: &mut ShutdownWatch,
 ) -> Head {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // While idle the connection holds no buffer: the first read takes what fits in a
+    // small one, and only a request that has started gets a full-size buffer.
+    let mut buf = BytesMut::new();
+    set(deadline, idle);
     let first = tokio::select! {
-        r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
+        r = stream.read_buf(&mut buf) => r,
+        _ = deadline.as_mut() => return Head::Gone,
         _ = shutdown.changed() => return Head::Gone,
     };
     match first {
-        Ok(Ok(n)) if n > 0 => {}
+        Ok(n) if n > 0 => {}
         _ => return Head::Gone,
     }
     let mut scan = HeadScan::default();
     if scan.complete(&buf) {
         return Head::Ready(buf);
     }
-    let rest = async {
-        loop {
-            if buf.len() > HEAD_MAX {
-                return true;
-            }
-            buf.reserve(READ_CHUNK);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(_) if scan.complete(&buf) => return true,
-                Ok(_) => {}
-            }
+    set(deadline, header_timeout);
+    loop {
+        if buf.len() > HEAD_MAX {
+            return Head::Ready(buf);
         }
-    };
-    match tokio::time::timeout(header_timeout, rest).await {
-        Ok(true) => Head::Ready(buf),
-        Ok(false) => Head::Gone,
-        Err(_) => Head::Late,
+        buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            r = stream.read_buf(&mut buf) => r,
+            _ = deadline.as_mut() => return Head::Late,
+        };
+        match read {
+            Ok(0) | Err(_) => return Head::Gone,
+            Ok(_) if scan.complete(&buf) => return Head::Ready(buf),
+            Ok(_) => {}
+        }
     }
 }
 
-async fn refuse_late(stream: &mut Stream) {
-    let body = pages::page(
-        408,
-        "Request Timeout",
-        "The request headers did not arrive in time.",
-    );
+async fn refuse(stream: &mut Stream, status: u16, title: &str, detail: &str) {
+    let body = pages::page(status, title, detail);
     let head = format!(
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/html; charset=utf-8\r\n\
+        "HTTP/1.1 {status} {title}\r\nContent-Type: text/html; charset=utf-8\r\n\
          Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -145,42 +157,88 @@ async fn refuse_late(stream: &mut Stream) {
         stream.shutdown().await
     };
     if let Ok(Err(e)) = tokio::time::timeout(REFUSAL_WRITE, write).await {
-        tracing::debug!(error = %e, "could not send 408");
+        tracing::debug!(error = %e, status, "could not send refusal");
     }
 }
 
+/// What the connection needs besides its stream.
+pub struct Conn<'a> {
+    pub proxy: &'a Arc<HttpProxy<GatewayProxy>>,
+    pub fast: &'a FastPath,
+    pub idle: Duration,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub metrics: &'a Metrics,
+    pub client_ip: Option<IpAddr>,
+}
+
 /// Serves HTTP/1 requests on `stream` until the client or the proxy ends the connection.
-pub async fn serve(
-    proxy: &Arc<HttpProxy<GatewayProxy>>,
-    mut stream: Stream,
-    idle: Duration,
-    header_timeout: Duration,
-    metrics: &Metrics,
-    shutdown: &ShutdownWatch,
-) {
+pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
     let mut watch = shutdown.clone();
     let mut persisted: Option<HttpPersistentSettings> = None;
+    let mut deadline: Deadline = Box::pin(tokio::time::sleep(c.idle));
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let head = match read_head(&mut stream, idle, header_timeout, &mut watch).await {
+        let mut head = match read_head(
+            &mut stream,
+            &mut deadline,
+            c.idle,
+            c.header_timeout,
+            &mut watch,
+        )
+        .await
+        {
             Head::Ready(head) => head,
             Head::Gone => return,
             Head::Late => {
-                metrics.requests.with_label_values(&["-", "408"]).inc();
+                c.metrics.requests.with_label_values(&["-", "408"]).inc();
                 tracing::debug!("request head not complete within the header timeout");
-                refuse_late(&mut stream).await;
+                refuse(
+                    &mut stream,
+                    408,
+                    "Request Timeout",
+                    "The request headers did not arrive in time.",
+                )
+                .await;
                 return;
             }
         };
+        // The fast path takes plain requests to app names; the request deadline bounds
+        // the whole exchange.
+        set(&mut deadline, c.request_timeout);
+        let progress = Progress::default();
+        let outcome = tokio::select! {
+            o = c.fast.serve(&mut stream, &mut head, c.client_ip, &progress) => o,
+            _ = deadline.as_mut() => {
+                if !progress.started() {
+                    refuse(
+                        &mut stream,
+                        504,
+                        "Gateway Timeout",
+                        "The app did not answer in time.",
+                    )
+                    .await;
+                }
+                return;
+            }
+        };
+        match outcome {
+            Outcome::KeepAlive => continue,
+            Outcome::Close => {
+                let _ = tokio::time::timeout(REFUSAL_WRITE, stream.shutdown()).await;
+                return;
+            }
+            Outcome::General => {}
+        }
         let mut session = ServerSession::new_http1(stream);
         match persisted.take() {
             Some(p) => p.apply_to_session(&mut session),
             None => {
-                session.set_keepalive(Some(idle.as_secs()));
+                session.set_keepalive(Some(c.idle.as_secs()));
                 session.set_keepalive_reuses_remaining(
-                    proxy
+                    c.proxy
                         .server_options()
                         .and_then(|o| o.keepalive_request_limit),
                 );
@@ -188,7 +246,7 @@ pub async fn serve(
         }
         // Pipelining stays off, so pingora hands back no bytes of its own to prepend.
         session.set_pipelined_prefix(head);
-        let Some(reused) = proxy.process_new_http(session, shutdown).await else {
+        let Some(reused) = c.proxy.process_new_http(session, shutdown).await else {
             return;
         };
         (stream, persisted) = reused.consume();

@@ -9,11 +9,19 @@
 //!   (PerIp, max conns)└─ TLS (CertResolver by SNI) ─▶ GatewayProxy ──▶ instance RA-TLS front
 //!                         HTTP/1 heads read by http1 (header deadline); HTTP/2 by H2Options
 //!                            route (names) → pick (Registry) → connect → fingerprint check
+//!                            (pingora's connector gets upstream_roots' throwaway anchor,
+//!                             never the host's CA bundle)
 //!  :8443 registration (mutual RA-TLS) ─▶ Registrar ─▶ Store + Registry
 //!  Store (embedded file | etcd) ─events─▶ StoreSync ─▶ Registry, CertResolver (replicas)
 //!  :443 base domain ─▶ TrustPages (registry + RefusedLog, ratls inspect/chain) ─▶ HTML | JSON
+//!        /.well-known/teegate/gateway ─▶ evidence::Publisher (guest API quote binding the
+//!        CertResolver's keys + the ACME account key; re-quoted on change)
 //!  admin: /metrics (Metrics), /v1/apps, /v1/instances (Admin, bearer token)
 //!  :80 ─▶ redirect to https
+//!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
+//!            self_attest (start-up: a fresh quote verified by [verifier]) ─▶ AttestedSelf
+//!  private keys ─▶ SealedStore (seal: ChaCha20-Poly1305 under a guest-API-derived key,
+//!                  or an unattested key file) ─▶ Store; unreadable records ─▶ SealReport
 //! ```
 //!
 //! [`api`] holds the wire types and builds without the server (`default-features = false`).
@@ -30,9 +38,19 @@ pub mod attest;
 #[cfg(feature = "server")]
 pub mod certs;
 #[cfg(feature = "server")]
+mod chunked;
+#[cfg(feature = "server")]
 pub mod custom;
 #[cfg(feature = "server")]
+pub mod evidence;
+#[cfg(feature = "server")]
+pub mod fast;
+#[cfg(feature = "server")]
 pub mod frontdoor;
+#[cfg(feature = "server")]
+pub mod guest;
+#[cfg(feature = "server")]
+mod head;
 #[cfg(feature = "server")]
 mod http1;
 #[cfg(feature = "server")]
@@ -41,6 +59,8 @@ mod http_util;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod ondemand;
+#[cfg(feature = "server")]
+mod own_identity;
 #[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]
@@ -56,8 +76,16 @@ pub mod registry;
 #[cfg(feature = "server")]
 pub mod replicas;
 #[cfg(feature = "server")]
+pub mod seal;
+#[cfg(feature = "server")]
+pub mod self_attest;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod trust_page;
+#[cfg(feature = "server")]
+pub mod upstream;
+#[cfg(feature = "server")]
+mod upstream_roots;

@@ -21,6 +21,9 @@ pub struct Metrics {
     /// 1 while the store answers (always for the embedded one), 0 during an etcd outage.
     pub store_up: IntGauge,
     pub store_errors: IntCounterVec,
+    /// Stored records sealed under a key this gateway does not hold (never served or
+    /// overwritten; listed by the admin API at `/v1/sealing`).
+    pub sealed_unreadable: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -120,7 +123,14 @@ impl Metrics {
             "Failed state store operations by operation",
             &["op"],
         );
+        let sealed_unreadable = IntGauge::new(
+            "teegate_sealed_records_unreadable",
+            "Stored private-key records this gateway cannot open (sealed under another gateway's key, or altered)",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = registry.register(Box::new(sealed_unreadable.clone()));
         Self {
+            sealed_unreadable,
             store_up,
             store_errors,
             on_demand,

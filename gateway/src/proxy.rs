@@ -77,7 +77,7 @@ const FORWARDING_HEADERS: [&str; 7] = [
 /// Whether `name` is one of [`FORWARDING_HEADERS`] once `_` is folded to `-` and case
 /// ignored, as CGI/WSGI servers do (`X_Forwarded_For` and `X-Forwarded-For` both become
 /// `HTTP_X_FORWARDED_FOR`, and the app sees whichever came first).
-fn is_forwarding_header(name: &str) -> bool {
+pub(crate) fn is_forwarding_header(name: &str) -> bool {
     let fold = |b: u8| {
         if b == b'_' {
             b'-'

@@ -20,7 +20,9 @@ use crate::acme::{Acme, AcmeSettings, Http01Tokens};
 use crate::admin::{self, Admin};
 use crate::certs::{self, CertResolver, DevCa};
 use crate::custom::CustomDomains;
+use crate::evidence::{HeldKeys, Publisher};
 use crate::frontdoor::FrontDoor;
+use crate::guest::{GuestApi, GuestInfo};
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
 use crate::per_ip::PerIp;
@@ -29,7 +31,8 @@ use crate::refused::RefusedLog;
 use crate::registration::Registrar;
 use crate::registry::{Balance, Registry};
 use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
-use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, Store};
+use crate::self_attest::SelfAttestError;
+use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, SealReport, SealedStore, Store};
 use crate::trust_page::TrustPages;
 use crate::{attest, http_util};
 
@@ -49,6 +52,13 @@ pub enum GatewayError {
     Cert(#[from] certs::CertError),
     #[error(transparent)]
     Attest(#[from] attest::AttestConfigError),
+    #[error(transparent)]
+    SelfAttest(#[from] SelfAttestError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// The store holds sealed records this gateway cannot open (another gateway's).
+    #[error("the store holds records this gateway cannot open: {records}. They were sealed by a gateway of another app (or another seal_key_file) and are left untouched; this gateway does not start rather than serve without them or overwrite them. Give it its own store (data_dir, or store.etcd.prefix), or delete those records if the gateway that wrote them is retired")]
+    SealedByOther { records: String },
 }
 
 /// What a running gateway tells its operator at start.
@@ -95,12 +105,21 @@ async fn restore(
 async fn install_certificates(
     cfg: &GatewayConfig,
     base: &str,
-    store: &dyn Store,
+    store: &SealedStore,
     resolver: &CertResolver,
     metrics: &Metrics,
 ) -> Result<Option<std::path::PathBuf>, GatewayError> {
     let wildcard = format!("*.{base}");
     let stored = store.certs().await?;
+    if cfg.tls.mode == TlsMode::Acme {
+        // Reading the account also reports it when it does not open.
+        let _ = store
+            .get_value(&crate::acme::account_key(
+                &cfg.tls.acme.directory_url.to_string(),
+            ))
+            .await;
+    }
+    crate::own_identity::refuse_unreadable(store)?;
     for record in &stored {
         resolver.install(record)?;
         metrics
@@ -115,7 +134,7 @@ async fn install_certificates(
     let mut dev_ca_path = None;
     let record = match cfg.tls.mode {
         TlsMode::SelfSigned => {
-            let ca = DevCa::load_or_create(&cfg.data_dir)?;
+            let ca = DevCa::load_or_create(&cfg.data_dir, store.key())?;
             dev_ca_path = Some(ca.cert_path.clone());
             (!have_wildcard)
                 .then(|| ca.issue_wildcard(base))
@@ -242,6 +261,38 @@ impl BackgroundService for HttpListener {
 /// Runs the ACME renewal loop as a pingora background service.
 struct AcmeService(Arc<Acme>);
 
+/// Re-quotes the gateway's evidence when its keys change (see `evidence.rs`).
+struct EvidenceService(Arc<Publisher>);
+
+#[async_trait]
+impl BackgroundService for EvidenceService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.run(shutdown).await;
+    }
+}
+
+/// The gateway's evidence publisher: with a guest API (`[attestation]`), its first
+/// evidence is quoted now, over the keys already installed, and must verify with the
+/// gateway's own verifier or the gateway does not start; without one, the published
+/// document says the gateway is not attested.
+fn evidence_publisher(
+    guest: Option<(GuestApi, GuestInfo)>,
+    held: Arc<HeldKeys>,
+    verifier: &ratls::AttestationVerifier,
+) -> Result<Arc<Publisher>, GatewayError> {
+    let Some((api, info)) = guest else {
+        return Ok(Arc::new(Publisher::unattested(held)));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    let publisher = rt
+        .block_on(Publisher::attested(api, info, held, verifier.clone()))
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    Ok(Arc::new(publisher))
+}
+
 #[async_trait]
 impl BackgroundService for AcmeService {
     async fn start(&self, shutdown: ShutdownWatch) {
@@ -299,8 +350,8 @@ pub fn run(
             "verifier.allow_simulated = true: SIMULATED TDX quotes are accepted (development only)"
         );
     }
-    // The gateway does not run as an attested app yet ([attestation] is not built): say so.
-    tracing::warn!("{}", crate::trust_page::model::NOT_ATTESTED);
+    // With [attestation], no listener opens unless the gateway's own quote verifies.
+    let (_attested, seal_key) = crate::own_identity::attest_and_key(&cfg, verifier.verifier())?;
     match cfg.verifier.kms_roots.len() {
         0 => tracing::info!(
             "app authorisation: content-addressed app ids only (no verifier.kms_roots pinned)"
@@ -310,7 +361,7 @@ pub fn run(
             "app authorisation: content-addressed app ids, and named ones whose app CA a pinned KMS root signed"
         ),
     }
-    let (store, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
+    let (backend, etcd): (Arc<dyn Store>, Option<EtcdStore>) = match &cfg.store {
         StoreConfig::Embedded => (Arc::new(EmbeddedStore::open(&cfg.data_dir)?), None),
         StoreConfig::Etcd(etcd_cfg) => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -321,6 +372,13 @@ pub fn run(
             (Arc::new(etcd.clone()), Some(etcd))
         }
     };
+    // Every private key goes through the sealing layer, whichever backend holds it.
+    let sealed = Arc::new(SealedStore::new(
+        backend,
+        Arc::new(seal_key),
+        Arc::new(SealReport::new(Some(metrics.sealed_unreadable.clone()))),
+    ));
+    let store: Arc<dyn Store> = sealed.clone();
 
     let resolver = Arc::new(CertResolver::new(&base, provider.clone()));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -330,9 +388,11 @@ pub fn run(
     let dev_ca_path = rt.block_on(async {
         let restored = restore(store.as_ref(), &verifier, &registry).await?;
         tracing::info!(restored, "registrations restored from the store");
-        install_certificates(&cfg, &base, store.as_ref(), &resolver, &metrics).await
+        install_certificates(&cfg, &base, &sealed, &resolver, &metrics).await
     })?;
     drop(rt);
+    let held_keys = Arc::new(HeldKeys::new(resolver.clone()));
+    let evidence = evidence_publisher(None, held_keys.clone(), verifier.verifier())?;
 
     let registration_listener = bind(cfg.listen_registration, "registration")?;
     let admin_listener = bind(cfg.listen_admin, "admin")?;
@@ -350,8 +410,15 @@ pub fn run(
         dev_ca: dev_ca_path,
     };
 
+    let anchor =
+        crate::upstream_roots::write_anchor(&cfg.data_dir).map_err(GatewayError::Config)?;
     let conf = ServerConf {
         threads: usize::from(cfg.workers),
+        // Thread per core: each worker is a current-thread runtime, so a connection and
+        // its fast path (and this thread's upstream pool) stay on one thread.
+        work_stealing: false,
+        // Upstreams are checked by fingerprint, never against roots (see upstream_roots).
+        ca_file: Some(anchor.to_string_lossy().into_owned()),
         grace_period_seconds: Some(cfg.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(cfg.grace_period_secs),
         ..ServerConf::default()
@@ -429,14 +496,17 @@ pub fn run(
                 page_roots.push(root.clone());
             }
         }
-        Some(Arc::new(TrustPages::new(
-            base.clone(),
-            https_addr.port(),
-            registry.clone(),
-            verifier.clone(),
-            refused.clone(),
-            page_roots,
-        )))
+        Some(Arc::new(
+            TrustPages::new(
+                base.clone(),
+                https_addr.port(),
+                registry.clone(),
+                verifier.clone(),
+                refused.clone(),
+                page_roots,
+            )
+            .with_gateway(evidence.clone(), resolver.clone()),
+        ))
     } else {
         None
     };
@@ -462,6 +532,14 @@ pub fn run(
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption: stateless tickets (TLS 1.2 and 1.3, keys rotated by rustls), and a
+    // session cache for clients that resume by id, sized for the connections we allow
+    // rather than rustls' default 256 (a few hundred bytes per entry).
+    tls.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| GatewayError::Config(format!("TLS ticketer: {e}")))?;
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(
+        (cfg.limits.max_connections as usize).clamp(1024, 65_536),
+    );
     let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
     let tokens = Arc::new(Http01Tokens::default());
     let on_demand = match (&acme, &custom) {
@@ -481,8 +559,23 @@ pub fn run(
         }
         _ => None,
     };
+    let upstreams = crate::upstream::Upstreams::new(
+        registry.clone(),
+        provider.clone(),
+        base.clone(),
+        settings.connect_timeout,
+        settings.idle_timeout,
+    )
+    .map_err(|e| GatewayError::Config(format!("upstream TLS: {e}")))?;
+    let fast = Arc::new(crate::fast::FastPath {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        upstreams,
+    });
     let front = FrontDoor {
         proxy,
+        fast,
         acceptor,
         registry: registry.clone(),
         metrics: metrics.clone(),
@@ -491,6 +584,7 @@ pub fn run(
         hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
         hello_max: cfg.limits.client_hello_max_bytes as usize,
         idle_timeout: settings.idle_timeout,
+        request_timeout: settings.request_timeout,
         connect_timeout: settings.connect_timeout,
         connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
         per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
@@ -499,7 +593,12 @@ pub fn run(
         on_demand,
     };
     let mut https = Service::new("teegate https".to_string(), front);
-    https.add_tcp(&https_addr.to_string());
+    // No L4 buffers: TLS reads whole records itself and writes them out whole, and an
+    // idle connection should hold no 64 KiB read buffer.
+    https.add_listener(
+        pingora_core::listeners::ListenerConfig::tcp(https_addr.to_string())
+            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::unbuffered()),
+    );
     https.threads = Some(usize::from(cfg.workers));
     server.add_service(https);
 
@@ -541,6 +640,7 @@ pub fn run(
         store: store.clone(),
         etcd: etcd.clone(),
         metrics: metrics.clone(),
+        sealing: sealed.clone(),
     });
     let admin_handler: Handler =
         Arc::new(move |req, peer| Box::pin(admin.clone().handle(req, peer)));
@@ -597,6 +697,10 @@ pub fn run(
             }),
         ));
     }
+    server.add_service(GenBackgroundService::new(
+        "teegate gateway evidence".into(),
+        Arc::new(EvidenceService(evidence)),
+    ));
     server.add_service(GenBackgroundService::new(
         "teegate lease reaper".into(),
         Arc::new(LeaseReaper {

@@ -687,13 +687,16 @@ pub async fn boot(cfg: &SidecarConfig) -> Result<Running, BootError> {
         instance_cert_pem: cert_pem.clone(),
     });
     let dstack_socket = guest_api::bind(&cfg.dstack_socket_path).map_err(|e| s(e.to_string()))?;
-    let dstack = Arc::new(DstackState {
-        guest: state.clone(),
-        app_name: loaded.compose.name.clone(),
-        app_compose: String::from_utf8_lossy(&loaded.bytes).into_owned(),
-        key_provider_info: String::from_utf8_lossy(&key_provider_info).into_owned(),
-        k256,
-    });
+    let dstack = Arc::new(
+        DstackState::new(
+            state.clone(),
+            loaded.compose.name.clone(),
+            String::from_utf8_lossy(&loaded.bytes).into_owned(),
+            String::from_utf8_lossy(&key_provider_info).into_owned(),
+            k256,
+        )
+        .map_err(&s)?,
+    );
     tokio::spawn(guest_api::serve(socket, state, stopped.clone()));
     tokio::spawn(dstack_api::serve(dstack_socket, dstack, stopped.clone()));
     tracing::info!(front = %front_addr, socket = %cfg.socket_path.display(), dstack_socket = %cfg.dstack_socket_path.display(), "serving");

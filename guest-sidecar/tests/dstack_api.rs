@@ -51,13 +51,16 @@ async fn start(with_kms: bool) -> Api {
             .then(|| Arc::new(CertAuthority::generate("test app CA", Some(0)).unwrap())),
         instance_cert_pem: Arc::new(std::sync::RwLock::new(String::new())),
     });
-    let state = Arc::new(DstackState {
-        guest,
-        app_name: "sdk-app".into(),
-        app_compose: String::from_utf8(compose.to_vec()).unwrap(),
-        key_provider_info: r#"{"id":"","name":"kms"}"#.into(),
-        k256: with_kms.then_some(k256),
-    });
+    let state = Arc::new(
+        DstackState::new(
+            guest,
+            "sdk-app".into(),
+            String::from_utf8(compose.to_vec()).unwrap(),
+            r#"{"id":"","name":"kms"}"#.into(),
+            with_kms.then_some(k256),
+        )
+        .unwrap(),
+    );
     let listener = guest_api::bind(&path).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(dstack_api::serve(listener, state, stopped));
@@ -295,6 +298,125 @@ async fn without_a_kms_key_methods_answer_503() {
     }
     assert_eq!(
         call(&api, "POST", "/GetQuote", r#"{"report_data":"01"}"#)
+            .await
+            .0,
+        200
+    );
+}
+
+/// Hex of the bytes of `v`'s string field, decoded.
+fn unhex_field(v: &serde_json::Value, field: &str) -> Vec<u8> {
+    hex::decode(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {v}")),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn info_reports_dstacks_platform_values() {
+    use sha2::{Digest, Sha256};
+    let api = start(true).await;
+    let (s, info) = call(&api, "POST", "/Info", "{}").await;
+    assert_eq!(s, 200, "{info}");
+    let (_, q) = call(&api, "POST", "/GetQuote", r#"{"report_data":""}"#).await;
+    let quote = ratls::Quote::parse(&unhex_field(&q, "quote")).unwrap();
+    let r = quote.rtmrs();
+    let mut os = Sha256::new();
+    os.update(quote.mrtd().0);
+    for m in &r[..3] {
+        os.update(m.0);
+    }
+    let mut agg = Sha256::new();
+    agg.update(quote.mrtd().0);
+    for m in &r {
+        agg.update(m.0);
+    }
+    assert_eq!(info["os_image_hash"], hex::encode(os.finalize()));
+    assert_eq!(info["mr_aggregated"], hex::encode(agg.finalize()));
+    let leaf = quote.pck_chain().unwrap().remove(0);
+    let ppid = dcap_qvl::intel::parse_pck_extension(&leaf).unwrap().ppid;
+    assert_eq!(info["device_id"], hex::encode(Sha256::digest(&ppid)));
+    let tcb: serde_json::Value = serde_json::from_str(info["tcb_info"].as_str().unwrap()).unwrap();
+    for f in ["os_image_hash", "mr_aggregated", "device_id"] {
+        assert_eq!(tcb[f], info[f], "tcb_info.{f}");
+    }
+    let vm: serde_json::Value = serde_json::from_str(info["vm_config"].as_str().unwrap()).unwrap();
+    assert_eq!(vm["os_image_hash"], info["os_image_hash"]);
+    assert_eq!(q["vm_config"], info["vm_config"]);
+}
+
+#[tokio::test]
+async fn attest_answers_dstacks_scale_attestation() {
+    let api = start(true).await;
+    let (s, a) = call(&api, "POST", "/Attest", r#"{"report_data":"0a0b"}"#).await;
+    assert_eq!(s, 200, "{a}");
+    let bytes = unhex_field(&a, "attestation");
+    // VersionedAttestation::V0, AttestationQuote::DstackTdx, then the quote (compact length).
+    assert_eq!(&bytes[..2], &[0, 0]);
+    let len = usize::from(u16::from_le_bytes([bytes[2], bytes[3]]) >> 2);
+    assert_eq!(bytes[2] & 0b11, 1, "two-byte compact length");
+    let quote = ratls::Quote::parse(&bytes[4..4 + len]).unwrap();
+    let mut want = [0u8; 64];
+    want[..2].copy_from_slice(&[0x0a, 0x0b]);
+    assert_eq!(quote.report_data().0, want);
+    // The report data is written once more near the end, before the vm_config string.
+    let (_, info) = call(&api, "POST", "/Info", "{}").await;
+    let config = info["vm_config"].as_str().unwrap().as_bytes();
+    assert!(bytes.ends_with(config));
+    let rd_at = bytes.len() - config.len() - 2 - 64;
+    assert_eq!(&bytes[rd_at..rd_at + 64], &want[..]);
+}
+
+#[tokio::test]
+async fn get_tls_key_honours_a_future_not_before_within_bounds() {
+    let api = start(true).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (nb, na) = (now + 7 * 86_400, now + 14 * 86_400);
+    let (s, r) = call(
+        &api,
+        "POST",
+        "/GetTlsKey",
+        format!(r#"{{"subject":"later.test","not_before":{nb},"not_after":{na}}}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let leaf = pem::parse(r["certificate_chain"][0].as_str().unwrap()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.contents()).unwrap();
+    let v = cert.validity();
+    assert_eq!(v.not_before.timestamp(), nb as i64);
+    assert_eq!(v.not_after.timestamp(), na as i64);
+    // Past the bound, refused naming the field; the API keeps serving.
+    let (s, e) = call(
+        &api,
+        "POST",
+        "/GetTlsKey",
+        format!(
+            r#"{{"subject":"later.test","not_before":{}}}"#,
+            now + 91 * 86_400
+        ),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("not_before"), "{e}");
+    let (s, e) = call(
+        &api,
+        "POST",
+        "/GetTlsKey",
+        format!(r#"{{"subject":"later.test","not_before":{na},"not_after":{nb}}}"#),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["error"]
+        .as_str()
+        .unwrap()
+        .contains("earlier than not_after"));
+    assert_eq!(
+        call(&api, "POST", "/GetTlsKey", r#"{"subject":"now.test"}"#)
             .await
             .0,
         200

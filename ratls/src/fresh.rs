@@ -10,7 +10,7 @@
 //! extension. The server answers with a short-lived certificate whose claims buffer holds
 //! the nonce; the client checks it at step `freshness`, right after `key-binding`.
 
-use crate::cert::evidence::ClaimsBuffer;
+use crate::cert::evidence;
 use crate::error::{Reason, Step, VerifyError};
 
 /// Prefix of the ALPN protocol id that asks for a fresh quote.
@@ -72,8 +72,12 @@ pub fn random_nonce() -> Result<[u8; MAX_NONCE_LEN], rustls::Error> {
 /// only after `key-binding` held, so the nonce is the one the quote covers.
 pub fn check_freshness(claims_buffer: &[u8], expected: &[u8]) -> Result<(), VerifyError> {
     let fail = |r: Reason| VerifyError::new(Step::Freshness, r);
-    let cb = ClaimsBuffer::parse(claims_buffer).map_err(|e| fail(Reason::Evidence(e.0)))?;
-    match cb.nonce {
+    // Only the nonce is read: evidence that binds several keys (the gateway's) has no
+    // single `pubkey-hash`.
+    let nonce = evidence::claims_entries(claims_buffer)
+        .and_then(|entries| evidence::nonce_of(&entries))
+        .map_err(|e| fail(Reason::Evidence(e.0)))?;
+    match nonce {
         None => Err(fail(Reason::NoNonce {
             expected: hex::encode(expected),
         })),

@@ -129,9 +129,10 @@ pub struct ReplayRow {
     pub rtmr3_after: Measurement,
 }
 
-/// Every step of one certificate's verification.
+/// Every step of one verification: of a certificate (the default verdict type), or of
+/// other evidence judged by the same steps (the gateway's, [`crate::gateway_evidence`]).
 #[derive(Debug, Clone, Serialize)]
-pub struct Inspection {
+pub struct Inspection<V = VerifiedAttestation> {
     pub fingerprint: Option<Fingerprint>,
     pub certificate: Option<CertFacts>,
     pub claims: Option<ClaimFacts>,
@@ -145,7 +146,7 @@ pub struct Inspection {
     pub replayed_rtmr3: Option<Measurement>,
     pub checks: Vec<Check>,
     #[serde(skip)]
-    pub(crate) verdict: Result<VerifiedAttestation, VerifyError>,
+    pub(crate) verdict: Result<V, VerifyError>,
 }
 
 /// The order and titles of the steps, as shown.
@@ -180,7 +181,7 @@ pub(crate) const STEPS: [(Step, &str); 7] = [
     ),
 ];
 
-impl Inspection {
+impl<V> Inspection<V> {
     pub(crate) fn new() -> Self {
         Self {
             fingerprint: None,
@@ -217,6 +218,13 @@ impl Inspection {
             if !matches!(c.outcome, Outcome::Failed { .. }) {
                 c.outcome = outcome;
             }
+        }
+    }
+
+    /// Renames a step for evidence that is not a certificate (the gateway's).
+    pub(crate) fn retitle(&mut self, step: Step, title: &'static str) {
+        if let Some(c) = self.checks.iter_mut().find(|c| c.step == step) {
+            c.title = title;
         }
     }
 
@@ -259,11 +267,11 @@ impl Inspection {
     }
 
     /// The verdict `verify` gives for the same certificate at the same time.
-    pub fn verdict(&self) -> Result<&VerifiedAttestation, &VerifyError> {
+    pub fn verdict(&self) -> Result<&V, &VerifyError> {
         self.verdict.as_ref()
     }
 
-    pub fn into_verdict(self) -> Result<VerifiedAttestation, VerifyError> {
+    pub fn into_verdict(self) -> Result<V, VerifyError> {
         self.verdict
     }
 

@@ -13,6 +13,11 @@
 //!           ─▶ VerifiedAttestation ─▶ VerifiedCache
 //!                                                  ▲
 //!  rustls handshake ─▶ tls::RaTls{Server,Client}Verifier (chain checks, then the above)
+//!
+//!  gateway_evidence (quote + claims buffer listing the gateway's keys + event log)
+//!           ─▶ the same steps after parse ─▶ VerifiedGateway ─▶ key binding of a received cert
+//!  site: TLS to <app>.<base> (web PKI) ─▶ evidence ─▶ VerifiedGateway ─▶ app page
+//!           ─▶ each instance certificate through the steps above
 //! ```
 //!
 //! Simulated quotes (from [`sim`], a deterministic mock of Intel's PKI) go through the
@@ -28,6 +33,7 @@ pub mod collateral;
 pub mod error;
 pub mod eventlog;
 pub mod fresh;
+pub mod gateway_evidence;
 mod hexser;
 pub mod inspect;
 pub mod pins;
@@ -36,6 +42,7 @@ pub mod provider;
 pub mod quote;
 pub mod quote_verify;
 pub mod sim;
+pub mod site;
 pub mod tcb;
 pub mod tls;
 pub mod types;
@@ -44,10 +51,11 @@ pub mod verifier;
 pub use authorise::AppAuthority;
 pub use cache::{CachingVerifier, VerifiedCache};
 pub use error::{Reason, Step, VerifyError};
+pub use gateway_evidence::{GatewayError, GatewayStep, VerifiedGateway};
 pub use inspect::{Inspection, Outcome};
 pub use policy::{Allowlist, Policy};
 pub use quote::Quote;
 pub use quote_verify::{QuoteVerifier, VerifiedQuote};
 pub use tcb::{TcbPolicy, TcbStatus};
-pub use types::{AppId, ComposeHash, Fingerprint, InstanceId, Measurement, ReportData};
+pub use types::{AppId, ComposeHash, Fingerprint, InstanceId, Measurement, ReportData, SpkiHash};
 pub use verifier::{AttestationVerifier, VerifiedAttestation};

@@ -79,21 +79,35 @@ impl Pins {
         }
     }
 
-    /// The check a TLS client runs: chain to the pinned KMS root (or the certificate's own
-    /// chain), then the attestation under these pins.
-    pub fn check(&self) -> Result<RaTlsCheck, rustls::Error> {
+    /// The verifier these pins make: their policy, their collateral, and their KMS root as
+    /// the authority for named app ids (without one only content-addressed app ids are
+    /// believed). It also checks a gateway's evidence
+    /// ([`AttestationVerifier::verify_gateway`]).
+    pub fn verifier(&self) -> AttestationVerifier {
         let collateral = self
             .collateral
             .clone()
             .unwrap_or_else(|| Arc::new(SourceChain::new()));
-        // A pinned KMS root is also the authority for named app ids; without one only
-        // content-addressed app ids are believed.
         let authority = match &self.kms_root {
             Some(root) => AppAuthority::kms_roots(vec![root.clone()]),
             None => AppAuthority::content_addressed_only(),
         };
+        let v = AttestationVerifier::new(collateral, self.policy()).with_authority(authority);
+        match &self.nonce {
+            Some(n) => v.expect_nonce(n.clone()),
+            None => v,
+        }
+    }
+
+    /// The check a TLS client runs: chain to the pinned KMS root (or the certificate's own
+    /// chain), then the attestation under these pins.
+    pub fn check(&self) -> Result<RaTlsCheck, rustls::Error> {
         let verifier = Arc::new(CachingVerifier::new(
-            AttestationVerifier::new(collateral, self.policy()).with_authority(authority),
+            Pins {
+                nonce: None,
+                ..self.clone()
+            }
+            .verifier(),
             64,
         ));
         let trust = match &self.kms_root {

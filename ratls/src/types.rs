@@ -117,6 +117,12 @@ hex_type!(
     Fingerprint, 32, "a certificate fingerprint"
 );
 
+hex_type!(
+    /// SHA-256 of a public key's SubjectPublicKeyInfo DER: what the gateway's evidence
+    /// binds for each key it holds.
+    SpkiHash, 32, "an SPKI SHA-256"
+);
+
 impl Measurement {
     pub const ZERO: Measurement = Measurement([0; 48]);
 }
@@ -142,6 +148,20 @@ impl ComposeHash {
 impl Fingerprint {
     pub fn of(der: &[u8]) -> Self {
         Self(Sha256::digest(der).into())
+    }
+}
+
+impl SpkiHash {
+    /// The hash of a SubjectPublicKeyInfo (DER).
+    pub fn of(spki_der: &[u8]) -> Self {
+        Self(Sha256::digest(spki_der).into())
+    }
+
+    /// The hash of a certificate's public key; `None` when the DER is not a certificate.
+    pub fn of_certificate(cert_der: &[u8]) -> Option<Self> {
+        use x509_parser::prelude::FromDer;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
+        Some(Self::of(cert.public_key().raw))
     }
 }
 

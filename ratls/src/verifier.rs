@@ -1,6 +1,9 @@
 //! RA-TLS certificate verification: parse → quote signature and TCB status → key binding
 //! → event-log replay → app authorisation → policy. The result, [`VerifiedAttestation`], can only be made here,
 //! so code that routes traffic cannot be handed an unverified certificate by mistake.
+//! The steps after parsing are shared ([`AttestationVerifier::judge`]) with the gateway's
+//! own evidence ([`crate::gateway_evidence`]), which is a quote and claims without a
+//! certificate: one pipeline, two carriers.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,14 +12,14 @@ use serde::Serialize;
 
 use crate::authorise::{AppAuthority, Authorised};
 use crate::cert::evidence::{self, ClaimsBuffer};
-use crate::cert::{parse_ratls_cert, ParsedRaTlsCert};
+use crate::cert::{parse_ratls_cert, AppClaims, ParsedRaTlsCert};
 use crate::collateral::CollateralSource;
 use crate::error::{Reason, Step, VerifyError};
 use crate::eventlog::{names, EventLog};
 use crate::inspect::{CertFacts, ClaimFacts, Inspection, Outcome, QuoteFacts};
 use crate::policy::{Policy, Subject};
 use crate::quote::Quote;
-use crate::quote_verify::QuoteVerifier;
+use crate::quote_verify::{QuoteVerifier, VerifiedQuote};
 use crate::tcb::TcbStatus;
 use crate::types::{AppId, ComposeHash, Fingerprint, InstanceId, Measurement, ReportData};
 
@@ -190,37 +193,16 @@ impl AttestationVerifier {
     /// order (so `verify` reports exactly what it always did); later steps still run where
     /// their inputs exist, and are marked not checked where they would prove nothing.
     pub fn inspect_chain_at(&self, der: &[u8], issuers: &[&[u8]], now: u64) -> Inspection {
-        let mut ins = Inspection::new();
-        let mut first: Option<VerifyError> = None;
-        let mut fail = |ins: &mut Inspection, e: VerifyError| {
-            ins.set(
-                e.step,
-                Outcome::Failed {
-                    reason: e.reason.to_string(),
-                },
-            );
-            first.get_or_insert(e);
-        };
-        let all_after_parse = [
-            Step::QuoteSignature,
-            Step::TcbStatus,
-            Step::KeyBinding,
-            Step::EventLogReplay,
-            Step::AppAuthorisation,
-            Step::Policy,
-        ];
-
+        let mut run = Run::new(Inspection::new());
         let cert = match parse_ratls_cert(der) {
             Ok(c) => c,
             Err(e) => {
-                fail(&mut ins, e);
-                ins.not_checked_from(&all_after_parse, "the certificate did not decode");
-                ins.verdict = Err(first.take().unwrap_or_else(unreachable_parse));
-                return ins;
+                run.fail(e);
+                return run.stop("the certificate did not decode");
             }
         };
-        ins.fingerprint = Some(cert.fingerprint);
-        ins.certificate = Some(CertFacts {
+        run.ins.fingerprint = Some(cert.fingerprint);
+        run.ins.certificate = Some(CertFacts {
             subject: cert.subject.clone(),
             issuer: cert.issuer.clone(),
             self_issued: cert.self_issued,
@@ -228,31 +210,17 @@ impl AttestationVerifier {
             not_after: cert.not_after,
             dns_names: cert.dns_names.clone(),
         });
-        ins.claims = Some(ClaimFacts::from(&cert.claims));
-        ins.replay_from(&cert.claims);
-        ins.expected_report_data = Some(evidence::report_data_for(&cert.claims_buffer));
-
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
         if now_i < cert.not_before || now_i > cert.not_after {
-            fail(
-                &mut ins,
-                VerifyError::parse(Reason::Certificate(format!(
-                    "not valid at {now}: valid from {} to {}",
-                    cert.not_before, cert.not_after
-                ))),
-            );
+            run.fail(VerifyError::parse(Reason::Certificate(format!(
+                "not valid at {now}: valid from {} to {}",
+                cert.not_before, cert.not_after
+            ))));
         }
-        let quote = match Quote::parse(&cert.quote) {
-            Ok(q) => q,
-            Err(e) => {
-                fail(&mut ins, VerifyError::parse(Reason::Quote(e.to_string())));
-                ins.not_checked_from(&all_after_parse, "the quote did not decode");
-                ins.verdict = Err(first.take().unwrap_or_else(unreachable_parse));
-                return ins;
-            }
+        let Some(quote) = run.evidence(&cert.quote, &cert.claims_buffer, &cert.claims) else {
+            return run.stop("the quote did not decode");
         };
-        ins.quote = Some(QuoteFacts::from(&quote));
-        ins.set(
+        run.ins.set(
             Step::Parse,
             Outcome::Verified {
                 detail: format!(
@@ -261,24 +229,68 @@ impl AttestationVerifier {
                 ),
             },
         );
+        let judged = self.judge(
+            &mut run,
+            &Evidence {
+                quote: &quote,
+                claims_buffer: &cert.claims_buffer,
+                claims: &cert.claims,
+            },
+            |quote| check_key_binding(&cert, quote).map(|()| evidence::key_binding_text()),
+            || self.check_authorisation(&cert, der, issuers, now_i),
+            now,
+        );
+        run.finish(judged, |verified, authorised| {
+            let not_after = u64::try_from(cert.not_after).unwrap_or(0);
+            VerifiedAttestation {
+                fingerprint: cert.fingerprint,
+                app_id: cert.claims.app_id,
+                compose_hash: cert.claims.compose_hash,
+                instance_id: cert.claims.instance_id,
+                mrtd: verified.quote.mrtd(),
+                rtmrs: verified.quote.rtmrs(),
+                report_data: verified.quote.report_data(),
+                tcb_status: verified.tcb_status,
+                advisory_ids: verified.advisory_ids,
+                simulated: verified.simulated,
+                event_log: cert.claims.event_log,
+                authorised,
+                dns_names: cert.dns_names,
+                not_after: cert.not_after,
+                valid_until: not_after.min(verified.collateral_expires),
+            }
+        })
+    }
 
-        let verified = match self.quotes.verify(quote.clone(), None, now) {
+    /// The steps every kind of evidence shares, after it decoded: quote signature and TCB
+    /// status, key binding (`bind`, which says what it verified), freshness, event-log
+    /// replay against the claims, app authorisation (`authorise`) and policy. Returns what
+    /// they established only when none failed.
+    pub(crate) fn judge<V>(
+        &self,
+        run: &mut Run<V>,
+        ev: &Evidence<'_>,
+        bind: impl FnOnce(&Quote) -> Result<String, VerifyError>,
+        authorise: impl FnOnce() -> Result<Authorised, VerifyError>,
+        now: u64,
+    ) -> Option<(VerifiedQuote, Authorised)> {
+        let verified = match self.quotes.verify(ev.quote.clone(), None, now) {
             Ok(v) => {
-                ins.simulated = Some(v.simulated);
-                ins.tcb_status = Some(v.tcb_status);
-                ins.advisory_ids = v.advisory_ids.clone();
+                run.ins.simulated = Some(v.simulated);
+                run.ins.tcb_status = Some(v.tcb_status);
+                run.ins.advisory_ids = v.advisory_ids.clone();
                 let anchor = if v.simulated {
                     "SIMULATED: signed by teegate's simulated TDX PKI, accepted because allow_simulated is set"
                 } else {
                     "signed by a PCK chain to Intel's SGX root CA"
                 };
-                ins.set(
+                run.ins.set(
                     Step::QuoteSignature,
                     Outcome::Verified {
                         detail: anchor.into(),
                     },
                 );
-                ins.set(
+                run.ins.set(
                     Step::TcbStatus,
                     Outcome::Verified {
                         detail: format!("TCB status {}", v.tcb_status),
@@ -288,89 +300,73 @@ impl AttestationVerifier {
             }
             Err(e) => {
                 if let Reason::TcbNotAllowed { status, .. } = &e.reason {
-                    ins.tcb_status = Some(*status);
+                    run.ins.tcb_status = Some(*status);
                 }
                 if e.step == Step::TcbStatus {
-                    ins.set(
+                    run.ins.set(
                         Step::QuoteSignature,
                         Outcome::Verified {
                             detail: "the quote's signature chain checked out".into(),
                         },
                     );
                 } else {
-                    ins.set(
+                    run.ins.set(
                         Step::TcbStatus,
                         Outcome::NotChecked {
                             why: "the quote's signature did not verify".into(),
                         },
                     );
                 }
-                fail(&mut ins, e);
+                run.fail(e);
                 None
             }
         };
         let untrusted = "the quote is not trusted, so what it says proves nothing";
-
-        match check_key_binding(&cert, &quote) {
-            Ok(()) if verified.is_some() => ins.set(
-                Step::KeyBinding,
-                Outcome::Verified {
-                    detail: evidence::key_binding_text(),
-                },
-            ),
-            Ok(()) => ins.set(
-                Step::KeyBinding,
+        let trusted = verified.is_some();
+        let judge = |run: &mut Run<V>, step: Step, r: Result<String, VerifyError>| match r {
+            Ok(detail) if trusted => run.ins.set(step, Outcome::Verified { detail }),
+            Ok(_) => run.ins.set(
+                step,
                 Outcome::NotChecked {
                     why: untrusted.into(),
                 },
             ),
-            Err(e) => fail(&mut ins, e),
-        }
+            Err(e) => run.fail(e),
+        };
+
+        judge(run, Step::KeyBinding, bind(ev.quote));
         if let Some(nonce) = &self.expected_nonce {
-            ins.add_freshness();
-            match crate::fresh::check_freshness(&cert.claims_buffer, nonce) {
-                Ok(()) => ins.set(
-                    Step::Freshness,
-                    Outcome::Verified {
-                        detail: format!(
-                            "the claims buffer carries this client's nonce {}",
-                            hex::encode(nonce)
-                        ),
-                    },
-                ),
-                Err(e) => fail(&mut ins, e),
-            }
+            run.ins.add_freshness();
+            let fresh = crate::fresh::check_freshness(ev.claims_buffer, nonce).map(|()| {
+                format!(
+                    "the claims buffer carries this client's nonce {}",
+                    hex::encode(nonce)
+                )
+            });
+            // Freshness says nothing unless the quote binds the buffer: judged like the rest.
+            judge(run, Step::Freshness, fresh);
         }
         let simulated = verified.as_ref().map(|v| v.simulated);
-        match check_claims(&cert, &quote, simulated) {
-            Ok(()) if verified.is_some() => ins.set(
-                Step::EventLogReplay,
-                Outcome::Verified {
-                    detail: format!(
-                        "{} events replay to the quoted RTMR3; compose-hash, app-id and instance-id match the claims",
-                        cert.claims.event_log.len()
-                    ),
-                },
-            ),
-            Ok(()) => ins.set(
-                Step::EventLogReplay,
-                Outcome::NotChecked { why: untrusted.into() },
-            ),
-            Err(e) => fail(&mut ins, e),
-        }
+        let replay = check_claims(ev.claims, ev.quote, simulated).map(|()| {
+            format!(
+                "{} events replay to the quoted RTMR3; compose-hash, app-id and instance-id match the claims",
+                ev.claims.event_log.len()
+            )
+        });
+        judge(run, Step::EventLogReplay, replay);
 
-        let authorised = match self.check_authorisation(&cert, der, issuers, now_i) {
-            Ok(a) if verified.is_some() => {
-                ins.set(
+        let authorised = match authorise() {
+            Ok(a) if trusted => {
+                run.ins.set(
                     Step::AppAuthorisation,
                     Outcome::Verified {
-                        detail: a.describe(&cert.claims.app_id),
+                        detail: a.describe(&ev.claims.app_id),
                     },
                 );
                 Some(a)
             }
             Ok(_) => {
-                ins.set(
+                run.ins.set(
                     Step::AppAuthorisation,
                     Outcome::NotChecked {
                         why: untrusted.into(),
@@ -379,54 +375,32 @@ impl AttestationVerifier {
                 None
             }
             Err(e) => {
-                fail(&mut ins, e);
+                run.fail(e);
                 None
             }
         };
 
-        let rtmrs = quote.rtmrs();
-        let mrtd = quote.mrtd();
+        let rtmrs = ev.quote.rtmrs();
+        let mrtd = ev.quote.mrtd();
         match self.policy.check(&Subject {
             mrtd: &mrtd,
             rtmrs: &rtmrs,
-            compose_hash: &cert.claims.compose_hash,
-            app_id: &cert.claims.app_id,
-            event_log: &cert.claims.event_log,
+            compose_hash: &ev.claims.compose_hash,
+            app_id: &ev.claims.app_id,
+            event_log: &ev.claims.event_log,
         }) {
-            Ok(()) => ins.set(
+            Ok(()) => run.ins.set(
                 Step::Policy,
                 Outcome::Verified {
                     detail: "allowed by this verifier's policy".into(),
                 },
             ),
-            Err(e) => fail(&mut ins, e),
+            Err(e) => run.fail(e),
         }
-
-        ins.verdict = match (first, verified, authorised) {
-            (Some(e), _, _) => Err(e),
-            (None, Some(verified), Some(authorised)) => {
-                let not_after = u64::try_from(cert.not_after).unwrap_or(0);
-                Ok(VerifiedAttestation {
-                    fingerprint: cert.fingerprint,
-                    app_id: cert.claims.app_id,
-                    compose_hash: cert.claims.compose_hash,
-                    instance_id: cert.claims.instance_id,
-                    mrtd,
-                    rtmrs,
-                    report_data: verified.quote.report_data(),
-                    tcb_status: verified.tcb_status,
-                    advisory_ids: verified.advisory_ids,
-                    simulated: verified.simulated,
-                    event_log: cert.claims.event_log,
-                    authorised,
-                    dns_names: cert.dns_names,
-                    not_after: cert.not_after,
-                    valid_until: not_after.min(verified.collateral_expires),
-                })
-            }
-            (None, _, _) => Err(unreachable_parse()),
-        };
-        ins
+        match (&run.first, verified, authorised) {
+            (None, Some(v), Some(a)) => Some((v, a)),
+            _ => None,
+        }
     }
 
     fn check_authorisation(
@@ -449,6 +423,91 @@ impl AttestationVerifier {
     }
 }
 
+/// The evidence the shared steps judge, whatever carried it (a certificate, or the
+/// gateway's published evidence).
+pub(crate) struct Evidence<'a> {
+    pub quote: &'a Quote,
+    pub claims_buffer: &'a [u8],
+    pub claims: &'a AppClaims,
+}
+
+/// One verification in progress: the inspection being filled in and its first failure.
+pub(crate) struct Run<V> {
+    pub ins: Inspection<V>,
+    first: Option<VerifyError>,
+}
+
+impl<V> Run<V> {
+    pub fn new(ins: Inspection<V>) -> Self {
+        Self { ins, first: None }
+    }
+
+    /// Marks the failed step; the first failure in step order becomes the verdict.
+    pub fn fail(&mut self, e: VerifyError) {
+        self.ins.set(
+            e.step,
+            Outcome::Failed {
+                reason: e.reason.to_string(),
+            },
+        );
+        self.first.get_or_insert(e);
+    }
+
+    /// Records the claims and the replay for display, and decodes the quote (a `parse`
+    /// failure when it does not).
+    pub fn evidence(
+        &mut self,
+        quote: &[u8],
+        claims_buffer: &[u8],
+        claims: &AppClaims,
+    ) -> Option<Quote> {
+        self.ins.claims = Some(ClaimFacts::from(claims));
+        self.ins.replay_from(claims);
+        self.ins.expected_report_data = Some(evidence::report_data_for(claims_buffer));
+        match Quote::parse(quote) {
+            Ok(q) => {
+                self.ins.quote = Some(QuoteFacts::from(&q));
+                Some(q)
+            }
+            Err(e) => {
+                self.fail(VerifyError::parse(Reason::Quote(e.to_string())));
+                None
+            }
+        }
+    }
+
+    /// Ends a verification that could not get past decoding.
+    pub fn stop(mut self, why: &str) -> Inspection<V> {
+        self.ins.not_checked_from(
+            &[
+                Step::QuoteSignature,
+                Step::TcbStatus,
+                Step::KeyBinding,
+                Step::EventLogReplay,
+                Step::AppAuthorisation,
+                Step::Policy,
+            ],
+            why,
+        );
+        self.ins.verdict = Err(self.first.take().unwrap_or_else(unreachable_parse));
+        self.ins
+    }
+
+    /// Sets the verdict: the first failure, or `make` of what the steps established.
+    pub fn finish(
+        mut self,
+        judged: Option<(VerifiedQuote, Authorised)>,
+        make: impl FnOnce(VerifiedQuote, Authorised) -> V,
+    ) -> Inspection<V> {
+        self.ins.verdict = match (self.first.take(), judged) {
+            (Some(e), _) => Err(e),
+            (None, Some((v, a))) => Ok(make(v, a)),
+            (None, None) => Err(unreachable_parse()),
+        };
+        self.ins
+    }
+}
+
 /// Only reachable if a step failed without saying so; kept as an error, never a panic.
 fn unreachable_parse() -> VerifyError {
     VerifyError::new(
@@ -468,22 +527,29 @@ fn check_key_binding(cert: &ParsedRaTlsCert, quote: &Quote) -> Result<(), Verify
             found: hex::encode(&claims.pubkey_hash),
         }));
     }
-    let expected_rd = evidence::report_data_for(&cert.claims_buffer);
+    check_report_data(&cert.claims_buffer, quote)
+}
+
+/// The quote's report data is the hash of this claims buffer (step `key-binding`).
+pub(crate) fn check_report_data(claims_buffer: &[u8], quote: &Quote) -> Result<(), VerifyError> {
+    let expected_rd = evidence::report_data_for(claims_buffer);
     if expected_rd != quote.report_data() {
-        return Err(fail(Reason::ReportDataMismatch {
-            expected: expected_rd.to_hex(),
-            found: quote.report_data().to_hex(),
-        }));
+        return Err(VerifyError::new(
+            Step::KeyBinding,
+            Reason::ReportDataMismatch {
+                expected: expected_rd.to_hex(),
+                found: quote.report_data().to_hex(),
+            },
+        ));
     }
     Ok(())
 }
 
 fn check_claims(
-    cert: &ParsedRaTlsCert,
+    claims: &AppClaims,
     quote: &Quote,
     simulated: Option<bool>,
 ) -> Result<(), VerifyError> {
-    let claims = &cert.claims;
     if let Some(actual) = simulated {
         if claims.simulated != actual {
             return Err(VerifyError::new(

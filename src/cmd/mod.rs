@@ -8,3 +8,4 @@ pub mod ratls;
 pub mod sidecar;
 mod verifier;
 pub mod verify;
+mod verify_site;

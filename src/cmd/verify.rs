@@ -1,6 +1,9 @@
 //! `teegate verify <https-url | cert.pem>`: fetch (or read) an RA-TLS certificate, verify
 //! it with ratls under the given pins, print what it attests and which pins held; exit 1
-//! on any failure, naming the pin or step.
+//! on any failure, naming the pin or step. A URL the gateway terminates
+//! (`https://<app-id>.<base>/`) is checked through the gateway's evidence instead
+//! (`verify_site.rs`); passthrough names (`…s.<base>`) and direct addresses present the
+//! instance's own RA-TLS certificate and are checked here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +61,8 @@ pub struct Args {
     pub nonce: Option<String>,
     #[command(flatten)]
     pub collateral: CollateralArgs,
+    #[command(flatten)]
+    pub gateway: super::verify_site::GatewayArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +81,9 @@ struct PinFile {
     /// Service → `sha256:<64 hex>`.
     #[serde(default)]
     images: std::collections::BTreeMap<String, String>,
+    /// What a terminating gateway must attest (`[gateway]`).
+    #[serde(default)]
+    gateway: super::verify_site::GatewayPinFile,
 }
 
 /// Records the chain the server presented, then lets the RA-TLS verifier judge it.
@@ -119,7 +127,7 @@ impl ServerCertVerifier for Capture {
     }
 }
 
-fn read_root(path: &PathBuf) -> Result<Vec<u8>> {
+pub(super) fn read_root(path: &PathBuf) -> Result<Vec<u8>> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let pems = pem::parse_many(&text).with_context(|| format!("{}: PEM", path.display()))?;
     pems.into_iter()
@@ -128,14 +136,17 @@ fn read_root(path: &PathBuf) -> Result<Vec<u8>> {
         .with_context(|| format!("{} holds no certificate", path.display()))
 }
 
-fn pins(args: &Args) -> Result<Pins> {
-    let file: PinFile = match &args.pin_file {
+fn pin_file(args: &Args) -> Result<PinFile> {
+    Ok(match &args.pin_file {
         Some(p) => toml::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         )
         .with_context(|| format!("{}", p.display()))?,
         None => PinFile::default(),
-    };
+    })
+}
+
+fn pins(args: &Args, file: &PinFile) -> Result<Pins> {
     let mut rtmr = [file.rtmr0, file.rtmr1, file.rtmr2];
     for r in &args.rtmr {
         let (n, hex) = r
@@ -238,7 +249,14 @@ fn fetch(args: &Args, verifier: Arc<Capture>, fresh: Option<&[u8]>) -> Result<Re
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let pins = pins(&args)?;
+    let file = pin_file(&args)?;
+    let pins = pins(&args, &file)?;
+    if let Some(site) = super::verify_site::terminated(&args.target, &args.gateway)? {
+        if args.fresh || args.nonce.is_some() {
+            bail!("--fresh and --nonce apply to an RA-TLS certificate: use the passthrough name <app-id>s.<base> for a fresh quote");
+        }
+        return super::verify_site::run(&args, site, pins, &file.gateway);
+    }
     let pinned_root = pins.kms_root.is_some();
     let capture = Arc::new(Capture {
         inner: RaTlsServerVerifier(pins.check()?),

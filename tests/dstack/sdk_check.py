@@ -7,6 +7,7 @@ Prints one JSON object (the TLS chain and a quote, for the Rust side to verify a
 and exits 0 when every check held; any failed check raises and exits non-zero.
 """
 
+import hashlib
 import json
 import socket
 import ssl
@@ -16,6 +17,7 @@ import threading
 import time
 
 import httpx
+from cryptography import x509
 from dstack_sdk import DstackClient
 from eth_keys import keys
 from eth_utils import keccak
@@ -23,9 +25,87 @@ from eth_utils import keccak
 SOCK, APP_ID, COMPOSE_HASH, KMS_K256, KMS_ROOT_CA = sys.argv[1:6]
 client = DstackClient(SOCK)
 
-# TDX quote v4: 48-byte header, then the TD report; RTMR3 and report data at these offsets.
-RTMR3 = slice(48 + 472, 48 + 520)
+# TDX quote v4: 48-byte header, then the TD report; measurements at these offsets.
+MRTD = slice(48 + 136, 48 + 184)
+MR_CONFIG = slice(48 + 184, 48 + 328)  # MRCONFIGID, MROWNER, MROWNERCONFIG
+RTMR = [slice(48 + 328 + 48 * i, 48 + 376 + 48 * i) for i in range(4)]
+RTMR3 = RTMR[3]
 REPORT_DATA = slice(48 + 520, 48 + 584)
+RUNTIME_EVENT = 0x08000001
+
+
+def v1_digest(name, payload):
+    """dstack's V1 runtime-event digest."""
+    return hashlib.sha384(RUNTIME_EVENT.to_bytes(4, "little") + b":" + name.encode() + b":" + payload).digest()
+
+
+class Scale:
+    """A SCALE reader for dstack's VersionedAttestation (written apart from teegate's encoder)."""
+
+    def __init__(self, data):
+        self.data, self.at = data, 0
+
+    def take(self, n):
+        check(self.at + n <= len(self.data), "attestation truncated")
+        out = self.data[self.at : self.at + n]
+        self.at += n
+        return out
+
+    def u32(self):
+        return int.from_bytes(self.take(4), "little")
+
+    def compact(self):
+        mode = self.data[self.at] & 3
+        if mode == 3:
+            n = (self.take(1)[0] >> 2) + 4
+            return int.from_bytes(self.take(n), "little")
+        return int.from_bytes(self.take([1, 2, 4][mode]), "little") >> 2
+
+    def bytes(self):
+        return self.take(self.compact())
+
+
+def decode_attestation(data):
+    r = Scale(data)
+    check(r.take(2) == b"\0\0", "VersionedAttestation::V0 of AttestationQuote::DstackTdx")
+    quote = r.bytes()
+    events = [
+        {"imr": r.u32(), "event_type": r.u32(), "digest": r.bytes(), "event": r.bytes().decode(), "payload": r.bytes()}
+        for _ in range(r.compact())
+    ]
+    runtime = [(r.bytes().decode(), r.bytes()) for _ in range(r.compact())]
+    report_data = r.take(64)
+    config = r.bytes().decode()
+    check(r.at == len(data), "trailing bytes after the attestation")
+    return quote, events, runtime, report_data, config
+
+
+def der_items(data):
+    """(tag, value) of each DER item in `data`."""
+    at, out = 0, []
+    while at < len(data):
+        tag, n = data[at], data[at + 1]
+        at += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[at : at + k], "big")
+            at += k
+        out.append((tag, data[at : at + n]))
+        at += n
+    return out
+
+
+def ppid(quote):
+    """The PPID in the Intel SGX extension of the PCK certificate the quote carries."""
+    pem = quote[quote.index(b"-----BEGIN CERTIFICATE-----") :]
+    leaf = x509.load_pem_x509_certificate(pem[: pem.index(b"-----END CERTIFICATE-----") + 25])
+    sgx = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.2.840.113741.1.13.1")).value.value
+    ppid_oid = bytes.fromhex("2a864886f84d010d0101")  # 1.2.840.113741.1.13.1.1
+    for _, entry in der_items(der_items(sgx)[0][1]):
+        (oid_tag, oid), (_, value) = der_items(entry)[:2]
+        if oid == ppid_oid:
+            return value
+    raise AssertionError("no PPID in the PCK certificate")
 
 
 def check(cond, what):
@@ -68,6 +148,22 @@ check(names[:4] == ["compose-hash", "app-id", "instance-id", "key-provider"], f"
 check(bytes.fromhex(events[0].event_payload).hex() == COMPOSE_HASH, "compose-hash payload")
 check(bytes.fromhex(events[1].event_payload).hex() == APP_ID, "app-id payload")
 check(info.tcb_info.rtmr3 == quote[RTMR3].hex(), "Info's RTMR3")
+
+# Info's platform values, as dstack computes them (dstack-attest's decode_app_info).
+mr = [quote[MRTD]] + [quote[s] for s in RTMR]
+extra = [quote[MR_CONFIG]] if any(quote[MR_CONFIG]) else []
+check(info.os_image_hash == hashlib.sha256(b"".join(mr[:4])).hexdigest(), "os_image_hash = SHA-256(MRTD, RTMR0-2)")
+check(info.tcb_info.os_image_hash == info.os_image_hash, "tcb_info.os_image_hash")
+# mr_aggregated moves with RTMR3; recompute it from a quote taken after Info.
+q_now = client.get_quote(b"now")
+now_q = q_now.decode_quote()
+info_now = client.info()
+mr_now = [now_q[MRTD]] + [now_q[s] for s in RTMR]
+check(info_now.mr_aggregated == hashlib.sha256(b"".join(mr_now + extra)).hexdigest(), "mr_aggregated")
+check(info.device_id == hashlib.sha256(ppid(quote)).hexdigest(), "device_id = SHA-256(PPID)")
+check(info.device_id != hashlib.sha256(b"").hexdigest(), "a device id, not the hash of nothing")
+vm = json.loads(info.vm_config)
+check(vm["os_image_hash"] == info.os_image_hash and vm["cpu_count"] > 0, f"vm_config {vm}")
 out["quote"] = q.quote
 out["report_data"] = q.report_data
 
@@ -108,9 +204,20 @@ for alg in ["secp256k1", "ed25519"]:
     check(not client.verify(alg, b"hello dstack!", s.decode_signature(), s.decode_public_key()).valid, f"{alg} wrong data")
     check(len(s.signature_chain) == 3, "sign chain")
 
-# Attest: an attestation over the report data.
-att = json.loads(client.attest(b"attest-me").decode_attestation())
-check(bytes.fromhex(att["quote"])[REPORT_DATA] == b"attest-me".ljust(64, b"\0"), "attest report data")
+# Attest: dstack's VersionedAttestation (SCALE), decoded here: the quote over the report
+# data, an event log whose runtime events replay to the quote's RTMR3, the report data, and
+# the vm_config Info reports.
+att_quote, att_events, att_runtime, att_rd, att_config = decode_attestation(client.attest(b"attest-me").decode_attestation())
+check(att_quote[REPORT_DATA] == b"attest-me".ljust(64, b"\0"), "attest quote report data")
+check(att_rd == b"attest-me".ljust(64, b"\0"), "attest report_data field")
+mr3 = bytes(48)
+for e, (name, payload) in zip(att_events, att_runtime):
+    check((e["imr"], e["event_type"], e["event"], e["payload"]) == (3, RUNTIME_EVENT, name, payload), f"event {e['event']}")
+    check(e["digest"] == v1_digest(name, payload), f"digest of {name}")
+    mr3 = hashlib.sha384(mr3 + e["digest"]).digest()
+check(len(att_events) == len(att_runtime) and mr3 == att_quote[RTMR3], "attestation events replay to the quoted RTMR3")
+check([n for n, _ in att_runtime][:2] == ["compose-hash", "app-id"], "boot events in the attestation")
+check(json.loads(att_config)["os_image_hash"] == info.os_image_hash, "attestation config is Info's vm_config")
 
 # GetTlsKey: the key and chain (ending at the app CA) complete a TLS handshake whose client
 # trusts only the KMS root CA.
@@ -148,6 +255,19 @@ with tempfile.NamedTemporaryFile("w", suffix=".pem") as chain_file, tempfile.Nam
     t.join()
     listener.close()
 out["tls_chain"] = tls.certificate_chain
+
+# A not_before in the future: the certificate is valid from then, as in dstack; past the
+# bound (90 days) it is refused with a 400 naming the field.
+later = int(time.time()) + 7 * 86400
+tls_later = client.get_tls_key(subject="later.teegate.test", not_before=later, not_after=later + 3600)
+leaf = x509.load_pem_x509_certificate(tls_later.certificate_chain[0].encode())
+check(int(leaf.not_valid_before_utc.timestamp()) == later, f"not_before {leaf.not_valid_before_utc}")
+check(int(leaf.not_valid_after_utc.timestamp()) == later + 3600, "not_after")
+try:
+    client.get_tls_key(subject="x.teegate.test", not_before=int(time.time()) + 91 * 86400)
+    raise AssertionError("a not_before 91 days ahead was accepted")
+except httpx.HTTPStatusError as e:
+    check(e.response.status_code == 400 and "not_before" in e.response.text, e.response.text)
 out["tls_key_der_len"] = len(tls.as_uint8array())
 
 # EmitEvent: an app event extends RTMR3 (the replay still matches); boot names are refused.

@@ -272,6 +272,8 @@ pub struct ReplicaSet {
     /// TOML placed in every replica's config (a `[tls]` table replaces the test CA's).
     pub extra: String,
     pub ca: Option<TestCa>,
+    /// The sealing key file every (unattested) replica of the set reads.
+    pub seal_key_file: PathBuf,
 }
 
 impl ReplicaSet {
@@ -282,6 +284,7 @@ impl ReplicaSet {
             etcd_endpoints: etcd.endpoints_toml(),
             extra: extra.to_string(),
             ca,
+            seal_key_file: dir.join("replicas-seal.key"),
         }
     }
 
@@ -315,8 +318,14 @@ impl ReplicaSet {
             .min()
             .unwrap_or(self.extra.len());
         let (top, tables) = self.extra.split_at(split);
+        // Unattested replicas of one store share one sealing key file, as operators must.
+        let seal = if self.extra.contains("[attestation]") || self.extra.contains("seal_key_file") {
+            String::new()
+        } else {
+            format!("seal_key_file = \"{}\"\n", self.seal_key_file.display())
+        };
         let extra = format!(
-            "advertise_addrs = [\"{ip}\"]\n{top}\n{tls}{tables}\n[store.etcd]\nendpoints = {endpoints}\nprefix = \"/teegate-test\"\n"
+            "advertise_addrs = [\"{ip}\"]\n{seal}{top}\n{tls}{tables}\n[store.etcd]\nendpoints = {endpoints}\nprefix = \"/teegate-test\"\n"
         );
         let path = super::gateway_config(dir, ports, &extra);
         let text = std::fs::read_to_string(&path).unwrap().replace(
@@ -449,7 +458,12 @@ pub async fn dns_a(server: SocketAddr, name: &str) -> Vec<IpAddr> {
     let mut q = Message::query();
     q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     q.metadata.id = rand_id();
-    let Ok(sock) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+    let local = if server.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(local).await else {
         return vec![];
     };
     if sock.send_to(&q.to_vec().unwrap(), server).await.is_err() {

@@ -467,6 +467,18 @@ pub async fn register_with(
     key: rustls::pki_types::PrivateKeyDer<'static>,
     body: &serde_json::Value,
 ) -> (u16, String) {
+    let at = SocketAddr::from(([127, 0, 0, 1], gw_reg_port));
+    register_with_at(at, dev_ca_pem, chain, key, body).await
+}
+
+/// As [`register_with`], at the registration listener `gw_reg`.
+pub async fn register_with_at(
+    gw_reg: SocketAddr,
+    dev_ca_pem: &str,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    body: &serde_json::Value,
+) -> (u16, String) {
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -474,9 +486,7 @@ pub async fn register_with(
         .with_client_auth_cert(chain, key)
         .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(("127.0.0.1", gw_reg_port))
-        .await
-        .unwrap();
+    let tcp = TcpStream::connect(gw_reg).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from(format!("gateway.{BASE}")).unwrap();
     let mut tls = match connector.connect(name, tcp).await {
         Ok(t) => t,
@@ -537,7 +547,23 @@ pub fn register_body(front: SocketAddr, ports: &[u16]) -> serde_json::Value {
 
 /// Plain HTTP on loopback (admin listener); returns (status, body).
 pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    http_get_at(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        token,
+        method,
+    )
+    .await
+}
+
+/// As [`http_get`], at `addr`.
+pub async fn http_get_at(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    method: &str,
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -757,15 +783,20 @@ pub async fn start_test_dns(
     });
     (addr, seen)
 }
+pub mod cvm;
 pub mod etcd;
 pub mod hostile;
+pub mod lab;
+pub mod lab_client;
+pub mod lab_hosts;
+pub mod lab_image;
 
 /// Certificates for `names` (custom domains), issued by the development CA in the gateway
 /// data dir `dir` and put in its embedded store, so a gateway started there serves them.
 pub async fn store_dev_certs(dir: &Path, names: &[&str]) {
     use gateway::store::Store;
-    let ca = gateway::certs::DevCa::load_or_create(dir).unwrap();
-    let store = gateway::store::EmbeddedStore::open(dir).unwrap();
+    let ca = dev_ca_in(dir);
+    let store = sealed_store_in(dir);
     for name in names {
         store
             .put_cert(&ca.issue(name, vec![name.to_string()]).unwrap())
@@ -850,4 +881,144 @@ pub async fn guest(socket: &Path, method: &str, path: &str, body: &str) -> (u16,
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+// ---------------------------------------------------------------- sealed store
+
+/// The sealing key an unattested gateway with `data_dir = dir` uses (its default
+/// `seal_key_file`, made when missing).
+pub fn seal_key_in(dir: &Path) -> Arc<gateway::seal::SealKey> {
+    Arc::new(gateway::seal::SealKey::load_or_create_file(&dir.join("seal.key")).expect("seal key"))
+}
+
+/// The development CA of an unattested gateway in `dir`, as the gateway itself opens it.
+pub fn dev_ca_in(dir: &Path) -> gateway::certs::DevCa {
+    gateway::certs::DevCa::load_or_create(dir, &seal_key_in(dir)).expect("dev CA")
+}
+
+/// The embedded store of an unattested gateway in `dir`, behind its sealing layer, for
+/// putting records in before the gateway starts.
+pub fn sealed_store_in(dir: &Path) -> gateway::store::SealedStore {
+    let backend = gateway::store::EmbeddedStore::open(dir).expect("embedded store");
+    gateway::store::SealedStore::new(
+        Arc::new(backend),
+        seal_key_in(dir),
+        Arc::new(gateway::store::SealReport::new(None)),
+    )
+}
+
+/// Every encoding of a private key a careless store could hold: the PEM text and its
+/// base64 body, the DER raw, in hex, and in standard and URL-safe base64.
+pub fn key_encodings(key_pem: &str) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine;
+    let der = pem::parse(key_pem).expect("key PEM").into_contents();
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    vec![
+        ("PEM".into(), key_pem.trim().as_bytes().to_vec()),
+        ("PEM body".into(), body.into_bytes()),
+        ("DER".into(), der.clone()),
+        ("hex DER".into(), hex::encode(&der).into_bytes()),
+        (
+            "base64 DER".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&der)
+                .into_bytes(),
+        ),
+        (
+            "base64url DER".into(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(&der)
+                .into_bytes(),
+        ),
+    ]
+}
+
+/// Fails naming `what` and the encoding when `haystack` holds any encoding of the key.
+pub fn assert_no_key_in(haystack: &[u8], key_pem: &str, what: &str) {
+    for (encoding, needle) in key_encodings(key_pem) {
+        assert!(
+            !haystack
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "{what} holds the private key ({encoding})"
+        );
+    }
+    assert!(
+        !haystack.windows(11).any(|w| w == b"PRIVATE KEY"),
+        "{what} holds a PEM private key"
+    );
+}
+
+/// All files under `dir` (recursively), concatenated, for searching.
+pub fn all_file_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    out
+}
+
+/// The SubjectPublicKeyInfo (DER) of a certificate.
+pub fn cert_spki(cert_der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).expect("certificate");
+    cert.public_key().raw.to_vec()
+}
+
+/// The SubjectPublicKeyInfo (DER) of a PEM private key.
+pub fn key_spki(key_pem: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::from_pem(key_pem).expect("key PEM");
+    rcgen::PublicKeyData::subject_public_key_info(&key)
+}
+
+/// Runs a command that must fail within `within`; its standard error. A process still
+/// running then is killed and the test fails.
+pub fn expect_exit_failure(cmd: &mut Command, within: Duration) -> String {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("TEEGATE_LOG", "info")
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert!(!status.success(), "{cmd:?} succeeded; stderr:\n{err}");
+    err
+}
+
+/// The ACME account key (PEM) in instant-acme's credentials JSON (`key_pkcs8`, base64url).
+pub fn acme_account_key_pem(credentials_json: &str) -> String {
+    use base64::Engine;
+    let creds: serde_json::Value = serde_json::from_str(credentials_json).expect("credentials");
+    let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(creds["key_pkcs8"].as_str().expect("key_pkcs8"))
+        .expect("base64url");
+    pem::encode(&pem::Pem::new("PRIVATE KEY", der))
 }

@@ -350,3 +350,30 @@ fn dns_api_url_needs_a_token_and_reads_it_from_a_file() {
     // Without dns_api_url no token is asked for.
     assert!(parse::<GatewayConfig>(MIN).is_ok());
 }
+
+#[test]
+fn attestation_is_off_by_default_and_names_its_bad_keys() {
+    let cfg: GatewayConfig = parse(MIN).unwrap();
+    assert!(cfg.attestation.is_none() && cfg.seal_key_file.is_none());
+    let cfg: GatewayConfig =
+        parse(&with("[attestation]\nguest_api = \"/run/teegate.sock\"")).unwrap();
+    let att = cfg.attestation.unwrap();
+    assert_eq!(att.guest_api, std::path::Path::new("/run/teegate.sock"));
+    assert_eq!(att.key_path, DEFAULT_SEAL_KEY_PATH);
+    let e = error::<GatewayConfig>(&with("[attestation]\nkey_path = \"gateway/store\""));
+    assert_contains(&e, &["guest_api"]);
+    let e = error::<GatewayConfig>(&with(
+        "[attestation]\nguest_api = \"/run/s\"\nkey_path = \"has space\"",
+    ));
+    assert_contains(&e, &["gateway.attestation.key_path"]);
+    // An attested gateway's key comes from its guest API: a key file beside it is an error.
+    let e = error::<GatewayConfig>(&with(
+        "seal_key_file = \"/k\"\n[attestation]\nguest_api = \"/run/s\"",
+    ));
+    assert_contains(&e, &["gateway.seal_key_file", "[attestation]"]);
+    let cfg: GatewayConfig = parse(&with("seal_key_file = \"/etc/teegate/seal.key\"")).unwrap();
+    assert_eq!(
+        cfg.seal_key_file.as_deref(),
+        Some(std::path::Path::new("/etc/teegate/seal.key"))
+    );
+}

@@ -238,7 +238,7 @@ mod tests {
             .put_cert(&CertRecord {
                 name: "*.x.test".into(),
                 cert_chain_pem: "c".into(),
-                key_pem: "k".into(),
+                key_pem: zeroize::Zeroizing::new("k".into()),
                 not_after: 9,
             })
             .await

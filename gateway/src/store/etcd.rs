@@ -8,8 +8,8 @@
 //! P/instance-owners/<instance>   the app id holding that instance id (same lease), so an
 //!                                instance id has one holder across apps; written in the
 //!                                same transaction as the record
-//! P/certs/<name>                 CertRecord (chain and key, PEM)
-//! P/values/<key>                 small named values (the ACME account)
+//! P/certs/<name>                 CertRecord (chain PEM, key sealed by SealedStore)
+//! P/values/<key>                 small named values, sealed (the ACME account)
 //! P/locks/<name>                 held under the holder's lease, kept alive while held
 //! P/replicas/<replica id>        ReplicaRecord, under the replica's lease, kept alive while it runs
 //! ```
@@ -200,13 +200,24 @@ impl EtcdStore {
         op: &'static str,
         f: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(OP_TIMEOUT, f).await {
+        self.call_within(OP_TIMEOUT, op, f).await
+    }
+
+    /// As [`Self::call`], bounded by `limit` when that is shorter than `OP_TIMEOUT`.
+    async fn call_within<T>(
+        &self,
+        limit: Duration,
+        op: &'static str,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        let limit = limit.min(OP_TIMEOUT);
+        match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => {
                 self.mark_up();
                 Ok(v)
             }
             Ok(Err(e)) => Err(self.fail(op, e.to_string())),
-            Err(_) => Err(self.fail(op, format!("no answer within {OP_TIMEOUT:?}"))),
+            Err(_) => Err(self.fail(op, format!("no answer within {limit:?}"))),
         }
     }
 
@@ -396,15 +407,23 @@ impl EtcdStore {
         let lease = std::sync::Mutex::new(None::<i64>);
         let mut retry = Duration::from_millis(200);
         loop {
+            let holding = Instant::now();
             let outcome = tokio::select! {
                 r = self.hold_replica(record, ttl, &lease) => r,
                 _ = shutdown.changed() => break,
             };
-            if let Err(e) = outcome {
-                tracing::warn!(replica = %record.id, error = %e, retry_in = ?retry, "replica lease lost; re-registering");
+            // A failure after a good while of holding is a new one: retry soon.
+            if holding.elapsed() >= ttl {
+                retry = Duration::from_millis(200);
             }
+            if let Err(e) = outcome {
+                tracing::warn!(replica = %record.id, error = %e, retry_in = ?retry, "replica lease renewal interrupted; renewing again");
+            }
+            // etcd answering again (any call) ends the wait: DNS offers this replica again
+            // as soon as it can.
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
+                _ = self.inner.back.notified() => {}
                 _ = shutdown.changed() => break,
             }
             retry = (retry * 2).min(MAX_RETRY);
@@ -416,6 +435,10 @@ impl EtcdStore {
         }
     }
 
+    /// Lists this replica under a lease and renews it until that fails. A lease from before
+    /// that is still alive is kept: the stream that renewed it may have died with one etcd
+    /// member while the lease itself lives on in the cluster, and moving the record to a
+    /// new lease would gain nothing.
     async fn hold_replica(
         &self,
         record: &ReplicaRecord,
@@ -423,20 +446,21 @@ impl EtcdStore {
         slot: &std::sync::Mutex<Option<i64>>,
     ) -> Result<(), StoreError> {
         let ttl_secs = ttl.as_secs().max(2) as i64;
-        let lease = self.grant(ttl_secs).await?;
-        let previous = slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(lease);
-        if let Some(old) = previous {
-            self.revoke_later(old);
-        }
+        let ttl = Duration::from_secs(ttl_secs as u64);
+        let held = *slot.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = match held {
+            Some(lease) if self.lease_ttl(lease, ttl).await? > 0 => lease,
+            _ => self.grant(ttl_secs).await?,
+        };
         let value = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             path: self.key("replicas/"),
             message: e.to_string(),
         })?;
+        // Written again on a kept lease too: the same value, so watchers see no change,
+        // and the record is there whatever happened to it.
         let mut c = self.client();
-        self.call(
+        self.call_within(
+            ttl / 3,
             "put replica",
             c.put(
                 self.key(&format!("replicas/{}", record.id)),
@@ -445,29 +469,55 @@ impl EtcdStore {
             ),
         )
         .await?;
-        tracing::info!(replica = %record.id, addrs = ?record.addrs, ttl_secs, "replica listed in etcd");
-        self.keep_alive(lease, Duration::from_secs(ttl_secs as u64), None)
-            .await
+        if held != Some(lease) {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(lease);
+            // Only now that the record is on the new lease may the old one go: revoked
+            // first, it would take the record with it, and DNS would drop a live replica.
+            if let Some(old) = held {
+                self.revoke_later(old);
+            }
+            tracing::info!(replica = %record.id, addrs = ?record.addrs, ttl_secs, "replica listed in etcd");
+        }
+        self.keep_alive(lease, ttl, None).await
     }
 
-    /// Renews `lease` every third of `ttl` until it fails (or `until` passes).
+    /// The seconds `lease` has left (0 or less: expired or unknown), asked within a third of
+    /// `ttl` so that a renewal stuck on a dead member leaves time for the next.
+    async fn lease_ttl(&self, lease: i64, ttl: Duration) -> Result<i64, StoreError> {
+        let mut c = self.client();
+        Ok(self
+            .call_within(ttl / 3, "read lease", c.lease_time_to_live(lease, None))
+            .await?
+            .ttl())
+    }
+
+    /// Renews `lease` every third of `ttl` until it fails (or `until` passes). Each renewal
+    /// must be answered within that third: a stream stuck on a member that went silent is
+    /// given up while the lease still has two thirds to live, so the next attempt (through
+    /// another member) can save it.
     async fn keep_alive(
         &self,
         lease: i64,
         ttl: Duration,
         until: Option<Instant>,
     ) -> Result<(), StoreError> {
+        let every = (ttl / 3).max(Duration::from_millis(300));
         let mut c = self.client();
         let (mut keeper, mut stream) = self
-            .call("keep lease alive", c.lease_keep_alive(lease))
+            .call_within(every, "keep lease alive", c.lease_keep_alive(lease))
             .await?;
-        let every = (ttl / 3).max(Duration::from_millis(300));
         loop {
             if until.is_some_and(|u| Instant::now() >= u) {
                 return Ok(());
             }
-            self.call("keep lease alive", keeper.keep_alive()).await?;
-            match self.call("keep lease alive", stream.message()).await? {
+            self.call_within(every, "keep lease alive", keeper.keep_alive())
+                .await?;
+            match self
+                .call_within(every, "keep lease alive", stream.message())
+                .await?
+            {
                 Some(r) if r.ttl() > 0 => {}
                 Some(_) => return Err(self.fail("keep lease alive", "the lease expired".into())),
                 None => {
@@ -859,7 +909,18 @@ mod tests {
     struct Etcd {
         child: Child,
         endpoint: String,
+        /// Its whole command line, to restart it on the same data and ports.
+        args: Vec<String>,
         _dir: tempfile::TempDir,
+    }
+
+    impl Etcd {
+        /// Kills it (as a crash would) and starts it again on its data.
+        fn restart(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.child = spawn_member(&self.args);
+        }
     }
 
     impl Drop for Etcd {
@@ -884,23 +945,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let client = format!("{scheme}://127.0.0.1:{}", port());
         let peer = format!("http://127.0.0.1:{}", port());
+        let mut all: Vec<String> = vec![
+            "--data-dir".into(),
+            dir.path().join("data").to_str().unwrap().into(),
+        ];
+        all.extend_from_slice(args);
+        for (flag, value) in [
+            ("--listen-client-urls", client.as_str()),
+            ("--advertise-client-urls", &client),
+            ("--listen-peer-urls", &peer),
+            ("--initial-advertise-peer-urls", &peer),
+            ("--initial-cluster", &format!("default={peer}")),
+            ("--heartbeat-interval", "50"),
+            ("--election-timeout", "500"),
+        ] {
+            all.push(flag.into());
+            all.push(value.into());
+        }
+        Etcd {
+            child: spawn_member(&all),
+            endpoint: client,
+            args: all,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `etcd <args>` and waits (bounded) until it serves clients.
+    fn spawn_member(args: &[String]) -> Child {
         let mut child = Command::new("etcd")
-            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
             .args(args)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -914,14 +987,9 @@ mod tests {
                 }
             }
         });
-        let etcd = Etcd {
-            child,
-            endpoint: client,
-            _dir: dir,
-        };
         rx.recv_timeout(Duration::from_secs(20))
             .expect("etcd ready within 20 s");
-        etcd
+        child
     }
 
     async fn store(etcd: &Etcd) -> EtcdStore {
@@ -1063,7 +1131,7 @@ mod tests {
         one.put_cert(&CertRecord {
             name: "*.x.test".into(),
             cert_chain_pem: "c".into(),
-            key_pem: "k".into(),
+            key_pem: zeroize::Zeroizing::new("k".into()),
             not_after: 9,
         })
         .await
@@ -1083,6 +1151,95 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), watcher)
             .await
             .expect("the watch stops at shutdown")
+            .unwrap();
+    }
+
+    /// The lease `P/replicas/<id>` is held under, if the key exists.
+    async fn replica_lease(store: &EtcdStore, id: &str) -> Option<i64> {
+        let mut c = store.client();
+        let resp = c
+            .get(store.key(&format!("replicas/{id}")), None)
+            .await
+            .ok()?;
+        resp.kvs().first().map(|kv| kv.lease())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_stays_listed_on_its_lease_when_the_connection_renewing_it_breaks() {
+        let mut etcd = start_etcd();
+        let (one, two) = (store(&etcd).await, store(&etcd).await);
+        let record = ReplicaRecord {
+            id: "r1".into(),
+            addrs: vec!["192.0.2.1".parse().unwrap()],
+            https_port: 443,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let keeper = tokio::spawn({
+            let (one, record, stopped) = (one.clone(), record.clone(), stopped.clone());
+            async move {
+                one.keep_replica(&record, Duration::from_secs(2), stopped)
+                    .await
+            }
+        });
+        // What `teegate dns` sees: every list of live replicas, in order.
+        let lists = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+        let watcher = tokio::spawn({
+            let (two, lists) = (two.clone(), lists.clone());
+            async move {
+                two.watch_replicas(stopped, move |l| {
+                    lists
+                        .lock()
+                        .unwrap()
+                        .push(l.into_iter().map(|r| r.id).collect())
+                })
+                .await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let lease = loop {
+            let listed = lists.lock().unwrap().last().cloned().unwrap_or_default();
+            if let (true, Some(lease)) = (listed == ["r1"], replica_lease(&two, "r1").await) {
+                break lease;
+            }
+            assert!(Instant::now() < deadline, "the replica is not listed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let listed_before = lists.lock().unwrap().len();
+
+        // Every connection to etcd breaks; the lease lives on in etcd's data.
+        etcd.restart();
+        // Longer than the lease: had it not been renewed, it would have run out.
+        let watch_until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < watch_until {
+            if let Some(now) = replica_lease(&two, "r1").await {
+                assert_eq!(now, lease, "the record moved to another lease");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut c = two.client();
+        let left = c.lease_time_to_live(lease, None).await.unwrap().ttl();
+        assert!(left > 0, "the lease was not renewed after the restart");
+        assert_eq!(replica_lease(&two, "r1").await, Some(lease));
+        let lists = lists.lock().unwrap().clone();
+        assert!(
+            lists.len() > listed_before,
+            "the watcher saw etcd come back"
+        );
+        assert!(
+            lists[listed_before - 1..].iter().all(|l| l == &["r1"]),
+            "a watcher saw the replica leave: {lists:?}"
+        );
+
+        // At shutdown the lease is revoked: the replica leaves at once.
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(5), keeper)
+            .await
+            .expect("the heartbeat stops")
+            .unwrap();
+        assert_eq!(replica_lease(&two, "r1").await, None);
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watch stops")
             .unwrap();
     }
 

@@ -4,9 +4,11 @@
 
 mod embedded;
 pub mod etcd;
+pub mod sealed;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::{EtcdStore, ReplicaRecord};
+pub use sealed::{SealReport, SealedStore, Unreadable};
 
 use std::net::SocketAddr;
 
@@ -129,7 +131,9 @@ pub enum Conflict {
 pub struct CertRecord {
     pub name: String,
     pub cert_chain_pem: String,
-    pub key_pem: String,
+    /// The private key: PEM in memory (wiped on drop); in a backend, the sealed envelope
+    /// [`SealedStore`] wrote (a backend is only ever used behind it).
+    pub key_pem: zeroize::Zeroizing<String>,
     pub not_after: u64,
 }
 
@@ -166,6 +170,9 @@ pub enum StoreError {
     /// The registration may not take this instance id (see [`InstanceRecord::may_replace`]).
     #[error("{0}")]
     Conflict(#[from] Conflict),
+    /// A sealed record this gateway cannot open (see [`SealedStore`]).
+    #[error("store record {record}: {message}")]
+    Sealed { record: String, message: String },
 }
 
 #[async_trait]

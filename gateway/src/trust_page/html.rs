@@ -104,7 +104,8 @@ fn short(hex: &str) -> String {
 pub fn index(v: &IndexView) -> Markup {
     let body = html! {
         h1 { "Chain of trust · " (v.base_domain) }
-        p { "Every app below runs in Intel TDX confidential VMs. Open an app to see, for each of its instances, the chain from the KMS root CA to the instance's RA-TLS certificate, its TDX quote, the RTMR3 event log replayed step by step, and its compose file." }
+        p { "Every app below runs in Intel TDX confidential VMs. The chain starts with the gateway that terminated your TLS connection, then, for each app, each instance: the chain from the KMS root CA to the instance's RA-TLS certificate, its TDX quote, the RTMR3 event log replayed step by step, and its compose file." }
+        (gateway_section(&v.gateway, &v.base_domain, true))
         h2 { "Apps" }
         @if v.apps.is_empty() {
             p.muted { "No app is registered yet." }
@@ -153,6 +154,8 @@ pub fn app(v: &AppView) -> Markup {
         p { a href="/" { "← all apps" } }
         h1 { "App " code.hex { (v.app_id) } }
         p { "Served at " a href=(v.url) { (v.url) } }
+        (gateway_section(&v.gateway, &v.base_domain, false))
+        h2 { "Instances" }
         @if v.instances.is_empty() {
             p.muted { "No instance is registered now." }
         }
@@ -164,6 +167,96 @@ pub fn app(v: &AppView) -> Markup {
         }
     };
     layout(&format!("App {}", v.app_id), v.simulated, &v.gateway, body)
+}
+
+/// The first link: the gateway that terminated the browser's TLS. `full` adds the quote,
+/// the bound keys and the event log (the index); app pages show the verdict and binding.
+fn gateway_section(g: &GatewayView, base: &str, full: bool) -> Markup {
+    if !g.attested {
+        return html! {
+            section.card.gateway id="gateway" data-attested="false" data-verdict=(g.verdict) {
+                h2 { "The gateway that terminated your connection " span.badge.failed { "not attested" } }
+                p.failed.why { (g.note) "." }
+                p.muted { small { "Its evidence document says so too: " a href=(g.evidence_path) { code { (g.evidence_path) } } } }
+            }
+        };
+    }
+    html! {
+        section.card.gateway id="gateway" data-attested="true" data-verdict=(g.verdict) {
+            h2 { "The gateway that terminated your connection " (verdict_badge(g.verdict))
+                @if g.simulated { " " span.badge { "SIMULATED TDX" } } }
+            p { (g.note) "." }
+            @if let Some(e) = &g.error { p.failed.why { strong { "Why: " } (e) } }
+            @if let Some(e) = &g.requote_error { p.failed.why { strong { "The last re-quote failed: " } (e) " (the evidence below is older)" } }
+            ol.links.chain.gateway-chain {
+                @if let Some(c) = &g.served {
+                    li class=(if c.bound { "verified" } else { "failed" }) data-role="served certificate" {
+                        strong { "Certificate served for " (c.name) } " "
+                        span class={"badge " (if c.bound { "verified" } else { "failed" })} { @if c.bound { "bound" } @else { "not bound" } }
+                        div.hex { small { "SHA-256 " (c.fingerprint.to_hex()) " (the fingerprint your browser shows)" } }
+                        div.hex { small { "key SHA-256 " (c.spki_sha256.to_hex()) } }
+                        div.why { @if c.bound { "its key is one of the " (g.keys.len()) " the gateway's quote binds" } @else { "its key is NOT one the gateway's quote binds" } }
+                    }
+                }
+                li class=(if g.verdict == "verified" { "verified" } else { "failed" }) data-role="gateway evidence" {
+                    strong { "Gateway quote and event log" } " " (verdict_badge(g.verdict))
+                    div { small { "app " code.hex { (g.app_id.clone().unwrap_or_default()) } " · compose " code.hex { (short(&g.compose_hash.clone().unwrap_or_default())) } } }
+                    div.why { "quoted " (g.issued_at.map(utc).unwrap_or_default()) " · " a href=(g.evidence_path) { "evidence (JSON)" } }
+                }
+                li.verified data-role="instances" {
+                    strong { "Each app instance, over RA-TLS" }
+                    div.why { "the gateway routes only to instances whose certificate verified; their chains follow" }
+                }
+            }
+            @if full {
+                h3 { "Verification of the gateway's evidence" }
+                ol.links.checks {
+                    @for c in &g.checks {
+                        li class=(class(&c.outcome)) data-step=(c.step.as_str()) {
+                            strong { (c.title) } " " (badge(&c.outcome))
+                            div.why { (c.outcome.text()) }
+                        }
+                    }
+                }
+                h3 { "Keys the quote binds" }
+                table.bound-keys {
+                    thead { tr { th { "Role" } th { "Name" } th { "Key SHA-256" } } }
+                    tbody {
+                        @for k in &g.keys {
+                            tr { td { (k.role.as_str()) } td { code { (k.name) } } td.hex { (k.spki_sha256.to_hex()) } }
+                        }
+                    }
+                }
+                @if let Some(q) = &g.quote {
+                    h3 { "Gateway quote" }
+                    dl.quote {
+                        dt { "Type" } dd { (q.kind) @if g.simulated { " (SIMULATED)" } }
+                        dt { "TCB status" } dd { @match &g.tcb_status { Some(s) => (s), None => span.muted { "unknown" } } }
+                        dt { "MRTD" } dd.hex { (q.mrtd.to_hex()) }
+                        @for (n, r) in q.rtmrs.iter().enumerate() { dt { "RTMR" (n) } dd.hex { (r.to_hex()) } }
+                        dt { "Report data" } dd.hex { (q.report_data.to_hex()) }
+                        dt { "Instance id" } dd.hex { (g.instance_id.clone().unwrap_or_default()) }
+                        dt { "Compose hash" } dd.hex { (g.compose_hash.clone().unwrap_or_default()) }
+                    }
+                }
+                h3 { "Gateway RTMR3 event log, replayed" }
+                table.replay {
+                    thead { tr { th { "#" } th { "Event" } th { "Payload" } th { "RTMR3 after" } } }
+                    tbody {
+                        @for (n, r) in g.event_log.rows.iter().enumerate() {
+                            tr {
+                                td { (n + 1) }
+                                td { code { (r.name) } }
+                                td.hex { @match &r.payload_text { Some(t) => (t), None => (r.payload_hex) } }
+                                td.hex { (r.rtmr3_after.to_hex()) }
+                            }
+                        }
+                    }
+                }
+                p.muted { small { "Check it yourself, from the certificate your client receives: " code { "teegate verify https://<app-id>." (base) "/" } } }
+            }
+        }
+    }
 }
 
 fn instance(i: &InstanceView) -> Markup {

@@ -7,6 +7,12 @@
 //! Certificates are re-checked with the gateway's own verifier (`ratls` inspect), so the
 //! page shows what the gateway would decide now, not a second opinion. Each chain's checks
 //! are cached briefly to keep a public page from costing a verification per view.
+//!
+//! Every page opens with the gateway itself (the first link, since browsers cannot check
+//! RA-TLS): the certificate served, the evidence binding its key and that evidence's
+//! verification. `/.well-known/teegate/gateway` serves the evidence itself (JSON); it is
+//! dispatched here, with the pages, so it stays wherever the proxy path sends the base
+//! domain.
 
 mod html;
 pub mod model;
@@ -17,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use ratls::chain::ChainLink;
 use ratls::{AppId, CachingVerifier, Fingerprint, Inspection};
 
+use crate::certs::CertResolver;
+use crate::evidence::Publisher;
 use crate::refused::{Refused, RefusedLog};
 use crate::registry::Registry;
 use model::{
@@ -47,6 +55,8 @@ pub struct TrustPages {
     pub refused: Arc<RefusedLog>,
     /// DER of the KMS root CAs this gateway vouches for (`web.kms_root_ca`).
     pub kms_roots: Vec<Vec<u8>>,
+    /// The gateway's own evidence, and the certificates it serves (see [`Self::with_gateway`]).
+    gateway: Option<(Arc<Publisher>, Arc<CertResolver>)>,
     checked: Mutex<HashMap<Fingerprint, Arc<Checked>>>,
 }
 
@@ -71,7 +81,45 @@ impl TrustPages {
             verifier,
             refused,
             kms_roots,
+            gateway: None,
             checked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Shows the gateway's own evidence (from `publisher`) as the first link of every page,
+    /// with the certificate `resolver` serves for the base domain, and serves it at
+    /// `/.well-known/teegate/gateway`. Without it, every page says the gateway is not
+    /// attested.
+    pub fn with_gateway(mut self, publisher: Arc<Publisher>, resolver: Arc<CertResolver>) -> Self {
+        self.gateway = Some((publisher, resolver));
+        self
+    }
+
+    fn gateway_view(&self) -> model::GatewayView {
+        let Some((publisher, resolver)) = &self.gateway else {
+            return model::GatewayView::unattested();
+        };
+        let served = resolver.lookup(&self.base_domain).and_then(|ck| {
+            ck.cert
+                .first()
+                .map(|c| (self.base_domain.clone(), c.to_vec()))
+        });
+        model::GatewayView::of(&publisher.current(), served)
+    }
+
+    /// `/.well-known/teegate/gateway`: the published evidence, always JSON.
+    fn render_evidence(&self) -> Page {
+        let body = match &self.gateway {
+            Some((publisher, _)) => publisher.current().json.clone(),
+            None => {
+                serde_json::to_vec_pretty(&ratls::gateway_evidence::GatewayDocument::unattested())
+                    .unwrap_or_default()
+            }
+        };
+        Page {
+            status: 200,
+            content_type: "application/json",
+            body,
         }
     }
 
@@ -85,6 +133,9 @@ impl TrustPages {
             return self.error(405, "Method Not Allowed", "Use GET.", wants_json);
         }
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        if path.strip_suffix(".json").unwrap_or(path) == ratls::gateway_evidence::WELL_KNOWN_PATH {
+            return self.render_evidence();
+        }
         let wants_json = wants_json || query.split('&').any(|kv| kv == "format=json");
         let (path, format) = match path.strip_suffix(".json") {
             Some(p) => (p, Format::Json),
@@ -173,10 +224,12 @@ impl TrustPages {
                 last_unix: r.last_unix,
             })
             .collect();
+        let gateway = self.gateway_view();
         let view = IndexView {
             base_domain: self.base_domain.clone(),
-            gateway: model::GatewayView::unattested(),
-            simulated: apps.iter().flat_map(|a| &a.instances).any(|i| i.simulated),
+            simulated: gateway.simulated
+                || apps.iter().flat_map(|a| &a.instances).any(|i| i.simulated),
+            gateway,
             apps,
             refused,
         };
@@ -237,12 +290,13 @@ impl TrustPages {
                 matches!(format, Format::Json),
             );
         }
+        let gateway = self.gateway_view();
         let view = AppView {
             base_domain: self.base_domain.clone(),
-            gateway: model::GatewayView::unattested(),
             app_id: app.to_hex(),
             url: self.app_url(&app.to_hex()),
-            simulated: instances.iter().chain(&refused).any(|i| i.simulated),
+            simulated: gateway.simulated || instances.iter().chain(&refused).any(|i| i.simulated),
+            gateway,
             instances,
             refused,
         };
@@ -254,7 +308,12 @@ impl TrustPages {
 
     fn view_of(&self, chain: &[Vec<u8>], compose: Option<String>, now: u64) -> InstanceView {
         let checked = self.checked(chain, now);
-        InstanceView::new(&checked.inspection, checked.links.clone(), compose)
+        InstanceView::new(
+            &checked.inspection,
+            checked.links.clone(),
+            chain.iter().map(hex::encode).collect(),
+            compose,
+        )
     }
 
     /// The leaf's inspection and the chain's links, reused for a while per chain.

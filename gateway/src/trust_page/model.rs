@@ -6,26 +6,143 @@
 use serde::Serialize;
 
 use ratls::chain::ChainLink;
+use ratls::gateway_evidence::{BoundKey, KeyRole};
 use ratls::inspect::{Check, QuoteFacts, ReplayRow};
-use ratls::{Inspection, Measurement, ReportData, TcbStatus};
+use ratls::{Fingerprint, Inspection, Measurement, ReportData, SpkiHash, TcbStatus};
 
-/// What the gateway that made this page says about itself. Browsers cannot check RA-TLS,
-/// so the terminator's own attestation is the first link; until the gateway runs as an
-/// attested app it says so on every surface.
+use crate::evidence::Published;
+
+/// The gateway that terminated the browser's TLS: the first link of every chain, since
+/// browsers cannot check RA-TLS. Attested: the certificate served here, the evidence
+/// that binds its key, and the gateway's own verification of that evidence step by step.
+/// Unattested: it says so on every surface.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayView {
     pub attested: bool,
-    pub note: &'static str,
+    pub note: String,
+    /// Where the evidence is published (JSON), on the base domain.
+    pub evidence_path: &'static str,
+    /// The certificate served for the base domain, and whether the evidence binds its key.
+    pub served: Option<ServedCert>,
+    pub verdict: &'static str,
+    pub error: Option<String>,
+    /// Why the last re-quote failed (the evidence shown is older).
+    pub requote_error: Option<String>,
+    pub app_id: Option<String>,
+    pub compose_hash: Option<String>,
+    pub instance_id: Option<String>,
+    pub issued_at: Option<u64>,
+    pub simulated: bool,
+    /// Every key the quote binds.
+    pub keys: Vec<BoundKey>,
+    pub checks: Vec<Check>,
+    pub quote: Option<QuoteFacts>,
+    pub tcb_status: Option<TcbStatus>,
+    pub event_log: EventLogView,
+}
+
+/// A certificate the gateway serves, as a browser sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedCert {
+    pub name: String,
+    /// SHA-256 of the certificate (what browsers show as its fingerprint).
+    pub fingerprint: Fingerprint,
+    pub spki_sha256: SpkiHash,
+    /// The evidence binds this key.
+    pub bound: bool,
 }
 
 /// The words every surface uses for an unattested gateway.
-pub const NOT_ATTESTED: &str = "this gateway is not attested: its operator can read the traffic";
+pub const NOT_ATTESTED: &str = ratls::gateway_evidence::NOT_ATTESTED;
 
 impl GatewayView {
     pub fn unattested() -> Self {
         Self {
             attested: false,
-            note: NOT_ATTESTED,
+            note: NOT_ATTESTED.into(),
+            evidence_path: ratls::gateway_evidence::WELL_KNOWN_PATH,
+            served: None,
+            verdict: "not attested",
+            error: None,
+            requote_error: None,
+            app_id: None,
+            compose_hash: None,
+            instance_id: None,
+            issued_at: None,
+            simulated: false,
+            keys: Vec::new(),
+            checks: Vec::new(),
+            quote: None,
+            tcb_status: None,
+            event_log: EventLogView {
+                rows: Vec::new(),
+                replayed_rtmr3: None,
+                quoted_rtmr3: None,
+                matches: false,
+            },
+        }
+    }
+
+    /// The view of published evidence; `served` is the certificate for the base domain.
+    pub fn of(published: &Published, served: Option<(String, Vec<u8>)>) -> Self {
+        let doc = &published.document;
+        let (Some(ev), Some(ins)) = (&doc.evidence, &published.inspection) else {
+            return Self::unattested();
+        };
+        let keys = doc
+            .claims
+            .as_ref()
+            .map(|c| c.keys.clone())
+            .unwrap_or_default();
+        let served = served.and_then(|(name, der)| {
+            let spki = SpkiHash::of_certificate(&der)?;
+            Some(ServedCert {
+                bound: keys
+                    .iter()
+                    .any(|k| k.spki_sha256 == spki && k.role == KeyRole::Certificate),
+                name,
+                fingerprint: Fingerprint::of(&der),
+                spki_sha256: spki,
+            })
+        });
+        let (verdict, error) = match ins.verdict() {
+            Ok(_) if served.as_ref().is_none_or(|s| s.bound) => ("verified", None),
+            Ok(_) => (
+                "failed",
+                Some(
+                    "the certificate served for the base domain is not one the evidence binds"
+                        .into(),
+                ),
+            ),
+            Err(e) => (
+                "failed",
+                Some(ratls::GatewayError::from(e.clone()).to_string()),
+            ),
+        };
+        let quoted_rtmr3 = ins.quote.as_ref().map(|q| q.rtmrs[3]);
+        Self {
+            attested: true,
+            note: "this gateway runs as an attested app: its quote binds every key it holds, so only its measured code can read the traffic".into(),
+            evidence_path: ratls::gateway_evidence::WELL_KNOWN_PATH,
+            served,
+            verdict,
+            error,
+            requote_error: published.last_error.clone(),
+            app_id: Some(ev.app_id.to_hex()),
+            compose_hash: Some(ev.compose_hash.to_hex()),
+            instance_id: Some(ev.instance_id.to_hex()),
+            issued_at: doc.claims.as_ref().map(|c| c.issued_at),
+            simulated: ins.simulated.unwrap_or(ev.simulated),
+            keys,
+            checks: ins.checks.clone(),
+            quote: ins.quote.clone(),
+            tcb_status: ins.tcb_status,
+            event_log: EventLogView {
+                rows: ins.replay.clone(),
+                replayed_rtmr3: ins.replayed_rtmr3,
+                quoted_rtmr3,
+                matches: quoted_rtmr3.is_some() && quoted_rtmr3 == ins.replayed_rtmr3,
+            },
         }
     }
 }
@@ -92,6 +209,9 @@ pub struct InstanceView {
     pub refused: Option<RefusedInfo>,
     /// KMS root CA → app CA → instance certificate.
     pub chain: Vec<ChainLink>,
+    /// The certificates themselves (DER as hex, instance certificate first, then its
+    /// issuers), so a client can verify the instance itself (`teegate verify`).
+    pub certificates: Vec<String>,
     /// The RA-TLS verification steps, in order.
     pub checks: Vec<Check>,
     pub quote: Option<QuoteFacts>,
@@ -147,7 +267,12 @@ pub struct ComposeView {
 
 impl InstanceView {
     /// Builds the view of one certificate from its inspection and explained chain.
-    pub fn new(ins: &Inspection, chain: Vec<ChainLink>, compose_file: Option<String>) -> Self {
+    pub fn new(
+        ins: &Inspection,
+        chain: Vec<ChainLink>,
+        certificates: Vec<String>,
+        compose_file: Option<String>,
+    ) -> Self {
         let chain_ok = chain
             .iter()
             .all(|l| !matches!(l.outcome, ratls::Outcome::Failed { .. }));
@@ -176,6 +301,7 @@ impl InstanceView {
             registered: None,
             refused: None,
             chain,
+            certificates,
             checks: ins.checks.clone(),
             quote: ins.quote.clone(),
             tcb_status: ins.tcb_status,

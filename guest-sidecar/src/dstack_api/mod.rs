@@ -4,11 +4,11 @@
 //!
 //! | method | body in | answer |
 //! |---|---|---|
-//! | `Info` (also GET) | – | app id, instance id, app name, compose hash, `tcb_info` (JSON text: MRTD, RTMR0-3, event log, app-compose) |
-//! | `GetQuote` | `report_data` (≤ 64 bytes, zero-padded) | `quote`, `event_log` (JSON text of dstack entries), `report_data` |
-//! | `Attest` | `report_data` | `attestation`: hex of teegate's JSON attestation (quote + event log), not dstack's SCALE encoding |
+//! | `Info` (also GET) | – | app id, instance id, app name, compose hash, `tcb_info` (JSON text: MRTD, RTMR0-3, event log, app-compose), `mr_aggregated`, `os_image_hash`, `device_id`, `vm_config` (see [`platform`]) |
+//! | `GetQuote` | `report_data` (≤ 64 bytes, zero-padded) | `quote`, `event_log` (JSON text of dstack entries), `report_data`, `vm_config` |
+//! | `Attest` | `report_data` | `attestation`: dstack's `VersionedAttestation` in SCALE (quote, event log, report data, vm_config; see [`scale`]) |
 //! | `GetKey` | `path`, `purpose`, `algorithm` (`secp256k1` default, `k256`, `ed25519`) | `key`, `signature_chain` (see [`keys`]) |
-//! | `GetTlsKey` | `subject`, `alt_names`, usages, `not_before`, `not_after`, `with_app_info` | PEM `key` and `certificate_chain` (RA-TLS leaf, app CA) |
+//! | `GetTlsKey` | `subject`, `alt_names`, usages, `not_before`, `not_after`, `with_app_info` | PEM `key` and `certificate_chain` (RA-TLS leaf, app CA); validity bounded (see [`tls`]) |
 //! | `Sign` / `Verify` | `algorithm`, `data` (+ `signature`, `public_key`) | `signature`, `signature_chain`, `public_key` / `valid` |
 //! | `EmitEvent` | `event`, `payload` | `{}`; boot event names are refused (403) |
 //! | `Version` (also GET) | – | `version`, `rev` |
@@ -21,6 +21,9 @@
 
 mod attest;
 pub mod keys;
+pub mod platform;
+pub mod scale;
+mod tls;
 
 use std::sync::Arc;
 
@@ -32,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::guest_api::{bad, read_body, reply, serve_unix, GuestState, Reply, NO_KEY_PROVIDER};
 pub use keys::AppK256;
+pub use platform::Platform;
 
 /// What only dstack's API needs beside the shared [`GuestState`].
 pub struct DstackState {
@@ -44,6 +48,29 @@ pub struct DstackState {
     pub key_provider_info: String,
     /// The app's k256 root key from the KMS; `None` without a KMS.
     pub k256: Option<AppK256>,
+    /// What `Info` says about the CVM (computed once, from its quote).
+    pub platform: Platform,
+}
+
+impl DstackState {
+    /// The state for `guest`; reads the platform values from a quote of this CVM.
+    pub fn new(
+        guest: Arc<GuestState>,
+        app_name: String,
+        app_compose: String,
+        key_provider_info: String,
+        k256: Option<AppK256>,
+    ) -> Result<Self, String> {
+        let (quote, _) = guest.current_measurements()?;
+        Ok(Self {
+            platform: Platform::of(&quote),
+            guest,
+            app_name,
+            app_compose,
+            key_provider_info,
+            k256,
+        })
+    }
 }
 
 /// Every method the SDK may call, for 405 versus 404.

@@ -171,6 +171,15 @@ pub fn other_keys(entries: &[(Value, Value)]) -> Vec<String> {
         .collect()
 }
 
+/// The CCC `nonce` of decoded claims-buffer entries, if any.
+pub fn nonce_of(entries: &[(Value, Value)]) -> Result<Option<Vec<u8>>, EvidenceError> {
+    match entry(entries, NONCE_KEY) {
+        None => Ok(None),
+        Some(Value::Bytes(b)) if b.len() <= MAX_NONCE_LEN => Ok(Some(b.clone())),
+        Some(_) => Err(err("nonce must be a byte string of at most 64 bytes")),
+    }
+}
+
 /// What a claims buffer says about the key binding and freshness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimsBuffer {
@@ -182,11 +191,7 @@ pub struct ClaimsBuffer {
 impl ClaimsBuffer {
     pub fn parse(bytes: &[u8]) -> Result<Self, EvidenceError> {
         let entries = claims_entries(bytes)?;
-        let nonce = match entry(&entries, NONCE_KEY) {
-            None => None,
-            Some(Value::Bytes(b)) if b.len() <= MAX_NONCE_LEN => Some(b.clone()),
-            Some(_) => return Err(err("nonce must be a byte string of at most 64 bytes")),
-        };
+        let nonce = nonce_of(&entries)?;
         let pubkey = match entry(&entries, PUBKEY_HASH_KEY) {
             Some(Value::Bytes(b)) => b,
             Some(_) => return Err(err("pubkey-hash is not a byte string")),

@@ -3,7 +3,7 @@
 //! the app CA or self-signed.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
@@ -167,12 +167,41 @@ fn dn(common_name: &str) -> DistinguishedName {
     dn
 }
 
+/// Choices for one certificate beyond its [`CertProfile`], for certificates an app asks for
+/// (dstack's `GetTlsKey` and `DeriveKey`).
+#[derive(Default, Clone, Copy)]
+pub struct IssueOptions<'a> {
+    /// Valid from exactly this time (and for the profile's validity from then) instead of
+    /// from a little before now. The caller bounds it.
+    pub not_before: Option<SystemTime>,
+    /// This P-256 key (PKCS#8 DER) instead of a fresh one, for keys derived from a secret.
+    /// The caller keeps (and zeroizes) the bytes.
+    pub key_pkcs8: Option<&'a [u8]>,
+}
+
 /// Issues an RA-TLS certificate for `identity`, quoting through `measurer`.
 pub fn issue(
     measurer: &Measurer,
     identity: &Identity,
     profile: &CertProfile,
     issuer: Option<&CertAuthority>,
+) -> Result<RaTlsCert, IssueError> {
+    issue_with(
+        measurer,
+        identity,
+        profile,
+        issuer,
+        &IssueOptions::default(),
+    )
+}
+
+/// [`issue`] with [`IssueOptions`].
+pub fn issue_with(
+    measurer: &Measurer,
+    identity: &Identity,
+    profile: &CertProfile,
+    issuer: Option<&CertAuthority>,
+    options: &IssueOptions<'_>,
 ) -> Result<RaTlsCert, IssueError> {
     if profile.names.is_empty() {
         return Err(IssueError::Invalid(
@@ -192,7 +221,18 @@ pub fn issue(
             evidence::MAX_NONCE_LEN
         )));
     }
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = match options.key_pkcs8 {
+        Some(der) => {
+            let key = KeyPair::try_from(der)?;
+            if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
+                return Err(IssueError::Invalid(
+                    "the given key is not a P-256 key".into(),
+                ));
+            }
+            key
+        }
+        None => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+    };
     let spki = key.subject_public_key_info();
     let simulated = measurer.kind() == ProviderKind::Simulated;
     let mut too_large = None;
@@ -221,9 +261,18 @@ pub fn issue(
 
     let mut params = CertificateParams::new(profile.names.clone())?;
     params.distinguished_name = dn(&profile.names[0]);
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + profile.validity;
+    let (not_before, not_after) = match options.not_before {
+        Some(t) => {
+            let from = OffsetDateTime::from(t);
+            (from, from + profile.validity)
+        }
+        None => {
+            let now = OffsetDateTime::now_utc();
+            (now - BACKDATE, now + profile.validity)
+        }
+    };
+    params.not_before = not_before;
+    params.not_after = not_after;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if profile.server_auth {
         params
@@ -286,6 +335,37 @@ mod tests {
             std::sync::Arc::new(crate::collateral::SourceChain::new()),
             policy,
         )
+    }
+
+    #[test]
+    fn issue_with_takes_a_start_time_and_a_given_key() {
+        let (m, id) = booted();
+        let profile =
+            CertProfile::server_and_client(vec!["x.test".into()], Duration::from_secs(60));
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let der = key.serialize_der();
+        let options = IssueOptions {
+            not_before: Some(start),
+            key_pkcs8: Some(&der),
+        };
+        let cert = issue_with(&m, &id, &profile, None, &options).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&cert.cert_der).unwrap();
+        assert_eq!(x.validity().not_before.timestamp(), 2_000_000_000);
+        assert_eq!(x.validity().not_after.timestamp(), 2_000_000_060);
+        assert_eq!(cert.key_pkcs8_der(), der, "the given key");
+        // Still a valid RA-TLS binding of that key (verified at the certificate's start).
+        let parsed = super::super::parse_ratls_cert(&cert.cert_der).unwrap();
+        assert_eq!(parsed.claims.app_id, id.app_id);
+        // A key of another curve is refused.
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let der384 = p384.serialize_der();
+        let options = IssueOptions {
+            not_before: None,
+            key_pkcs8: Some(&der384),
+        };
+        let e = issue_with(&m, &id, &profile, None, &options).unwrap_err();
+        assert!(e.to_string().contains("not a P-256 key"), "{e}");
     }
 
     #[test]

@@ -8,5 +8,7 @@ mod verify;
 
 pub use claims::AppClaims;
 pub use issue::pem_encode;
-pub use issue::{issue, CertAuthority, CertProfile, Identity, IssueError, RaTlsCert};
+pub use issue::{
+    issue, issue_with, CertAuthority, CertProfile, Identity, IssueError, IssueOptions, RaTlsCert,
+};
 pub use verify::{parse_ccc_cert, parse_ratls_cert, ParsedCccCert, ParsedRaTlsCert, MAX_CERT_LEN};

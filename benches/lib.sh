@@ -1,0 +1,212 @@
+# Shared set-up for benches/load.sh and benches/idle.sh (sourced, not run): tools, binaries,
+# certificates, the backend nginx, and the three contenders at a given worker count.
+#   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
+# Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
+# Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]).
+PROFILE=${PROFILE:-release}
+BASE=${BASE:-apps.bench.test}
+
+need=()
+for p in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl; do
+  command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
+done
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "install first: sudo apt-get install -y ${need[*]}" >&2; exit 1
+  fi
+fi
+
+if [ -z "${TEEGATE_BIN:-}" ]; then
+  echo "building ($PROFILE)..." >&2
+  flag=(); [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" --quiet --bin teegate --example bench_instance
+  dir=target/$([ "$PROFILE" = release ] && echo release || echo debug)
+  TEEGATE_BIN=$dir/teegate
+  HELPER_BIN=$dir/examples/bench_instance
+fi
+BIN=$TEEGATE_BIN
+HELPER=${HELPER_BIN:?set HELPER_BIN with TEEGATE_BIN}
+
+T=$(mktemp -d)
+GW_PID=""; HA_PID=""
+stop_contenders() {
+  [ -n "$GW_PID" ] && { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
+  [ -n "$HA_PID" ] && { kill "$HA_PID" 2>/dev/null || true; wait "$HA_PID" 2>/dev/null || true; }
+  [ -f "$T/nginx.pid" ] && { kill "$(cat "$T/nginx.pid")" 2>/dev/null || true; }
+  GW_PID=""; HA_PID=""
+  for _ in $(seq 1 50); do [ -f "$T/nginx.pid" ] || break; sleep 0.1; done
+}
+cleanup() {
+  cp "$T/gateway.err" target/bench-gateway.log 2>/dev/null || true
+  stop_contenders
+  [ -f "$T/backend.pid" ] && kill "$(cat "$T/backend.pid")" 2>/dev/null || true
+  sleep 0.3
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+PB=$(free_port); PP=$(free_port); PG=$(free_port); PGH=$(free_port); PR=$(free_port); PA=$(free_port)
+PN=$(free_port); PH=$(free_port)
+
+"$HELPER" certs "$T/certs" "$BASE"
+APP=$(cat "$T/certs/app_id")
+HOST="$APP.$BASE"
+cat "$T/certs/wildcard.pem" "$T/certs/wildcard.key" > "$T/certs/wildcard-haproxy.pem"
+
+cat > "$T/backend.conf" <<CONF
+user root;
+worker_processes 1;
+pid $T/backend.pid;
+error_log $T/backend.err warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$PB ssl;
+    ssl_certificate $T/certs/ratls.pem;
+    ssl_certificate_key $T/certs/ratls.key;
+    location / { return 200 "hello from the app\n"; }
+  }
+  server {
+    listen 127.0.0.1:$PP;
+    location / { return 200 "hello from the app\n"; }
+  }
+}
+CONF
+nginx -c "$T/backend.conf" -p "$T" -e "$T/backend.err"
+
+start_contenders() { # workers
+  local w=$1
+  cat > "$T/nginx.conf" <<CONF
+user root;
+worker_processes $w;
+worker_rlimit_nofile 20000;
+pid $T/nginx.pid;
+error_log $T/nginx.err warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  upstream app { server 127.0.0.1:$PB; keepalive 64; }
+  server {
+    listen 127.0.0.1:$PN ssl http2;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $T/certs/wildcard.pem;
+    ssl_certificate_key $T/certs/wildcard.key;
+    location / {
+      proxy_pass https://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_ssl_session_reuse on;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $T/certs/ratls.pem;
+      proxy_ssl_server_name on;
+      proxy_ssl_name $APP-80.$BASE;
+    }
+  }
+}
+CONF
+  nginx -c "$T/nginx.conf" -p "$T" -e "$T/nginx.err"
+
+  cat > "$T/haproxy.cfg" <<CONF
+global
+  nbthread $w
+  maxconn 9000
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:$PH ssl crt $T/certs/wildcard-haproxy.pem alpn h2,http/1.1
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https
+  default_backend app
+backend app
+  http-reuse always
+  server s1 127.0.0.1:$PB ssl verify required ca-file $T/certs/ratls.pem sni str($APP-80.$BASE) alpn http/1.1
+CONF
+  haproxy -f "$T/haproxy.cfg" -db 2>"$T/haproxy.err" &
+  HA_PID=$!
+
+  cat > "$T/gateway.toml" <<CONF
+base_domain = "$BASE"
+listen_https = "127.0.0.1:$PG"
+listen_http = "127.0.0.1:$PGH"
+listen_registration = "127.0.0.1:$PR"
+listen_admin = "127.0.0.1:$PA"
+data_dir = "$T/gateway-$w"
+workers = $w
+grace_period_secs = 1
+access_log = false
+[tls]
+mode = "files"
+cert_file = "$T/certs/wildcard.pem"
+key_file = "$T/certs/wildcard.key"
+[limits]
+max_connections = 20000
+max_connections_per_app = 20000
+max_connections_per_ip = 20000
+${GATEWAY_EXTRA:-}
+[registration]
+allow_loopback = true
+# One registration for the whole run (the bench does not heartbeat).
+lease_secs = 86400
+[verifier]
+allow_simulated = true
+mrtd = "any"
+rtmr0 = "any"
+rtmr1 = "any"
+rtmr2 = "any"
+compose_hashes = "any"
+app_ids = "any"
+CONF
+  TEEGATE_LOG=${TEEGATE_LOG:-warn,rustls=error} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
+  GW_PID=$!
+  for _ in $(seq 1 100); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$T/gateway.err" || { cat "$T/gateway.err" >&2; exit 1; }
+  "$HELPER" register "$T/certs" "$PR" "127.0.0.1:$PB"
+  for url in "https://127.0.0.1:$PG/" "https://127.0.0.1:$PN/" "https://127.0.0.1:$PH/"; do
+    local ok=""
+    for _ in $(seq 1 50); do
+      curl -sk --max-time 5 -H "Host: $HOST" "$url" | grep -q "hello from the app" && { ok=1; break; }
+      sleep 0.1
+    done
+    [ -n "$ok" ] || { echo "sanity check failed for $url" >&2; cat "$T"/*.err >&2; exit 1; }
+  done
+  # Resumption really happens where the resumed load expects it: a session saved after one
+  # request is offered on the next connection.
+  printf 'GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$HOST" > "$T/req"
+  for port in $PG $PN $PH; do
+    rm -f "$T/sess"
+    timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$HOST" -sess_out "$T/sess" \
+      -ign_eof < "$T/req" >/dev/null 2>&1 || true
+    echo "  resumption on :$port: $(timeout 10 openssl s_client -connect "127.0.0.1:$port" \
+      -servername "$HOST" -sess_in "$T/sess" -ign_eof < "$T/req" 2>/dev/null | grep -E '^(New|Reused),' || true)" >&2
+  done
+}
+
+# Processes whose CPU counts for a contender.
+pids_of() {
+  case $1 in
+    gateway) echo "$GW_PID" ;;
+    haproxy) echo "$HA_PID" ;;
+    nginx) local m; m=$(cat "$T/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    direct) cat "$T/backend.pid" ;;
+  esac
+}
+cpu_ticks() { # pids... -> utime+stime in clock ticks (fields 14 and 15 of /proc/<pid>/stat)
+  local p
+  for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done |
+    awk '{ sub(/.*\) /, ""); sum += $12 + $13 } END { print sum + 0 }'
+}

@@ -1,0 +1,397 @@
+//! HTTP/1 heads on the fast path: a client's request head parsed and rewritten for the
+//! upstream in one pass, and an upstream's response head parsed and rewritten for the client.
+//!
+//! Only plain requests take the fast path: HTTP/1.1, a Host header, an origin-form target,
+//! no body or a Content-Length one, no Upgrade, Expect, Transfer-Encoding or TE, and a
+//! Connection header (if any) of `keep-alive` or `close`. Anything else (or anything this
+//! parser refuses) is [`Parsed::General`]: pingora's proxy serves it as before, so its
+//! answers to odd or malformed requests stay its own.
+
+use crate::proxy::is_forwarding_header;
+
+/// Most headers a request or response head may carry here (pingora allows as many).
+const MAX_HEADERS: usize = 256;
+
+/// What the fast path needs of a request, and the head to send upstream.
+#[derive(Debug)]
+pub struct Request {
+    pub method: Method,
+    /// As sent, for the access log.
+    pub method_name: String,
+    pub path: String,
+    pub host: String,
+    /// Request body bytes that follow the head.
+    pub body_len: u64,
+    /// The client asked to close after this request.
+    pub close: bool,
+    /// Bytes of the head in the client's buffer.
+    pub head_len: usize,
+    /// Header names and values (+4 each) and the target, as the size limit counts them.
+    pub header_bytes: usize,
+    /// The head for the upstream, without the final empty line: the proxy adds the
+    /// forwarding headers and the end.
+    pub upstream: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Options,
+    Put,
+    Delete,
+    Other,
+}
+
+impl Method {
+    fn of(m: &str) -> Self {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "OPTIONS" => Method::Options,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            _ => Method::Other,
+        }
+    }
+
+    /// May be sent again to another instance after a failure.
+    pub fn idempotent(self) -> bool {
+        self != Method::Other
+    }
+}
+
+pub enum Parsed {
+    Fast(Request),
+    General,
+}
+
+/// Hop-by-hop headers, never forwarded as received.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Parses a complete request head at the start of `buf`.
+pub fn parse_request(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Parsed::General,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::General;
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parsed::General;
+    }
+    let mut host = None;
+    let mut body_len = None;
+    let mut close = false;
+    let mut header_bytes = path.len();
+    let mut upstream = Vec::with_capacity(head_len + 96);
+    upstream.extend_from_slice(method.as_bytes());
+    upstream.push(b' ');
+    upstream.extend_from_slice(path.as_bytes());
+    upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let name = h.name;
+        header_bytes += name.len() + h.value.len() + 4;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Parsed::General;
+            }
+            match std::str::from_utf8(h.value) {
+                Ok(v) => host = Some(v.to_string()),
+                Err(_) => return Parsed::General,
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (n, body_len) {
+                (Some(n), None) => body_len = Some(n),
+                _ => return Parsed::General,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = h.value;
+            if v.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !v.eq_ignore_ascii_case(b"keep-alive") {
+                return Parsed::General;
+            }
+            continue;
+        } else if name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("te")
+        {
+            return Parsed::General;
+        }
+        if hop_by_hop(name) || is_forwarding_header(name) {
+            continue;
+        }
+        upstream.extend_from_slice(name.as_bytes());
+        upstream.extend_from_slice(b": ");
+        upstream.extend_from_slice(h.value);
+        upstream.extend_from_slice(b"\r\n");
+    }
+    let Some(host) = host else {
+        return Parsed::General;
+    };
+    Parsed::Fast(Request {
+        method: Method::of(method),
+        method_name: method.to_string(),
+        path: path.to_string(),
+        host,
+        body_len: body_len.unwrap_or(0),
+        close,
+        head_len,
+        header_bytes,
+        upstream,
+    })
+}
+
+/// How the body of a response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (the client connection then closes too).
+    Close,
+}
+
+/// An upstream response head, rewritten for the client.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The upstream said it will close, or spoke HTTP/1.0.
+    pub upstream_close: bool,
+    /// The head for the client, without the final empty line.
+    pub client: Vec<u8>,
+}
+
+pub enum ParsedResponse {
+    Complete(Response),
+    /// An interim (1xx) response of this many bytes: skip it and read on.
+    Interim(usize),
+    Partial,
+    Invalid(String),
+}
+
+/// Parses a response head at the start of `buf`, for a request of `method`.
+pub fn parse_response(buf: &[u8], method: Method) -> ParsedResponse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let head_len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return ParsedResponse::Partial,
+        Err(e) => return ParsedResponse::Invalid(e.to_string()),
+    };
+    let (Some(status), Some(version)) = (res.code, res.version) else {
+        return ParsedResponse::Invalid("no status".into());
+    };
+    if (100..200).contains(&status) {
+        if status == 101 {
+            return ParsedResponse::Invalid("101 to a request without Upgrade".into());
+        }
+        return ParsedResponse::Interim(head_len);
+    }
+    let mut length = None;
+    let mut chunked = false;
+    let mut upstream_close = version == 0;
+    let mut client = Vec::with_capacity(head_len + 32);
+    client.extend_from_slice(b"HTTP/1.1 ");
+    client.extend_from_slice(status.to_string().as_bytes());
+    client.push(b' ');
+    client.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+    client.extend_from_slice(b"\r\n");
+    for h in res.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            // Written once, after the other headers.
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return ParsedResponse::Invalid("bad Content-Length".into()),
+            }
+            continue;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if h.value.eq_ignore_ascii_case(b"chunked") && !chunked {
+                chunked = true;
+                // Passed through as sent: the body is relayed chunk by chunk.
+                client.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                continue;
+            }
+            return ParsedResponse::Invalid("unsupported Transfer-Encoding".into());
+        } else if name.eq_ignore_ascii_case("connection") {
+            if h.value.windows(5).any(|w| w.eq_ignore_ascii_case(b"close")) {
+                upstream_close = true;
+            }
+            continue;
+        }
+        if hop_by_hop(name) {
+            continue;
+        }
+        client.extend_from_slice(name.as_bytes());
+        client.extend_from_slice(b": ");
+        client.extend_from_slice(h.value);
+        client.extend_from_slice(b"\r\n");
+    }
+    let bodiless = method == Method::Head || status == 204 || status == 304;
+    let framing = if bodiless {
+        Framing::None
+    } else if chunked {
+        // A length beside chunked is ignored (RFC 9112 6.3), and not passed on.
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    if let (Some(n), false) = (length, chunked) {
+        client.extend_from_slice(b"content-length: ");
+        client.extend_from_slice(n.to_string().as_bytes());
+        client.extend_from_slice(b"\r\n");
+    }
+    ParsedResponse::Complete(Response {
+        status,
+        head_len,
+        framing,
+        upstream_close,
+        client,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast(raw: &str) -> Request {
+        match parse_request(raw.as_bytes()) {
+            Parsed::Fast(r) => r,
+            Parsed::General => panic!("general path for {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_rewritten_without_hop_by_hop_or_forwarding_headers() {
+        let r = fast(
+            "GET /a?b HTTP/1.1\r\nHost: x.test\r\nConnection: keep-alive\r\nX_Forwarded_For: 6.6.6.6\r\n\
+             Keep-Alive: 5\r\nAccept: text/html\r\nx-real-ip: 1\r\nContent-Length: 3\r\n\r\nabc",
+        );
+        assert_eq!(r.host, "x.test");
+        assert_eq!(r.path, "/a?b");
+        assert_eq!(r.body_len, 3);
+        assert!(!r.close);
+        let up = String::from_utf8(r.upstream).unwrap();
+        assert_eq!(
+            up,
+            "GET /a?b HTTP/1.1\r\nHost: x.test\r\nAccept: text/html\r\nContent-Length: 3\r\n"
+        );
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_the_general_path() {
+        for raw in [
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Forwarded-For\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(raw.as_bytes()), Parsed::General),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let parse = |raw: &str, m| match parse_response(raw.as_bytes(), m) {
+            ParsedResponse::Complete(r) => r,
+            _ => panic!("{raw:?}"),
+        };
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+            Method::Get,
+        );
+        assert_eq!(r.framing, Framing::Length(5));
+        assert!(!r.upstream_close);
+        assert_eq!(
+            String::from_utf8(r.client).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"
+        );
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nContent-Length: 5\r\n\r\n",
+            Method::Get,
+        );
+        assert_eq!(
+            String::from_utf8(r.client).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-A: b\r\ncontent-length: 5\r\n"
+        );
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            Method::Get,
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        assert!(!String::from_utf8(r.client)
+            .unwrap()
+            .contains("content-length"));
+        assert_eq!(
+            parse("HTTP/1.0 200 OK\r\n\r\n", Method::Get).framing,
+            Framing::Close
+        );
+        assert!(parse("HTTP/1.0 200 OK\r\n\r\n", Method::Get).upstream_close);
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Head).framing,
+            Framing::None
+        );
+        assert_eq!(
+            parse("HTTP/1.1 304 Not Modified\r\n\r\n", Method::Get).framing,
+            Framing::None
+        );
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", Method::Get),
+            ParsedResponse::Interim(36)
+        ));
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_response(bad.as_bytes(), Method::Get),
+                    ParsedResponse::Invalid(_)
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The gateway's HTTP/1 fast path against a real `teegate gateway` process and a scripted
+//! RA-TLS front that answers with raw bytes: chunked bodies with trailers, close-delimited
+//! HTTP/1.0 bodies, interim 1xx answers, request bodies, keep-alive reuse of both
+//! connections, malformed answers, and a front presenting another instance's certificate.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::client::TlsStream;
+
+const COMPOSE: &[u8] = b"{\"name\":\"fast\"}";
+
+/// A front that serves `cert` and answers each request by its path, counting connections.
+async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.rustls_chain(), cert.rustls_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                loop {
+                    // One request head (and a Content-Length body) at a time.
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[end..end + len]).to_string();
+                    buf.drain(..end + len);
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let answer = match path.as_str() {
+                        "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n".to_string(),
+                        "/early" => "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater".to_string(),
+                        "/bad" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(),
+                        "/close" => {
+                            let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
+                            let _ = tls.shutdown().await;
+                            return;
+                        }
+                        _ => {
+                            let text = format!("{path} body={body}");
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Seen: {}\r\n\r\n{text}", text.len(), head.lines().filter(|l| l.to_ascii_lowercase().starts_with("x-forwarded-for")).count())
+                        }
+                    };
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+async fn tls_to(gw: &Gateway, host: &str) -> TlsStream<tokio::net::TcpStream> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(dev_roots(&gw.dev_ca_pem()))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gw.https_addr())
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host.to_string()).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// Reads one response: head, then `body_len` bytes or to the end when `None`.
+async fn response(s: &mut TlsStream<tokio::net::TcpStream>, body_len: Option<usize>) -> String {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let (Some(n), Some(p)) = (body_len, got.windows(4).position(|w| w == b"\r\n\r\n")) {
+            if got.len() >= p + 4 + n {
+                break;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "no whole response in time: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_every_body_framing_and_reuses_both_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let cert = ratls_cert(&id);
+    let (front, conns) = scripted_front(&cert).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let host = format!("{}.{BASE}", id.app_id);
+    let mut c = tls_to(&gw, &host).await;
+
+    // Keep-alive on both sides: ten requests, one client connection, one upstream one.
+    for i in 0..10 {
+        let req = format!("POST /echo{i} HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: 6.6.6.6\r\nContent-Length: 5\r\n\r\nabcde");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let expected = format!("/echo{i} body=abcde");
+        let r = response(&mut c, Some(expected.len())).await;
+        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+        assert!(r.ends_with(&expected), "{r}");
+        assert!(
+            r.contains("X-Seen: 1"),
+            "exactly one X-Forwarded-For, the gateway's: {r}"
+        );
+        assert_eq!(
+            r.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{r}"
+        );
+    }
+    // A body sent after the head, in pieces.
+    c.write_all(
+        format!("PUT /late HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n01234").as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"56789").await.unwrap();
+    let r = response(&mut c, Some("/late body=0123456789".len())).await;
+    assert!(r.ends_with("/late body=0123456789"), "{r}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the upstream connection is reused"
+    );
+
+    // Chunked, relayed as sent up to its end (trailers included), then the next request.
+    c.write_all(format!("GET /chunked HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let wire = "5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let r = response(&mut c, Some(wire.len())).await;
+    assert!(r.ends_with(wire), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{r}"
+    );
+    // An interim answer is read past; the final one is relayed.
+    c.write_all(format!("GET /early HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = response(&mut c, Some(5)).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200 ") && r.ends_with("later"),
+        "{r}"
+    );
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+
+    // A body that ends when the front closes ends the client connection too.
+    c.write_all(format!("GET /close HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = response(&mut c, None).await;
+    assert!(r.ends_with("until the end"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+
+    // A malformed answer is refused (502) and nothing of it reaches the client.
+    let mut c = tls_to(&gw, &host).await;
+    c.write_all(format!("GET /bad HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = response(&mut c, None).await;
+    assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
+    assert!(!r.contains("hello!"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_presenting_another_instances_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    // Instance 1 is genuine. Instance 2 registers its own certificate but points at
+    // instance 1's front, which presents instance 1's certificate.
+    let victim = identity(COMPOSE, 1);
+    let victim_cert = ratls_cert(&victim);
+    let (victim_front, _) = scripted_front(&victim_cert).await;
+    let (s, b) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &victim_cert,
+        &register_body(victim_front, &[80]),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let other = identity(b"{\"name\":\"other\"}", 2);
+    let other_cert = ratls_cert(&other);
+    let (s, b) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &other_cert,
+        &register_body(victim_front, &[80]),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    let other_host = format!("{}.{BASE}", other.app_id);
+    let mut c = tls_to(&gw, &other_host).await;
+    c.write_all(format!("GET /x HTTP/1.1\r\nHost: {other_host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = response(&mut c, None).await;
+    assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
+    assert!(!r.contains("body="), "nothing from the wrong instance: {r}");
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    assert!(
+        metrics
+            .contains("teegate_upstream_failures_total{reason=\"other-instance-certificate\"} 1"),
+        "{metrics}"
+    );
+    // The victim is unaffected.
+    let victim_host = format!("{}.{BASE}", victim.app_id);
+    let mut c = tls_to(&gw, &victim_host).await;
+    c.write_all(format!("GET /ok HTTP/1.1\r\nHost: {victim_host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let r = response(&mut c, Some("/ok body=".len())).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200 ") && r.ends_with("/ok body="),
+        "{r}"
+    );
+}
