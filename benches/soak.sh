@@ -211,6 +211,17 @@ rotate() {
     cp "$T/certs/i$i-g$g.pem" "$T/i$i/current.pem"
     cp "$T/certs/i$i-g$g.key" "$T/i$i/current.key"
     kill -HUP "$(cat "$T/i$i/nginx.pid")"
+    # nginx reloads asynchronously (old workers accept until the new ones are up): drop the
+    # old certificate only once new handshakes get the new one, as a sidecar swaps first.
+    want=$(openssl x509 -in "$T/i$i/current.pem" -noout -fingerprint -sha256)
+    seen=0
+    for _ in $(seq 1 50); do
+      got=$(openssl s_client -connect "127.0.0.1:${FRONT[$i]}" </dev/null 2>/dev/null \
+        | openssl x509 -noout -fingerprint -sha256 2>/dev/null || true)
+      if [ "$got" = "$want" ]; then seen=$((seen + 1)); else seen=0; fi
+      [ "$seen" -ge 3 ] && break
+      sleep 0.2
+    done
     sleep 1
     register "$i" || { echo "rotation register $i" >&2; exit 1; }
   ) 9>"$T/i$i/lock" 2>>"$T/churn.err" || { churn_fail "rotation of instance $i"; return; }
