@@ -1,9 +1,7 @@
 //! dstack's published flaws, one class a test, against teegate's real processes: each
 //! test would fail if teegate had the flaw. Named after the class (dstack issue or
-//! advisory). Other classes are covered where their feature is tested:
-//! custom-domain TXT records pointing at internal addresses (#831) in
-//! `tests/gateway.rs` `custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names`,
-//! and app ids not authorised for their compose hash in `tests/route_integrity.rs`.
+//! advisory). App ids not authorised for their compose hash are covered where that
+//! feature is tested, in `tests/route_integrity.rs`.
 
 mod support;
 
@@ -107,6 +105,183 @@ async fn ghsa_9fcv_app_info_is_taken_from_the_quote_not_from_unverified_fields()
     )
     .await;
     assert!(!apps.contains(&victim.app_id.to_hex()), "{apps}");
+}
+
+/// dstack #831: custom-domain TXT records that point the gateway at loopback or internal
+/// addresses. Names whose own addresses are loopback, private, link-local (the cloud
+/// metadata address), or IPv4-mapped private are refused (404, nothing proxied), while the
+/// app they name keeps serving its public custom domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dstack_831_custom_domain_txt_pointing_at_internal_addresses_is_refused() {
+    use hickory_proto::rr::rdata::{A, AAAA, TXT};
+    use hickory_proto::rr::RData;
+    let victim = identity(VICTIM, 1);
+    let app = victim.app_id.to_hex();
+    let txt = || RData::TXT(TXT::new(vec![app.clone()]));
+    let internal = [
+        ("loopback.example", RData::A(A::new(127, 0, 0, 1))),
+        ("metadata.example", RData::A(A::new(169, 254, 169, 254))),
+        ("private.example", RData::A(A::new(10, 0, 0, 5))),
+        (
+            "v6-loopback.example",
+            RData::AAAA(AAAA::from(std::net::Ipv6Addr::LOCALHOST)),
+        ),
+        (
+            "mapped.example",
+            RData::AAAA(AAAA::from(
+                "::ffff:192.168.1.1".parse::<std::net::Ipv6Addr>().unwrap(),
+            )),
+        ),
+    ];
+    let mut answers = vec![
+        ("_teegate-app.public.example.", txt()),
+        ("public.example.", RData::A(A::new(203, 0, 113, 10))),
+    ];
+    for (name, addr) in &internal {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        answers.push((leak(format!("_teegate-app.{name}.")), txt()));
+        answers.push((leak(format!("{name}.")), addr.clone()));
+    }
+    let (dns, _) = start_test_dns(answers).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut names: Vec<&str> = internal.iter().map(|(n, _)| *n).collect();
+    names.push("public.example");
+    store_dev_certs(dir.path(), &names).await;
+    let gw = start_gateway_in(
+        dir.path(),
+        GatewayPorts::new(),
+        &format!(
+            "[custom_domains]\nenabled = true\nallow = [\"example\"]\nnameservers = [\"{dns}\"]\n"
+        ),
+    );
+    let cert = ratls_cert(&victim);
+    let front = start_front(&cert, "victim").await;
+    let (s, b) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front.addr, &[80]),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let hosts: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let c = client(&gw, &hosts, false);
+    for (name, _) in &internal {
+        let r = c.get(format!("https://{name}/")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{name}");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("instance="),
+            "{name} reached the app: {body}"
+        );
+    }
+    let r = c.get("https://public.example/ok").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("instance=victim") && body.contains("path=/ok"),
+        "{body}"
+    );
+}
+
+/// dstack #566/#567: compressed or oversized event-log and certificate extensions, and
+/// allocation sized by length fields. A registration whose client certificate carries a
+/// gzip bomb, CBOR length fields claiming 2^32..2^64 items, or an event log over its bound
+/// is refused at evidence parsing with the reason; the gateway stays up and the victim
+/// registered before keeps its route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dstack_566_567_compressed_oversized_and_length_bomb_evidence_is_refused_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let victim = identity(VICTIM, 1);
+    let cert = ratls_cert(&victim);
+    let front = start_front(&cert, "victim").await;
+    let (s, b) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front.addr, &[80]),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let attacker = ratls_cert(&identity(br#"{"name":"advisory-566"}"#, 3));
+    for (what, der) in hostile::small_hostile_certs(&attacker) {
+        let (s, b) = register_with(
+            gw.ports.registration,
+            &gw.dev_ca_pem(),
+            vec![der.into()],
+            attacker.rustls_key(),
+            &register_body(front.addr, &[80]),
+        )
+        .await;
+        assert_eq!(s, 403, "{what}: {b}");
+        assert!(
+            b.contains("evidence") || b.contains("event log"),
+            "{what}: {b}"
+        );
+    }
+    // An oversized evidence extension announced as a front certificate.
+    let big = hostile::oversized_evidence_cert(&attacker);
+    let mut body = register_body(front.addr, &[80]);
+    body["front_certs"] = serde_json::json!([hex::encode(&big)]);
+    let (s, b) = register(gw.ports.registration, &gw.dev_ca_pem(), &attacker, &body).await;
+    assert!(s == 403 || s == 413, "oversized front certificate: {s} {b}");
+    let c = client(&gw, &[format!("{}.{BASE}", victim.app_id)], false);
+    let r = c
+        .get(format!("https://{}.{BASE}/still", victim.app_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("instance=victim"));
+}
+
+/// dstack #566/#567 through `teegate verify`: each hostile certificate (and one with an
+/// evidence extension over its bound) is refused, naming the evidence, within seconds and
+/// without a large allocation; the genuine certificate still verifies.
+#[test]
+fn dstack_566_567_compressed_oversized_and_length_bomb_evidence_is_refused_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ratls_cert(&identity(br#"{"name":"advisory-566-verify"}"#, 4));
+    let mut certs = hostile::small_hostile_certs(&base);
+    certs.push((
+        "oversized-extension",
+        hostile::oversized_evidence_cert(&base),
+    ));
+    certs.push(("genuine", base.cert_der.clone()));
+    for (what, der) in certs {
+        let path = dir.path().join(format!("{what}.pem"));
+        std::fs::write(&path, ratls::cert::pem_encode("CERTIFICATE", &der)).unwrap();
+        let started = std::time::Instant::now();
+        let o = teegate(&["verify", path.to_str().unwrap(), "--allow-simulated"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what} took {:?}",
+            started.elapsed()
+        );
+        if what == "genuine" {
+            assert!(o.status.success(), "{err}");
+        } else {
+            assert!(!o.status.success(), "{what} verified");
+            // Over 64 KiB the X.509 parser itself refuses the certificate, before evidence.
+            let named = err.contains("evidence")
+                || err.contains("event log")
+                || (what == "oversized-extension" && err.contains("invalid peer certificate"));
+            assert!(named, "{what}: {err}");
+        }
+    }
+    // The largest child this test waited for stayed small: no length field was believed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    assert!(
+        usage.ru_maxrss < 512 * 1024,
+        "a child reached {} kB",
+        usage.ru_maxrss
+    );
 }
 
 /// dstack #557: boot events forged from inside the CVM. A container asking the guest API

@@ -609,23 +609,17 @@ async fn custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     // Certificates for the custom names, from the gateway's own development CA.
-    {
-        use gateway::store::Store;
-        let ca = dev_ca_in(dir.path());
-        let store = sealed_store_in(dir.path());
-        for name in [
+    store_dev_certs(
+        dir.path(),
+        &[
             "shop.example",
             "internal.example",
             "junk.example",
             "missing.example",
             "shop.other",
-        ] {
-            store
-                .put_cert(&ca.issue(name, vec![name.to_string()]).unwrap())
-                .await
-                .unwrap();
-        }
-    }
+        ],
+    )
+    .await;
     let gw = start_gateway_in(
         dir.path(),
         GatewayPorts::new(),

@@ -64,3 +64,13 @@ pub use handler::ZoneRequestHandler;
 pub use server::{DnsServer, Limits, Listening};
 #[cfg(feature = "server")]
 pub use zone::ZoneHandle;
+
+/// The wire answer to one DNS message (no length prefix), exactly as the TCP listener
+/// computes it: header check, hickory's decoding, [`ZoneRequestHandler`], encoding. `None`
+/// when the message gets no answer. The fuzzer's entry point to the request path; not API.
+#[cfg(feature = "server")]
+#[doc(hidden)]
+pub async fn answer_wire(handler: &ZoneRequestHandler, message: Vec<u8>) -> Option<Vec<u8>> {
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 53));
+    tcp::respond(handler, message, peer).await
+}

@@ -90,6 +90,47 @@ pub fn parse_txt(value: &str) -> Option<Target> {
     })
 }
 
+/// The route named by a host's `_teegate-app` TXT records, each given as its character
+/// strings (joined, lossy UTF-8): every record must parse and all must agree. Also the
+/// fuzzer's entry point for the TXT value.
+#[doc(hidden)]
+pub fn route_from_txt<R, P>(
+    host: &str,
+    records: impl IntoIterator<Item = R>,
+) -> Result<Target, CustomError>
+where
+    R: IntoIterator<Item = P>,
+    P: AsRef<[u8]>,
+{
+    let values: Vec<String> = records
+        .into_iter()
+        .map(|parts| {
+            parts
+                .into_iter()
+                .map(|part| String::from_utf8_lossy(part.as_ref()).into_owned())
+                .collect::<String>()
+        })
+        .collect();
+    let mut targets = values.iter().map(|v| {
+        parse_txt(v).ok_or_else(|| CustomError::BadRecord {
+            name: host.to_string(),
+            value: v.to_string(),
+        })
+    });
+    let first = targets
+        .next()
+        .ok_or_else(|| CustomError::NoRecord(host.to_string()))??;
+    for other in targets {
+        if other? != first {
+            return Err(CustomError::BadRecord {
+                name: host.to_string(),
+                value: values.join(" | "),
+            });
+        }
+    }
+    Ok(first)
+}
+
 impl CustomDomains {
     pub fn new(cfg: &config::CustomDomainsConfig) -> Result<Self, String> {
         let provider = TokioRuntimeProvider::default();
@@ -182,37 +223,13 @@ impl CustomDomains {
             }
             Err(e) => return Err(lookup_err(&e)),
         };
-        let values: Vec<String> = txt
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                hickory_resolver::proto::rr::RData::TXT(t) => Some(t),
+        let first = route_from_txt(
+            host,
+            txt.answers().iter().filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::TXT(t) => Some(t.txt_data.iter()),
                 _ => None,
-            })
-            .map(|t| {
-                t.txt_data
-                    .iter()
-                    .map(|part| String::from_utf8_lossy(part))
-                    .collect::<String>()
-            })
-            .collect();
-        let mut targets = values.iter().map(|v| {
-            parse_txt(v).ok_or_else(|| CustomError::BadRecord {
-                name: host.to_string(),
-                value: v.to_string(),
-            })
-        });
-        let first = targets
-            .next()
-            .ok_or_else(|| CustomError::NoRecord(host.to_string()))??;
-        for other in targets {
-            if other? != first {
-                return Err(CustomError::BadRecord {
-                    name: host.to_string(),
-                    value: values.join(" | "),
-                });
-            }
-        }
+            }),
+        )?;
         let ips = self
             .resolver
             .lookup_ip(format!("{host}.").as_str())
@@ -251,6 +268,30 @@ mod tests {
         ] {
             assert!(parse_txt(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn txt_records_join_their_strings_and_must_agree() {
+        let id = "0123456789abcdef0123456789abcdef01234567";
+        let split: Vec<Vec<&[u8]>> =
+            vec![vec![&id.as_bytes()[..20], &id.as_bytes()[20..], b":8443"]];
+        assert_eq!(route_from_txt("a.test", &split).unwrap().port, 8443);
+        let agree = vec![vec![id.as_bytes()], vec![id.as_bytes()]];
+        assert!(route_from_txt("a.test", &agree).is_ok());
+        let other = format!("{id}:81");
+        let disagree = vec![vec![id.as_bytes()], vec![other.as_bytes()]];
+        assert!(matches!(
+            route_from_txt("a.test", &disagree),
+            Err(CustomError::BadRecord { .. })
+        ));
+        let none: Vec<Vec<&[u8]>> = Vec::new();
+        assert_eq!(
+            route_from_txt("a.test", &none),
+            Err(CustomError::NoRecord("a.test".into()))
+        );
+        // Invalid UTF-8 is read lossily and then refused, never panics.
+        let junk = vec![vec![&[0xff, 0xfe][..]]];
+        assert!(route_from_txt("a.test", &junk).is_err());
     }
 
     #[test]

@@ -125,15 +125,22 @@ impl GuestState {
             Ok(b) => b,
             Err(r) => return r,
         };
+        self.answer(&parts.method, parts.uri.path(), &body)
+    }
+
+    /// The answer to one request once its (bounded) body is read. Also the fuzzer's entry
+    /// point to the request path; not API.
+    #[doc(hidden)]
+    pub fn answer(&self, method: &Method, path: &str, body: &[u8]) -> Reply {
         macro_rules! parse {
             ($t:ty) => {
-                match serde_json::from_slice::<$t>(&body) {
+                match serde_json::from_slice::<$t>(body) {
                     Ok(v) => v,
                     Err(e) => return bad(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
                 }
             };
         }
-        match (parts.method, parts.uri.path()) {
+        match (method.clone(), path) {
             (Method::GET, "/info") => match self.current_measurements() {
                 Ok((q, _)) => {
                     let r = q.rtmrs();

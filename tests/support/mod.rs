@@ -785,10 +785,25 @@ pub async fn start_test_dns(
 }
 pub mod cvm;
 pub mod etcd;
+pub mod hostile;
 pub mod lab;
 pub mod lab_client;
 pub mod lab_hosts;
 pub mod lab_image;
+
+/// Certificates for `names` (custom domains), issued by the development CA in the gateway
+/// data dir `dir` and put in its embedded store, so a gateway started there serves them.
+pub async fn store_dev_certs(dir: &Path, names: &[&str]) {
+    use gateway::store::Store;
+    let ca = dev_ca_in(dir);
+    let store = sealed_store_in(dir);
+    for name in names {
+        store
+            .put_cert(&ca.issue(name, vec![name.to_string()]).unwrap())
+            .await
+            .unwrap();
+    }
+}
 
 // ---------------------------------------------------------------- KMS-issued app CAs
 

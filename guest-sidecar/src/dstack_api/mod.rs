@@ -134,8 +134,15 @@ impl DstackState {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let method = parts.uri.path().trim_start_matches('/');
-        let answer = match (&parts.method, method) {
+        self.answer(&parts.method, parts.uri.path(), &body)
+    }
+
+    /// The answer to one request once its (bounded) body is read. Also the fuzzer's entry
+    /// point to the request path; not API.
+    #[doc(hidden)]
+    pub fn answer(&self, http_method: &Method, path: &str, body: &[u8]) -> Reply {
+        let method = path.trim_start_matches('/');
+        let answer = match (http_method, method) {
             (&Method::POST | &Method::GET, "Info") => self.info(),
             (&Method::POST | &Method::GET, "Version") => Ok(reply(
                 StatusCode::OK,
@@ -144,13 +151,13 @@ impl DstackState {
                     "rev": concat!("teegate-", env!("CARGO_PKG_VERSION")),
                 }),
             )),
-            (&Method::POST, "GetQuote") => parse(&body).and_then(|r| self.get_quote(r)),
-            (&Method::POST, "Attest") => parse(&body).and_then(|r| self.attest(r)),
-            (&Method::POST, "GetKey") => parse(&body).and_then(|r| self.get_key(r)),
-            (&Method::POST, "GetTlsKey") => parse(&body).and_then(|r| self.get_tls_key(r)),
-            (&Method::POST, "Sign") => parse(&body).and_then(|r| self.sign(r)),
-            (&Method::POST, "Verify") => parse(&body).and_then(keys::verify),
-            (&Method::POST, "EmitEvent") => parse(&body).and_then(|r| self.emit_event(r)),
+            (&Method::POST, "GetQuote") => parse(body).and_then(|r| self.get_quote(r)),
+            (&Method::POST, "Attest") => parse(body).and_then(|r| self.attest(r)),
+            (&Method::POST, "GetKey") => parse(body).and_then(|r| self.get_key(r)),
+            (&Method::POST, "GetTlsKey") => parse(body).and_then(|r| self.get_tls_key(r)),
+            (&Method::POST, "Sign") => parse(body).and_then(|r| self.sign(r)),
+            (&Method::POST, "Verify") => parse(body).and_then(keys::verify),
+            (&Method::POST, "EmitEvent") => parse(body).and_then(|r| self.emit_event(r)),
             (_, m) if METHODS.contains(&m) => Err(err(StatusCode::METHOD_NOT_ALLOWED, "use POST")),
             (_, m) => Err(err(
                 StatusCode::NOT_FOUND,
