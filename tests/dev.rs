@@ -333,10 +333,38 @@ fn dev_without_docker_serves_two_apps_and_stops_cleanly_on_sigint() {
         assert!(inst["compose"]["file"].is_string(), "{page}");
     }
 
+    // The gateway runs attested in its own simulated CVM: its evidence is published, and
+    // the `teegate verify` line printed for each app checks the whole chain, from the
+    // certificate the client received to each instance.
+    let evidence: serde_json::Value =
+        serde_json::from_str(&attestation_json_at(&s, "/.well-known/teegate/gateway")).unwrap();
+    assert_eq!(evidence["attested"], true, "{evidence}");
+    let gateway_line = s
+        .lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("gateway "))
+        .expect("a gateway line");
+    assert!(
+        gateway_line.contains("attested [SIMULATED TDX]"),
+        "{gateway_line}"
+    );
+    let verifies: Vec<String> = s
+        .lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("teegate verify "))
+        .map(|rest| format!("'{}' verify {rest}", env!("CARGO_BIN_EXE_teegate")))
+        .collect();
+    assert_eq!(verifies.len(), 2, "{:#?}", s.lines);
+    for (i, verify) in verifies.iter().enumerate() {
+        let (ok, out) = sh(verify);
+        assert!(ok, "`{verify}` failed: {out}");
+        assert!(out.contains(&s.app_ids[i]), "{out}");
+    }
+
     let running = dev.processes();
     assert!(
-        running.len() >= 5,
-        "KMS, DNS, gateway and two CVMs run: {running:#?}"
+        running.len() >= 6,
+        "KMS, DNS, the gateway's CVM, the gateway and two CVMs run: {running:#?}"
     );
     dev.interrupt();
     assert_nothing_left(&dev, &s);

@@ -580,6 +580,38 @@ async fn an_unattested_gateway_says_so_and_verify_refuses_it() {
         err.contains("verification failed at gateway-quote: this gateway is not attested: its operator can read the traffic"),
         "{err}"
     );
+
+    // Every other surface says it too: the start-up log, the index's JSON twin, and the
+    // page as a browser renders it.
+    assert!(
+        gw.proc.log().contains(ratls::gateway_evidence::NOT_ATTESTED),
+        "{}",
+        gw.proc.log()
+    );
+    let index: serde_json::Value = c
+        .get(format!("https://{BASE}:{}/", gw.ports.https))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index["gateway"]["attested"], false, "{index}");
+    assert_eq!(
+        index["gateway"]["note"],
+        ratls::gateway_evidence::NOT_ATTESTED
+    );
+    let profile = dir.path().join("chromium");
+    let url = format!("https://{BASE}:{}/", gw.ports.https);
+    let dom = tokio::task::block_in_place(|| {
+        support::chromium::chromium(&gw, &profile, &url, &["--dump-dom"])
+    });
+    assert!(
+        dom.contains("data-attested=\"false\"")
+            && dom.contains("this gateway is not attested: its operator can read the traffic"),
+        "no unattested-gateway banner in the rendered page"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,19 +1,20 @@
-//! The chain-of-trust pages end to end: a real `teegate gateway` process pinning a KMS
-//! root, a simulated instance whose chain runs KMS root → app CA → RA-TLS certificate, an
-//! instance whose event log does not replay (injected here), the JSON twin over HTTPS, and
-//! the HTML page rendered by headless Chromium, with a screenshot kept as an artifact.
+//! The chain-of-trust pages end to end: a real `teegate gateway` process, attested in its
+//! own simulated CVM (a `teegate kms` and `teegate sidecar`), pinning a KMS root; a
+//! simulated instance whose chain runs KMS root → app CA → RA-TLS certificate, an instance
+//! whose event log does not replay (injected here), the JSON twin over HTTPS, and the HTML
+//! page rendered by headless Chromium — the whole chain from the certificate the browser
+//! received to each instance — with a screenshot kept as an artifact (the README's).
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use ratls::cert::{issue, CertAuthority, CertProfile, Identity, RaTlsCert};
 use ratls::provider::{ProviderError, ProviderKind, QuoteProvider, SimulatedProvider};
-use sha2::Digest;
+use support::chromium::{chromium, screenshot};
+use support::cvm::{gateway_compose, start_gateway_cvm};
 use support::*;
 
 const COMPOSE: &str = "{\"name\":\"shop\",\"exposed_ports\":[80]}\n";
@@ -78,94 +79,6 @@ fn pem(der: &[u8]) -> String {
     ::pem::encode(&::pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
-/// Chromium's `--ignore-certificate-errors-spki-list` entry for a PEM certificate: the
-/// dev CA is pinned this way, so the browser checks the gateway's chain to it.
-fn spki_pin(ca_pem: &str) -> String {
-    let der = ::pem::parse(ca_pem).unwrap().into_contents();
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let digest = sha2::Sha256::digest(cert.tbs_certificate.subject_pki.raw);
-    base64::engine::general_purpose::STANDARD.encode(digest)
-}
-
-fn artifact_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs headless Chromium against the gateway with `extra` arguments; returns stdout.
-fn chromium(gw: &Gateway, profile: &Path, url: &str, extra: &[&str]) -> String {
-    let rules = format!("MAP {BASE} 127.0.0.1, MAP *.{BASE} 127.0.0.1");
-    let pin = spki_pin(&gw.dev_ca_pem());
-    let mut cmd = Command::new("chromium");
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .arg(format!("--host-resolver-rules={rules}"))
-    .arg(format!("--ignore-certificate-errors-spki-list={pin}"))
-    .args(extra)
-    .arg(url);
-    let out = run_bounded(cmd, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn run_bounded(mut cmd: Command, within: Duration) -> std::process::Output {
-    use std::process::Stdio;
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("chromium is installed (Debian package `chromium`; ./scripts/test installs it)");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(within) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: signalling a child we spawned and have not reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("chromium did not finish within {within:?}");
-        }
-    }
-}
-
-/// Saves a screenshot of `url` at `size` ("W,H") under `target/test-artifacts/name`,
-/// never passing on a stale file from an earlier run.
-fn screenshot(gw: &Gateway, profile: &Path, url: &str, name: &str, size: &str) {
-    let shot = artifact_dir().join(name);
-    let _ = std::fs::remove_file(&shot);
-    tokio::task::block_in_place(|| {
-        chromium(
-            gw,
-            profile,
-            url,
-            &[
-                &format!("--screenshot={}", shot.display()),
-                &format!("--window-size={size}"),
-            ],
-        )
-    });
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{name}: {} bytes",
-        png.len()
-    );
-}
-
 /// The `<section …>` of the page whose `data-instance` is `instance` (and refused or not).
 fn section<'a>(dom: &'a str, instance: &str, refused: bool) -> &'a str {
     dom.split("<section")
@@ -199,10 +112,15 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let (root, app_ca) = root_and_app_ca();
     let root_path = dir.path().join("kms-root-ca.pem");
     std::fs::write(&root_path, pem(&root)).unwrap();
+    let cvm = start_gateway_cvm(dir.path(), &gateway_compose("trust-page-gateway"));
     let gw = start_gateway_in(
         &dir.path().join("gw"),
         GatewayPorts::new(),
-        &format!("[web]\nkms_root_ca = [\"{}\"]\n", root_path.display()),
+        &format!(
+            "[web]\nkms_root_ca = [\"{}\"]\n[attestation]\nguest_api = \"{}\"\n",
+            root_path.display(),
+            cvm.socket.display()
+        ),
     );
 
     // A good instance, with its compose file and KMS root.
@@ -277,11 +195,12 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         .unwrap();
     assert_eq!(index["apps"][0]["app_id"], app.as_str(), "{index}");
     assert_eq!(index["simulated"], true);
-    assert_eq!(index["gateway"]["attested"], false);
-    assert_eq!(
-        index["gateway"]["note"],
-        "this gateway is not attested: its operator can read the traffic"
-    );
+    // The first link: the gateway itself, attested, its quote verified and the served
+    // certificate's key among those it binds.
+    assert_eq!(index["gateway"]["attested"], true, "{index}");
+    assert_eq!(index["gateway"]["verdict"], "verified", "{index}");
+    assert_eq!(index["gateway"]["app_id"], cvm.app_id.to_hex(), "{index}");
+    assert_eq!(index["gateway"]["served"]["bound"], true, "{index}");
     assert!(index["refused"][0]["error"]
         .as_str()
         .unwrap()
@@ -347,9 +266,10 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let dom = tokio::task::block_in_place(|| chromium(&gw, &profile, &url, &["--dump-dom"]));
     assert!(dom.contains("SIMULATED TDX"), "no SIMULATED banner");
     assert!(
-        dom.contains("this gateway is not attested: its operator can read the traffic"),
-        "no unattested-gateway banner"
+        dom.contains("data-attested=\"true\" data-verdict=\"verified\""),
+        "the gateway's own link is verified"
     );
+    assert!(!dom.contains("this gateway is not attested"), "no unattested banner");
     let good_section = section(&dom, &good.instance_id.to_hex(), false);
     assert!(good_section.contains("data-verdict=\"verified\""));
     let good_links = links(good_section);

@@ -53,13 +53,14 @@ fuzz_target!(|data: &[u8]| {
     });
     let k256 = guest_sidecar::dstack_api::AppK256::from_released(&[3; 32], &"11".repeat(65))
         .expect("a k256 root");
-    let state = guest_sidecar::dstack_api::DstackState {
+    let state = guest_sidecar::dstack_api::DstackState::new(
         guest,
-        app_name: "fuzz-app".into(),
-        app_compose: COMPOSE.into(),
-        key_provider_info: r#"{"id":"","name":"kms"}"#.into(),
-        k256: Some(k256),
-    };
+        "fuzz-app".into(),
+        COMPOSE.into(),
+        r#"{"id":"","name":"kms"}"#.into(),
+        Some(k256),
+    )
+    .expect("a simulated quote");
     let reply = state.answer(method, path, body);
     assert!(!reply.status().is_server_error(), "{}", reply.status());
 });

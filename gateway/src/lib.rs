@@ -84,6 +84,10 @@ pub mod self_attest;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
+mod services;
+#[cfg(feature = "server")]
+mod startup;
+#[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod trust_page;

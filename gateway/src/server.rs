@@ -1,15 +1,16 @@
 //! Wiring: from a validated `GatewayConfig` to a running gateway. Everything that can
-//! fail (config, data directory, certificates, ports) fails before any listener opens.
+//! fail (config, data directory, certificates, ports) fails before any listener opens;
+//! the steps before the listeners are in `startup.rs`, the background services (hyper
+//! listeners, ACME, evidence, lease reaper) in `services.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use config::{GatewayConfig, StoreConfig, TlsMode};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch, ShutdownWatch};
-use pingora_core::services::background::{BackgroundService, GenBackgroundService};
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora_core::services::background::GenBackgroundService;
 use pingora_core::services::listening::Service;
 use ratls::tls::{ChainTrust, DeferredClientVerifier, RaTlsCheck};
 use ratls::CachingVerifier;
@@ -18,11 +19,10 @@ use tokio::sync::Semaphore;
 
 use crate::acme::{Acme, AcmeSettings, Http01Tokens};
 use crate::admin::{self, Admin};
-use crate::certs::{self, CertResolver, DevCa};
+use crate::certs::{self, CertResolver};
 use crate::custom::CustomDomains;
-use crate::evidence::{HeldKeys, Publisher};
+use crate::evidence::HeldKeys;
 use crate::frontdoor::FrontDoor;
-use crate::guest::{GuestApi, GuestInfo};
 use crate::metrics::Metrics;
 use crate::ondemand::OnDemand;
 use crate::per_ip::PerIp;
@@ -34,7 +34,9 @@ use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
 use crate::self_attest::SelfAttestError;
 use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, SealReport, SealedStore, Store};
 use crate::trust_page::TrustPages;
-use crate::{attest, http_util};
+use crate::services::{AcmeService, EvidenceService, Handler, HttpListener, LeaseReaper};
+use crate::startup::{bind, evidence_publisher, install_certificates, load_kms_roots, restore};
+use crate::attest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -70,265 +72,6 @@ pub struct StartInfo {
     pub dev_ca: Option<std::path::PathBuf>,
 }
 
-/// Re-verifies stored registrations, so only still-valid instances come back after a restart.
-async fn restore(
-    store: &dyn Store,
-    verifier: &CachingVerifier,
-    registry: &Registry,
-) -> Result<usize, GatewayError> {
-    let now = ratls::verifier::unix_now();
-    let mut restored = 0;
-    for record in store.instances().await? {
-        if record.lease_expires <= now {
-            store.delete_instance(&record.key()).await?;
-            continue;
-        }
-        if crate::replicas::verifies(&record, verifier) {
-            let key = record.key();
-            match registry.upsert(record, now) {
-                Ok(()) => restored += 1,
-                Err(e) => {
-                    tracing::warn!(instance = %key, error = %e, "stored registration conflicts with another; not routed")
-                }
-            }
-        } else {
-            tracing::warn!(instance = %record.instance_id, "stored registration no longer verifies; dropped");
-            store.delete_instance(&record.key()).await?;
-        }
-    }
-    Ok(restored)
-}
-
-/// Serves the stored certificates and makes sure the wildcard exists for the TLS mode
-/// (self-signed: issued from the development CA; files: read; ACME: left to the renewal
-/// loop). Returns the development CA's path when there is one.
-async fn install_certificates(
-    cfg: &GatewayConfig,
-    base: &str,
-    store: &SealedStore,
-    resolver: &CertResolver,
-    metrics: &Metrics,
-) -> Result<Option<std::path::PathBuf>, GatewayError> {
-    let wildcard = format!("*.{base}");
-    let stored = store.certs().await?;
-    if cfg.tls.mode == TlsMode::Acme {
-        // Reading the account also reports it when it does not open.
-        let _ = store
-            .get_value(&crate::acme::account_key(
-                &cfg.tls.acme.directory_url.to_string(),
-            ))
-            .await;
-    }
-    crate::own_identity::refuse_unreadable(store)?;
-    for record in &stored {
-        resolver.install(record)?;
-        metrics
-            .cert_not_after
-            .with_label_values(&[&record.name])
-            .set(record.not_after as i64);
-    }
-    let now = ratls::verifier::unix_now();
-    let have_wildcard = stored
-        .iter()
-        .any(|r| r.name == wildcard && r.not_after > now + 7 * 86400);
-    let mut dev_ca_path = None;
-    let record = match cfg.tls.mode {
-        TlsMode::SelfSigned => {
-            let ca = DevCa::load_or_create(&cfg.data_dir, store.key())?;
-            dev_ca_path = Some(ca.cert_path.clone());
-            (!have_wildcard)
-                .then(|| ca.issue_wildcard(base))
-                .transpose()?
-        }
-        TlsMode::Files => {
-            let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) else {
-                return Err(GatewayError::Config(
-                    "tls.cert_file and tls.key_file are required with tls.mode = \"files\"".into(),
-                ));
-            };
-            Some(certs::from_files(&wildcard, c, k)?)
-        }
-        TlsMode::Acme => {
-            if !have_wildcard {
-                tracing::warn!(
-                    "no wildcard certificate yet: TLS handshakes fail until ACME issues one"
-                );
-            }
-            None
-        }
-    };
-    if let Some(record) = record {
-        resolver.install(&record)?;
-        metrics
-            .cert_not_after
-            .with_label_values(&[&record.name])
-            .set(record.not_after as i64);
-        store.put_cert(&record).await?;
-    }
-    Ok(dev_ca_path)
-}
-
-/// Reads the KMS root CAs the attestation pages vouch for (`web.kms_root_ca`).
-fn load_kms_roots(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, GatewayError> {
-    let mut roots = Vec::new();
-    for path in paths {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            GatewayError::Config(format!("web.kms_root_ca: {}: {e}", path.display()))
-        })?;
-        let before = roots.len();
-        for block in pem::parse_many(&text).map_err(|e| {
-            GatewayError::Config(format!("web.kms_root_ca: {}: {e}", path.display()))
-        })? {
-            if block.tag() == "CERTIFICATE" {
-                roots.push(block.into_contents());
-            }
-        }
-        if roots.len() == before {
-            return Err(GatewayError::Config(format!(
-                "web.kms_root_ca: {}: no CERTIFICATE in the file",
-                path.display()
-            )));
-        }
-    }
-    Ok(roots)
-}
-
-fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen {
-        addr,
-        what,
-        message: e.to_string(),
-    })?;
-    l.set_nonblocking(true).map_err(|e| GatewayError::Listen {
-        addr,
-        what,
-        message: e.to_string(),
-    })?;
-    Ok(l)
-}
-
-type Handler = Arc<
-    dyn Fn(
-            http::Request<hyper::body::Incoming>,
-            http_util::Peer,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = http::Response<http_util::Body>> + Send>,
-        > + Send
-        + Sync,
->;
-
-/// A hyper listener run as a pingora background service.
-struct HttpListener {
-    name: &'static str,
-    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    handler: Handler,
-}
-
-#[async_trait]
-impl BackgroundService for HttpListener {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
-        let listener = match tokio::net::TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(service = self.name, error = %e, "listener failed");
-                return;
-            }
-        };
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let handler = self.handler.clone();
-        let serve = http_util::serve(listener, self.tls.clone(), rx, move |req, peer| {
-            handler(req, peer)
-        });
-        tokio::pin!(serve);
-        tokio::select! {
-            _ = &mut serve => {}
-            _ = shutdown.changed() => {
-                let _ = tx.send(true);
-            }
-        }
-    }
-}
-
-/// Runs the ACME renewal loop as a pingora background service.
-struct AcmeService(Arc<Acme>);
-
-/// Re-quotes the gateway's evidence when its keys change (see `evidence.rs`).
-struct EvidenceService(Arc<Publisher>);
-
-#[async_trait]
-impl BackgroundService for EvidenceService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.run(shutdown).await;
-    }
-}
-
-/// The gateway's evidence publisher: with a guest API (`[attestation]`), its first
-/// evidence is quoted now, over the keys already installed, and must verify with the
-/// gateway's own verifier or the gateway does not start; without one, the published
-/// document says the gateway is not attested.
-fn evidence_publisher(
-    guest: Option<(GuestApi, GuestInfo)>,
-    held: Arc<HeldKeys>,
-    verifier: &ratls::AttestationVerifier,
-) -> Result<Arc<Publisher>, GatewayError> {
-    let Some((api, info)) = guest else {
-        return Ok(Arc::new(Publisher::unattested(held)));
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
-    let publisher = rt
-        .block_on(Publisher::attested(api, info, held, verifier.clone()))
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
-    Ok(Arc::new(publisher))
-}
-
-#[async_trait]
-impl BackgroundService for AcmeService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.clone().run(shutdown).await;
-    }
-}
-
-/// Drops registrations whose lease ran out, every second.
-struct LeaseReaper {
-    registry: Arc<Registry>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl BackgroundService for LeaseReaper {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            for key in self.registry.expire(ratls::verifier::unix_now()) {
-                tracing::info!(instance = %key, "registration lease expired");
-                if let Err(e) = self.store.delete_instance(&key).await {
-                    tracing::warn!(error = %e, "could not delete expired registration");
-                }
-            }
-            self.metrics
-                .registered_instances
-                .set(self.registry.instance_count() as i64);
-        }
-    }
-}
-
 /// Builds and runs the gateway until `shutdown` fires. `on_start` sees where it listens.
 pub fn run(
     cfg: GatewayConfig,
@@ -351,7 +94,7 @@ pub fn run(
         );
     }
     // With [attestation], no listener opens unless the gateway's own quote verifies.
-    let (_attested, seal_key) = crate::own_identity::attest_and_key(&cfg, verifier.verifier())?;
+    let (attested, seal_key) = crate::own_identity::attest_and_key(&cfg, verifier.verifier())?;
     match cfg.verifier.kms_roots.len() {
         0 => tracing::info!(
             "app authorisation: content-addressed app ids only (no verifier.kms_roots pinned)"
@@ -392,7 +135,9 @@ pub fn run(
     })?;
     drop(rt);
     let held_keys = Arc::new(HeldKeys::new(resolver.clone()));
-    let evidence = evidence_publisher(None, held_keys.clone(), verifier.verifier())?;
+    // The evidence is quoted through the same guest API the start-up check verified.
+    let guest = attested.map(|me| (me.api.clone(), me.info.clone()));
+    let evidence = evidence_publisher(guest, held_keys.clone(), verifier.verifier())?;
 
     let registration_listener = bind(cfg.listen_registration, "registration")?;
     let admin_listener = bind(cfg.listen_admin, "admin")?;

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use procs::{Proc, Procs};
-use stack::{App, Layout, Ports};
+use stack::{App, GatewayCvm, Layout, Ports};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -144,6 +144,7 @@ enum Runtime {
 /// What the supervisor started, for the summary and the clean-up.
 #[derive(Default)]
 struct Stack {
+    gateway: Option<GatewayCvm>,
     apps: Vec<App>,
     ports: Option<Ports>,
     docker: Option<bollard::Docker>,
@@ -190,7 +191,13 @@ async fn supervise(args: Args) -> Result<ExitCode> {
     };
     let outcome = match started {
         Ok(Some(())) => {
-            output::summary(&layout, stack.ports.as_ref(), &stack.apps, t0);
+            output::summary(
+                &layout,
+                stack.ports.as_ref(),
+                stack.gateway.as_ref(),
+                &stack.apps,
+                t0,
+            );
             tokio::select! {
                 _ = signals.recv() => Ok(()),
                 e = watch_children(&mut procs) => Err(e),
@@ -315,9 +322,12 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
     }
     stack.apps = apps.clone();
 
-    let kms_cfg = stack::kms_config(layout, &ports, &apps)?;
+    let gw_cvm = stack::gateway_cvm(layout, &dev_id)?;
+    let kms_cfg = stack::kms_config(layout, &ports, &gw_cvm, &apps)?;
     let dns_cfg = stack::dns_config(layout, &ports)?;
-    let gw_cfg = stack::gateway_config(layout, &ports)?;
+    let gw_cvm_cfg = stack::gateway_cvm_config(layout, &ports, &gw_cvm)?;
+    let gw_cfg = stack::gateway_config(layout, &ports, &gw_cvm)?;
+    stack.gateway = Some(gw_cvm.clone());
     // Registrations of the last run point at fronts that are gone. The dev CA lives
     // beside this file and is kept; the gateway issues a new wildcard from it.
     let _ = std::fs::remove_file(layout.gateway_dir().join("state.json"));
@@ -327,13 +337,26 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
         Ok(procs.list.len() - 1)
     };
     let path = |p: &Path| p.display().to_string();
-    // KMS and DNS start together; the gateway waits for the KMS, whose root CA (published
-    // when it is ready) the gateway's attestation page pins.
+    // KMS and DNS start together; the gateway's CVM waits for the KMS (its sidecar gets the
+    // gateway app's keys there), and the gateway for its CVM's guest API: it quotes
+    // through it and seals its keys under a key derived there.
     let t = Instant::now();
     let kms = spawn(procs, "KMS", "kms", &["kms", "--config", &path(&kms_cfg)])?;
     let dns = spawn(procs, "DNS", "dns", &["dns", "--config", &path(&dns_cfg)])?;
     let wait = Duration::from_secs(30);
     step("starting KMS", t, procs.list[kms].ready(wait)).await?;
+    let cvm = spawn(
+        procs,
+        "gateway CVM (simulated)",
+        "gateway-cvm",
+        &["sidecar", "--config", &path(&gw_cvm_cfg)],
+    )?;
+    step(
+        "starting the gateway's CVM (simulated)",
+        t,
+        procs.list[cvm].ready(wait),
+    )
+    .await?;
     let gw = spawn(
         procs,
         "gateway",

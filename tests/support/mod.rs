@@ -783,6 +783,7 @@ pub async fn start_test_dns(
     });
     (addr, seen)
 }
+pub mod chromium;
 pub mod cvm;
 pub mod etcd;
 pub mod hostile;

@@ -384,12 +384,11 @@ fn run(url: &str, check: &SiteCheck, report: &mut SiteReport) -> Result<(), Site
         .verifier()
         .verify_gateway(&evidence)
         .map_err(SiteError::from)?;
-    let bound = gateway
-        .binding_of_certificate(&leaf)
-        .map_err(SiteError::from)?
-        .clone();
+    // The verified evidence goes in the report even when the received key is not one it
+    // binds: the report then shows which gateway was checked and what it does bind.
+    let bound = gateway.binding_of_certificate(&leaf).cloned();
     report.gateway = Some(gateway);
-    report.bound = Some(bound);
+    report.bound = Some(bound.map_err(SiteError::from)?);
 
     // 3. The app's instances, from the page this attested gateway serves, each verified
     // here rather than taken on the gateway's word.

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use super::secs;
-use super::stack::{App, Layout, Ports, BASE};
+use super::stack::{App, GatewayCvm, Layout, Ports, BASE};
 
 /// Quotes `text` for a POSIX shell when it needs it.
 fn shell_quote(text: &str) -> String {
@@ -20,7 +20,13 @@ fn shell_quote(text: &str) -> String {
 }
 
 /// What the user needs once everything runs: the CA, the URLs, a curl per app.
-pub fn summary(layout: &Layout, ports: Option<&Ports>, apps: &[App], t0: Instant) {
+pub fn summary(
+    layout: &Layout,
+    ports: Option<&Ports>,
+    gateway: Option<&GatewayCvm>,
+    apps: &[App],
+    t0: Instant,
+) {
     let Some(ports) = ports else {
         return;
     };
@@ -33,6 +39,12 @@ pub fn summary(layout: &Layout, ports: Option<&Ports>, apps: &[App], t0: Instant
         "                (import it in a browser to open the URLs below; it is kept across runs)"
     );
     println!("  attestation   https://{BASE}:{https}/");
+    if let Some(gw) = gateway {
+        println!(
+            "  gateway       attested [SIMULATED TDX], app {}; evidence https://{BASE}:{https}/.well-known/teegate/gateway",
+            gw.app_id
+        );
+    }
     if let Some(first) = apps.first() {
         println!(
             "  DNS           dig @127.0.0.1 -p {} +short {}",
@@ -51,6 +63,12 @@ pub fn summary(layout: &Layout, ports: Option<&Ports>, apps: &[App], t0: Instant
         println!(
             "  curl --resolve {host}:{https}:127.0.0.1 --cacert {ca_arg} https://{host}:{https}/"
         );
+        if let Some(gw) = gateway {
+            println!(
+                "  teegate verify https://{host}:{https}/ --connect 127.0.0.1:{https} --ca {ca_arg} --allow-simulated --gateway-app-id {}",
+                gw.app_id
+            );
+        }
     }
     println!();
     println!(

@@ -102,6 +102,19 @@ impl App {
     }
 }
 
+/// The simulated CVM the gateway runs in: the gateway is a teegate app of its own, whose
+/// sidecar measures its compose and derives the key that seals the gateway's private keys.
+#[derive(Debug, Clone)]
+pub struct GatewayCvm {
+    pub dir: PathBuf,
+    pub compose_path: PathBuf,
+    pub config_path: PathBuf,
+    /// The guest API the gateway uses (`[attestation] guest_api`).
+    pub socket: PathBuf,
+    pub app_id: ratls::AppId,
+    pub compose_hash: ratls::ComposeHash,
+}
+
 /// The layout of the data directory.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -197,6 +210,49 @@ pub fn app(layout: &Layout, dev_id: &str, index: usize, image: &str) -> Result<A
     })
 }
 
+/// Writes the gateway's own `app-compose.json` (dstack's format; the same bytes every run,
+/// so the gateway keeps its app id and its sealing key across runs) and returns its CVM.
+pub fn gateway_cvm(layout: &Layout, dev_id: &str) -> Result<GatewayCvm> {
+    let dir = layout.root.join("gateway-cvm");
+    std::fs::create_dir_all(dir.join("data"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let socket = dir.join("guest.sock");
+    // sun_path holds 108 bytes including the terminating NUL.
+    if socket.as_os_str().len() > 100 {
+        bail!(
+            "the data directory's path is too long for a Unix socket ({}); choose a shorter --data-dir",
+            socket.display()
+        );
+    }
+    let compose = serde_json::to_string_pretty(&serde_json::json!({
+        "manifest_version": 2,
+        "name": format!("teegate-dev-{dev_id}-gateway"),
+        "runner": "docker-compose",
+        "docker_compose_file": "services:\n  gateway:\n    image: teegate-dev/gateway:1\n    command: [\"teegate\", \"gateway\", \"--config\", \"/etc/teegate/gateway.toml\"]\n",
+        "kms_enabled": true,
+        // A gateway does not register with a gateway.
+        "gateway_enabled": false,
+        "public_logs": true,
+        "public_sysinfo": true,
+        "allowed_envs": [],
+        "no_instance_id": false,
+        "secure_time": false,
+    }))
+    .context("the gateway's compose")?;
+    let compose_path = dir.join("app-compose.json");
+    std::fs::write(&compose_path, &compose)
+        .with_context(|| format!("writing {}", compose_path.display()))?;
+    let compose_hash = ratls::ComposeHash::of(compose.as_bytes());
+    Ok(GatewayCvm {
+        config_path: dir.join("sidecar.toml"),
+        compose_path,
+        socket,
+        app_id: compose_hash.default_app_id(),
+        compose_hash,
+        dir,
+    })
+}
+
 const ANY_MEASUREMENT: &str = "mrtd = \"any\"\nrtmr0 = \"any\"\nrtmr1 = \"any\"\nrtmr2 = \"any\"\n";
 
 fn write(path: &Path, text: &str) -> Result<PathBuf> {
@@ -204,18 +260,25 @@ fn write(path: &Path, text: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// The KMS releases keys to exactly the demo apps' compose hashes, simulated quotes allowed.
-pub fn kms_config(layout: &Layout, ports: &Ports, apps: &[App]) -> Result<PathBuf> {
+/// The KMS releases keys to exactly the demo apps' and the gateway's compose hashes,
+/// simulated quotes allowed.
+pub fn kms_config(
+    layout: &Layout,
+    ports: &Ports,
+    gateway: &GatewayCvm,
+    apps: &[App],
+) -> Result<PathBuf> {
     let mut text = format!(
         "# written by teegate dev on every start\nlisten = \"127.0.0.1:{}\"\ndata_dir = {}\nquote_provider = \"simulated\"\n\n[verifier]\nallow_simulated = true\n\n[policy.os]\n{ANY_MEASUREMENT}",
         ports.kms,
         path_str(&layout.kms_dir()),
     );
-    for app in apps {
+    let measured = std::iter::once((gateway.app_id, gateway.compose_hash))
+        .chain(apps.iter().map(|a| (a.app_id, a.compose_hash)));
+    for (app_id, compose_hash) in measured {
         text.push_str(&format!(
-            "\n[policy.apps.{}]\ncompose_hashes = [\"{}\"]\nallow_simulated = true\n",
-            app.app_id,
-            app.compose_hash.to_hex()
+            "\n[policy.apps.{app_id}]\ncompose_hashes = [\"{}\"]\nallow_simulated = true\n",
+            compose_hash.to_hex()
         ));
     }
     write(&layout.root.join("kms.toml"), &text)
@@ -257,7 +320,8 @@ pub fn dns_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
     write(&layout.root.join("dns.toml"), &text)
 }
 
-pub fn gateway_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
+/// The gateway, attested through its CVM's guest API (`[attestation]`).
+pub fn gateway_config(layout: &Layout, ports: &Ports, cvm: &GatewayCvm) -> Result<PathBuf> {
     let text = format!(
         "# written by teegate dev on every start\nbase_domain = \"{BASE}\"\nlisten_https = \"127.0.0.1:{https}\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_registration = \"127.0.0.1:{reg}\"\nlisten_admin = \"127.0.0.1:{admin}\"\ndata_dir = {dir}\ngrace_period_secs = 1\nworkers = 2\n\n[tls]\nmode = \"self_signed\"\n\n[registration]\nallow_loopback = true\nlease_secs = 30\n\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n# Named app ids are routed only when the dev KMS signed their app CA.\nkms_roots = [{root}]\n\n# The attestation page vouches for the dev KMS's root.\n[web]\nkms_root_ca = [{root}]\n",
         root = path_str(&layout.kms_root_ca()),
@@ -273,7 +337,28 @@ pub fn gateway_config(layout: &Layout, ports: &Ports) -> Result<PathBuf> {
         ports.dns_api,
         path_str(&layout.dns_api_token()),
     );
+    // Its certificates' keys and the dev CA's are sealed under a key the KMS derives for
+    // the gateway's app; its evidence binds the keys it serves.
+    let text = format!(
+        "{text}\n[attestation]\nguest_api = {}\n",
+        path_str(&cvm.socket)
+    );
     write(&layout.root.join("gateway.toml"), &text)
+}
+
+/// The sidecar of the gateway's simulated CVM: no containers, no registration (the
+/// gateway is its only client, through the guest API socket).
+pub fn gateway_cvm_config(layout: &Layout, ports: &Ports, cvm: &GatewayCvm) -> Result<PathBuf> {
+    let text = format!(
+        "# written by teegate dev on every start\ncompose_file = {compose}\nsocket_path = {socket}\ndstack_socket_path = {dstack}\nlisten_front = \"127.0.0.1:0\"\nkms_url = \"https://127.0.0.1:{kms}\"\nkms_root_ca = {root}\nquote_provider = \"simulated\"\ndata_dir = {data}\nruntime = \"none\"\n\n[verifier]\nallow_simulated = true\n{ANY_MEASUREMENT}compose_hashes = \"any\"\napp_ids = \"any\"\n",
+        compose = path_str(&cvm.compose_path),
+        socket = path_str(&cvm.socket),
+        dstack = path_str(&cvm.dir.join("dstack.sock")),
+        kms = ports.kms,
+        root = path_str(&layout.kms_root_ca()),
+        data = path_str(&cvm.dir.join("data")),
+    );
+    write(&cvm.config_path, &text)
 }
 
 /// The sidecar of one simulated CVM: simulated quotes, the dev KMS pinned by its root,
@@ -331,12 +416,31 @@ mod tests {
         assert_eq!(a.app_id, again.app_id, "same compose bytes, same app id");
         assert_ne!(a.app_id, app(&layout, &id, 2, DEMO_IMAGE).unwrap().app_id);
 
-        let _: config::KmsConfig =
-            config::load(&kms_config(&layout, &ports, std::slice::from_ref(&a)).unwrap()).unwrap();
+        let gw_cvm = gateway_cvm(&layout, &id).unwrap();
+        assert_eq!(
+            gateway_cvm(&layout, &id).unwrap().app_id,
+            gw_cvm.app_id,
+            "the gateway keeps its app id (and its sealing key) across runs"
+        );
+        let kms: config::KmsConfig = config::load(
+            &kms_config(&layout, &ports, &gw_cvm, std::slice::from_ref(&a)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kms.policy.apps.len(), 2, "the gateway's app and the demo app");
+        for id in [gw_cvm.app_id, a.app_id] {
+            assert!(kms.policy.apps.iter().any(|(k, _)| k.to_string() == id.to_string()), "{id}");
+        }
+        let cvm_cfg: config::SidecarConfig =
+            config::load(&gateway_cvm_config(&layout, &ports, &gw_cvm).unwrap()).unwrap();
+        assert!(!cvm_cfg.runtime.uses_docker());
+        assert_eq!(cvm_cfg.socket_path, gw_cvm.socket);
+        let loaded = guest_sidecar::compose::LoadedAppCompose::read(&gw_cvm.compose_path).unwrap();
+        assert_eq!(loaded.app_id.0, gw_cvm.app_id.0);
         let dns: config::DnsConfig = config::load(&dns_config(&layout, &ports).unwrap()).unwrap();
         let gw: config::GatewayConfig =
-            config::load(&gateway_config(&layout, &ports).unwrap()).unwrap();
+            config::load(&gateway_config(&layout, &ports, &gw_cvm).unwrap()).unwrap();
         assert_eq!(gw.data_dir, layout.gateway_dir());
+        assert_eq!(gw.attestation.unwrap().guest_api, gw_cvm.socket);
         // Both sides read the same random token from one 0600 file; a new run makes a new one.
         use std::os::unix::fs::PermissionsExt;
         let token = dns.api.token.as_ref().expect("a DNS API token").expose();
