@@ -17,30 +17,12 @@ use std::time::Duration;
 
 use gateway::guest::GuestApi;
 use gateway::seal::{KeySource, Kind, SealKey};
+use support::cvm::gateway_compose;
 use support::etcd::*;
 use support::*;
 
-/// A gateway app's compose (dstack format; the gateway is not registered anywhere).
-fn gateway_compose(name: &str) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({
-        "manifest_version": 2,
-        "name": name,
-        "runner": "docker-compose",
-        "docker_compose_file": "services:\n  gateway:\n    image: teegate-test/gateway:latest\n",
-        "kms_enabled": true,
-        "gateway_enabled": false,
-        "public_logs": true,
-        "public_sysinfo": true,
-        "local_key_provider_enabled": false,
-        "allowed_envs": [],
-        "no_instance_id": false,
-        "secure_time": false,
-    }))
-    .unwrap()
-}
-
 /// A gateway app with a named app id (teegate's compose format): the KMS, not the compose
-/// hash, ties it to its composes, so its keys survive an upgrade of the compose.
+/// hash, ties it to its composes.
 fn named_gateway_compose(name: &str, app: &str) -> String {
     serde_json::json!({
         "name": name,
@@ -173,10 +155,7 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
         gateway_compose("teegate-gateway-b"),
     );
     let named = "9a".repeat(20);
-    let (compose_v1, compose_v2) = (
-        named_gateway_compose("teegate-gateway-named-v1", &named),
-        named_gateway_compose("teegate-gateway-named-v2", &named),
-    );
+    let compose_v1 = named_gateway_compose("teegate-gateway-named-v1", &named);
     let content_addressed = |c: &str| {
         (
             ratls::ComposeHash::of(c.as_bytes())
@@ -192,7 +171,7 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
         &[
             content_addressed(&compose_a),
             content_addressed(&compose_b),
-            (named.clone(), vec![hash(&compose_v1), hash(&compose_v2)]),
+            (named.clone(), vec![hash(&compose_v1)]),
         ],
     );
     let _kms = spawn_teegate(
@@ -378,10 +357,11 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
     assert_eq!(served(https, &ca_pem).await, first);
     assert!(gw_a.stop(Duration::from_secs(10)).is_some());
 
-    // A named gateway app: authorised only through the KMS's app CA, so a gateway that
-    // pins no KMS root refuses to start at app-authorisation.
+    // A named gateway app: authorised only through the KMS's app CA. Unpinned, the
+    // start-up check refuses it at app-authorisation; pinned, the check passes but its
+    // evidence would carry no app CA chain, so no client could believe its app id: it is
+    // refused too, before any listener opens, naming the step.
     let (_cvm_v1, sock_v1) = start_gateway_cvm(dir.path(), "cvm-v1", &compose_v1, kms_port);
-    let (_cvm_v2, sock_v2) = start_gateway_cvm(dir.path(), "cvm-v2", &compose_v2, kms_port);
     let cfg = attested(
         &dir.path().join("gw-unpinned"),
         &GatewayPorts::new(),
@@ -390,39 +370,45 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
     );
     let err = refused(&cfg);
     assert!(err.contains("at step app-authorisation"), "{err}");
-    // Pinning the KMS root, it starts; after a compose upgrade (same app id, another
-    // compose hash the KMS allows) the upgraded gateway opens the same sealed records.
     let pinned = format!(
         "[verifier]\n{ANY_OS}compose_hashes = \"any\"\napp_ids = \"any\"\nkms_roots = [\"{}\"]\n",
         dir.path().join("kms-data/root-ca.pem").display()
     );
-    let n_dir = dir.path().join("gw-named");
+    let cfg = attested(
+        &dir.path().join("gw-named"),
+        &GatewayPorts::new(),
+        &sock_v1,
+        &pinned,
+    );
+    let err = refused(&cfg);
+    assert!(
+        err.contains("attestation.guest_api")
+            && err.contains("app-authorisation")
+            && err.contains("content-addressed"),
+        "{err}"
+    );
+
+    // Gateway app A again, on the embedded store.
+    let n_dir = dir.path().join("gw-embedded");
     let ports = GatewayPorts::new();
     let https = std::net::SocketAddr::from(([127, 0, 0, 1], ports.https));
-    let mut served_by = Vec::new();
-    for sock in [&sock_v1, &sock_v2] {
-        let cfg = attested(&n_dir, &ports, sock, &pinned);
-        let mut gw = spawn_teegate(
-            &["gateway", "--config", cfg.to_str().unwrap()],
-            "ready",
-            Duration::from_secs(30),
-        );
-        assert!(
-            gw.log().contains("this gateway is attested"),
-            "{}",
-            gw.log()
-        );
-        wait_for_port(ports.https, Duration::from_secs(10));
-        let ca = std::fs::read_to_string(n_dir.join("dev-ca.pem")).unwrap();
-        served_by.push(served(https, &ca).await);
-        assert!(gw.stop(Duration::from_secs(10)).is_some());
-    }
-    assert_eq!(
-        served_by[0], served_by[1],
-        "the upgraded gateway serves the sealed certificate"
+    let cfg = attested(&n_dir, &ports, &sock_a, "");
+    let mut gw = spawn_teegate(
+        &["gateway", "--config", cfg.to_str().unwrap()],
+        "ready",
+        Duration::from_secs(30),
     );
+    assert!(
+        gw.log().contains("this gateway is attested"),
+        "{}",
+        gw.log()
+    );
+    wait_for_port(ports.https, Duration::from_secs(10));
+    let ca = std::fs::read_to_string(n_dir.join("dev-ca.pem")).unwrap();
+    let served_by = vec![served(https, &ca).await];
+    assert!(gw.stop(Duration::from_secs(10)).is_some());
     // In the embedded store too, the key is there only sealed.
-    let key = app_seal_key(&sock_v2).await;
+    let key = app_seal_key(&sock_a).await;
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(n_dir.join("state.json")).unwrap()).unwrap();
     let wildcard = format!("*.{BASE}");
