@@ -178,8 +178,9 @@ async fn fresh_handshake_quotes_the_clients_nonce_and_still_speaks_http1() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with("container=web"), "{resp}");
 
-    // The CLI, as a user runs it.
-    let url = format!("https://{}/", front.sni());
+    // The CLI, as a user runs it, by the passthrough name (`<app-id>s.<base>`: the
+    // instance's own certificate; `<app-id>.<base>` is a URL the gateway terminates).
+    let url = format!("https://{}s.{BASE}/", front.id.app_id);
     let o = teegate(vec![
         "verify".into(),
         url,
