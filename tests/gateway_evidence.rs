@@ -584,7 +584,9 @@ async fn an_unattested_gateway_says_so_and_verify_refuses_it() {
     // Every other surface says it too: the start-up log, the index's JSON twin, and the
     // page as a browser renders it.
     assert!(
-        gw.proc.log().contains(ratls::gateway_evidence::NOT_ATTESTED),
+        gw.proc
+            .log()
+            .contains(ratls::gateway_evidence::NOT_ATTESTED),
         "{}",
         gw.proc.log()
     );

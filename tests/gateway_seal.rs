@@ -405,7 +405,7 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
     );
     wait_for_port(ports.https, Duration::from_secs(10));
     let ca = std::fs::read_to_string(n_dir.join("dev-ca.pem")).unwrap();
-    let served_by = vec![served(https, &ca).await];
+    let served_cert = served(https, &ca).await;
     assert!(gw.stop(Duration::from_secs(10)).is_some());
     // In the embedded store too, the key is there only sealed.
     let key = app_seal_key(&sock_a).await;
@@ -419,7 +419,7 @@ async fn attested_gateway_starts_verified_and_seals_its_keys_in_etcd() {
             state["certs"][&wildcard]["key_pem"].as_str().unwrap(),
         )
         .unwrap();
-    assert_eq!(key_spki(&key_pem), cert_spki(&served_by[0]));
+    assert_eq!(key_spki(&key_pem), cert_spki(&served_cert));
     assert_no_key_in(
         &all_file_bytes(&n_dir),
         &key_pem,

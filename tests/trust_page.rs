@@ -269,7 +269,10 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         dom.contains("data-attested=\"true\" data-verdict=\"verified\""),
         "the gateway's own link is verified"
     );
-    assert!(!dom.contains("this gateway is not attested"), "no unattested banner");
+    assert!(
+        !dom.contains("this gateway is not attested"),
+        "no unattested banner"
+    );
     let good_section = section(&dom, &good.instance_id.to_hex(), false);
     assert!(good_section.contains("data-verdict=\"verified\""));
     let good_links = links(good_section);

@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::acme::{Acme, AcmeSettings, Http01Tokens};
 use crate::admin::{self, Admin};
+use crate::attest;
 use crate::certs::{self, CertResolver};
 use crate::custom::CustomDomains;
 use crate::evidence::HeldKeys;
@@ -32,11 +33,10 @@ use crate::registration::Registrar;
 use crate::registry::{Balance, Registry};
 use crate::replicas::{self, ReplicaHeartbeat, StoreSync, StoreWatch};
 use crate::self_attest::SelfAttestError;
-use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, SealReport, SealedStore, Store};
-use crate::trust_page::TrustPages;
 use crate::services::{AcmeService, EvidenceService, Handler, HttpListener, LeaseReaper};
 use crate::startup::{bind, evidence_publisher, install_certificates, load_kms_roots, restore};
-use crate::attest;
+use crate::store::{EmbeddedStore, EtcdStore, ReplicaRecord, SealReport, SealedStore, Store};
+use crate::trust_page::TrustPages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

@@ -115,4 +115,3 @@ impl BackgroundService for LeaseReaper {
         }
     }
 }
-

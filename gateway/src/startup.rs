@@ -140,7 +140,10 @@ pub(crate) fn load_kms_roots(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>
     Ok(roots)
 }
 
-pub(crate) fn bind(addr: SocketAddr, what: &'static str) -> Result<std::net::TcpListener, GatewayError> {
+pub(crate) fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<std::net::TcpListener, GatewayError> {
     let l = std::net::TcpListener::bind(addr).map_err(|e| GatewayError::Listen {
         addr,
         what,
@@ -175,4 +178,3 @@ pub(crate) fn evidence_publisher(
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     Ok(Arc::new(publisher))
 }
-

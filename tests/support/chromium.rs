@@ -98,4 +98,3 @@ pub fn screenshot(gw: &Gateway, profile: &Path, url: &str, name: &str, size: &st
         png.len()
     );
 }
-

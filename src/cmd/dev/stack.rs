@@ -422,13 +422,22 @@ mod tests {
             gw_cvm.app_id,
             "the gateway keeps its app id (and its sealing key) across runs"
         );
-        let kms: config::KmsConfig = config::load(
-            &kms_config(&layout, &ports, &gw_cvm, std::slice::from_ref(&a)).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(kms.policy.apps.len(), 2, "the gateway's app and the demo app");
+        let kms: config::KmsConfig =
+            config::load(&kms_config(&layout, &ports, &gw_cvm, std::slice::from_ref(&a)).unwrap())
+                .unwrap();
+        assert_eq!(
+            kms.policy.apps.len(),
+            2,
+            "the gateway's app and the demo app"
+        );
         for id in [gw_cvm.app_id, a.app_id] {
-            assert!(kms.policy.apps.iter().any(|(k, _)| k.to_string() == id.to_string()), "{id}");
+            assert!(
+                kms.policy
+                    .apps
+                    .iter()
+                    .any(|(k, _)| k.to_string() == id.to_string()),
+                "{id}"
+            );
         }
         let cvm_cfg: config::SidecarConfig =
             config::load(&gateway_cvm_config(&layout, &ports, &gw_cvm).unwrap()).unwrap();
