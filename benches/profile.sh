@@ -2,22 +2,22 @@
 # Where the gateway's time goes, in instructions: the gateway runs under
 # `valgrind --tool=callgrind` (one worker) with the set-up of benches/load.sh, wrk drives
 # HTTP/1.1 keep-alive requests through it, and after a warm-up the counters are zeroed and
-# collected for DURATION seconds. Prints instructions per request (repeatable for the same
-# binary and inputs, whatever else the machine does) and the functions with the largest
-# self cost. User-space only: the kernel's share (the syscalls) is not in it.
+# collected for DURATION seconds (and the gateway's shutdown, which follows). Prints
+# instructions per request (repeatable for the same binary and inputs, whatever else the
+# machine does). User-space only: the kernel's share (the syscalls) is not in it.
 #
-# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 TOP=25 PROFILE=release;
+# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 PROFILE=release;
 #        TEEGATE_BIN / HELPER_BIN to use prebuilt binaries; OUT=file keeps the profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-10}
-TOP=${TOP:-25}
 
 command -v valgrind >/dev/null || { echo "install valgrind first (apt-get install valgrind)" >&2; exit 1; }
 . benches/lib.sh
 
+KEEP_OUT=${OUT:-}
 OUT=${OUT:-$T/callgrind.out}
 # The gateway started through a wrapper, so lib.sh's start-up (and its checks) stay as they are.
 real_bin=$(realpath "$BIN")
@@ -35,18 +35,17 @@ echo "warm-up ${WARMUP}s…" >&2
 wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" >/dev/null 2>&1 || true
 callgrind_control --zero "$GW_PID" >/dev/null
 out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1)
-callgrind_control --dump "$GW_PID" >/dev/null
 reqs=$(awk '/requests in/ {print $1}' <<<"$out")
 errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-
-# The dump written after zeroing is the last file callgrind wrote (OUT, or OUT.N).
-dump=$(ls -t "$OUT"* | head -1)
+# Callgrind writes the profile (everything since the counters were zeroed, and the
+# gateway's shutdown, which is small) when the gateway exits.
+stop_contenders
+dump=$OUT
+[ -s "$dump" ] || { echo "callgrind wrote no profile to $dump" >&2; exit 1; }
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 echo
 echo "requests answered: ${reqs:-0} in ${DURATION}s under callgrind ($CONNS connections)"
 echo "instructions:      ${total:-0}"
 awk -v t="${total:-0}" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "per request:       %.1f k\n", t / n / 1000 }'
-echo
-echo "largest self cost:"
-callgrind_annotate "$dump" 2>/dev/null | awk '/file:function/ {f = 1; getline; next} f && NF' | head -"$TOP"
+[ -n "${KEEP_OUT:-}" ] && echo "profile:           $dump"
 [ -z "$errs" ] || { echo "wrk saw errors: $errs" >&2; exit 1; }
