@@ -327,17 +327,11 @@ async fn an_attested_gateway_publishes_evidence_that_verify_checks_step_by_step(
     let verified = pins.verifier().verify_gateway(&ev).unwrap();
     verified.binding_of_certificate(&served).unwrap();
     // The app page gives each instance's certificate, for clients to verify themselves.
-    let page: serde_json::Value = c
-        .get(format!(
-            "https://{BASE}:{}/apps/{}.json",
-            gw.ports.https, id.app_id
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(
+        &c,
+        &format!("https://{BASE}:{}/apps/{}.json", gw.ports.https, id.app_id),
+    )
+    .await;
     assert_eq!(
         page["instances"][0]["certificates"][0],
         hex::encode(&cert.cert_der)
@@ -590,15 +584,7 @@ async fn an_unattested_gateway_says_so_and_verify_refuses_it() {
         "{}",
         gw.proc.log()
     );
-    let index: serde_json::Value = c
-        .get(format!("https://{BASE}:{}/", gw.ports.https))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let index = get_json(&c, &format!("https://{BASE}:{}/", gw.ports.https)).await;
     assert_eq!(index["gateway"]["attested"], false, "{index}");
     assert_eq!(
         index["gateway"]["note"],

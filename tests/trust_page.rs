@@ -184,15 +184,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
     let app = good.app_id.to_hex();
     let client = client(&gw, &[BASE.to_string()], false);
     let base = format!("https://{BASE}:{}", gw.ports.https);
-    let index: serde_json::Value = client
-        .get(format!("{base}/"))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let index = get_json(&client, &format!("{base}/")).await;
     assert_eq!(index["apps"][0]["app_id"], app.as_str(), "{index}");
     assert_eq!(index["simulated"], true);
     // The first link: the gateway itself, attested, its quote verified and the served
@@ -205,14 +197,7 @@ async fn chain_of_trust_pages_show_verified_and_failing_links() {
         .as_str()
         .unwrap()
         .contains("event-log-replay"));
-    let page: serde_json::Value = client
-        .get(format!("{base}/apps/{app}.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(&client, &format!("{base}/apps/{app}.json")).await;
     let inst = &page["instances"][0];
     assert_eq!(inst["verdict"], "verified", "{inst}");
     assert_eq!(inst["compose"]["file"], COMPOSE);

@@ -239,6 +239,18 @@ pub fn wait_for_port(port: u16, within: Duration) {
 }
 
 /// An HTTPS client trusting the gateway's dev CA, resolving app names to the gateway.
+/// GETs `url` asking for JSON (the pages' twins answer it), expecting a JSON body.
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn client(gw: &Gateway, hosts: &[String], h2: bool) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     for c in pem::parse_many(gw.dev_ca_pem()).unwrap() {
