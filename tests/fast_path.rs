@@ -1,7 +1,8 @@
-//! The gateway's HTTP/1 fast path against a real `teegate gateway` process and a scripted
-//! RA-TLS front that answers with raw bytes: chunked bodies with trailers, close-delimited
-//! HTTP/1.0 bodies, interim 1xx answers, request bodies, keep-alive reuse of both
-//! connections, malformed answers, and a front presenting another instance's certificate.
+//! The gateway's fast path against a real `teegate gateway` process and a scripted RA-TLS
+//! front that answers with raw bytes: chunked bodies with trailers, close-delimited HTTP/1.0
+//! bodies, interim 1xx answers, request bodies, keep-alive reuse of both connections,
+//! malformed answers, and a front presenting another instance's certificate; the same over
+//! HTTP/2 from the client (bodies re-framed, many streams at once on one connection).
 
 mod support;
 
@@ -72,6 +73,8 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
                         "/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n".to_string(),
                         "/early" => "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater".to_string(),
                         "/bad" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(),
+                        "/head" => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len()),
+                        "/empty" => "HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n".to_string(),
                         "/close" => {
                             let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
                             let _ = tls.shutdown().await;
@@ -279,5 +282,110 @@ async fn a_front_presenting_another_instances_certificate_is_refused() {
     assert!(
         r.starts_with("HTTP/1.1 200 ") && r.ends_with("/ok body="),
         "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_every_body_framing_as_http2_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let cert = ratls_cert(&id);
+    let (front, conns) = scripted_front(&cert).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let host = format!("{}.{BASE}", id.app_id);
+    let c = client(&gw, std::slice::from_ref(&host), true);
+    let get = |path: &str| c.get(format!("https://{host}{path}")).send();
+
+    // The upstream gets an HTTP/1.1 head: our host, one X-Forwarded-For (ours), the
+    // cookies HTTP/2 split joined again.
+    let r = c
+        .get(format!("https://{host}/head"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let head = r.text().await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("get /head http/1.1\r\n"), "{head}");
+    assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
+    assert_eq!(head.matches("x-forwarded-for").count(), 1, "{head}");
+    assert!(!head.contains("6.6.6.6"), "{head}");
+    assert!(head.contains("x-forwarded-proto: https"), "{head}");
+    assert!(head.contains("cookie: a=1; b=2\r\n"), "{head}");
+
+    // Chunked: the data arrives without its chunked framing, and no HTTP/1 framing header.
+    let r = get("/chunked").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("transfer-encoding").is_none());
+    assert_eq!(r.text().await.unwrap(), "hello, world");
+    let r = get("/early").await.unwrap();
+    assert_eq!(r.headers().get("content-length").unwrap(), "5");
+    assert_eq!(r.text().await.unwrap(), "later");
+    let r = get("/empty").await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers().get("x-empty").unwrap(), "1");
+    assert_eq!(r.text().await.unwrap(), "");
+    // Close-delimited: the stream ends when the front closes; the connection stays.
+    let r = get("/close").await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "until the end");
+    // A malformed answer: 502, nothing of it relayed.
+    let r = get("/bad").await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(!r.text().await.unwrap().contains("hello!"));
+    // A request body takes pingora's path, on the same connection.
+    let r = c
+        .post(format!("https://{host}/post"))
+        .body("abcde")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "/post body=abcde");
+
+    // Sequential requests reuse one verified upstream connection; concurrent streams on
+    // the one client connection are all answered.
+    let before = conns.load(Ordering::SeqCst);
+    for i in 0..5 {
+        let r = get(&format!("/seq{i}")).await.unwrap();
+        assert_eq!(r.text().await.unwrap(), format!("/seq{i} body="));
+    }
+    assert!(
+        conns.load(Ordering::SeqCst) <= before + 1,
+        "sequential streams reuse the upstream connection"
+    );
+    let answers = futures_util::future::join_all((0..40).map(|i| {
+        let c = c.clone();
+        let url = format!("https://{host}/par{i}");
+        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+    }))
+    .await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a, &format!("/par{i} body="));
+    }
+    // Each stream went through the log phase (the POST through pingora's).
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    let ok = format!(
+        "teegate_requests_total{{app=\"{}\",status=\"200\"}} ",
+        id.app_id
+    );
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with(&ok))
+        .unwrap_or_default();
+    assert_eq!(line.trim_start_matches(&ok), "50", "{metrics}");
+    // All but the POST were the fast path's.
+    assert!(
+        metrics.contains("teegate_fast_path_requests_total{protocol=\"h2\"} 51\n"),
+        "{metrics}"
     );
 }

@@ -1,6 +1,8 @@
 //! Finds where a chunked body ends while it is relayed as received (RFC 9112 7.1), so the
-//! fast path never re-encodes a chunked response and never forwards past its end. Every
-//! line is bounded; anything malformed is an error and the connections close.
+//! fast path never re-encodes a chunked response to an HTTP/1 client and never forwards
+//! past its end; for an HTTP/2 client it also says where the data of each chunk lies (HTTP/2
+//! frames the data itself). Every line is bounded; anything malformed is an error and the
+//! connections close.
 
 /// Longest chunk-size line (with extensions), and longest trailer section.
 const MAX_LINE: usize = 4096;
@@ -58,6 +60,16 @@ impl Chunked {
     /// Consumes body bytes; returns how many belong to the body (all of them unless the
     /// body ended inside `buf`).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, Malformed> {
+        self.feed_data(buf, |_| {})
+    }
+
+    /// As [`Chunked::feed`], and calls `data` with the range of `buf` of each piece of chunk
+    /// data (without the chunked framing), in order.
+    pub fn feed_data(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, Malformed> {
         let mut i = 0;
         while i < buf.len() {
             let b = buf[i];
@@ -65,6 +77,7 @@ impl Chunked {
                 State::Done => return Ok(i),
                 State::Data { left } => {
                     let take = (buf.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    data(i..i + take);
                     i += take;
                     let left = left - take as u64;
                     self.0 = if left == 0 {
@@ -146,6 +159,21 @@ mod tests {
             assert_eq!(a, cut);
             let b = c.feed(&wire[cut..]).unwrap();
             assert_eq!(a + b, body.len(), "cut at {cut}");
+            assert!(c.done());
+        }
+    }
+
+    #[test]
+    fn data_ranges_hold_the_chunks_without_their_framing() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+        for cut in 0..body.len() {
+            let mut c = Chunked::default();
+            let mut data = Vec::new();
+            for part in [&body[..cut], &body[cut..]] {
+                c.feed_data(part, |r| data.extend_from_slice(&part[r]))
+                    .unwrap();
+            }
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "cut at {cut}");
             assert!(c.done());
         }
     }

@@ -1,13 +1,16 @@
-//! The HTTP/1 fast path, phase by phase: route the host name → pick a healthy instance →
-//! connect and verify (or reuse a verified connection from this thread's pool) → forward
-//! the request and relay the response → log. No task, channel or timer per request: it
-//! runs inside the connection's own task, and the connection's single deadline (set by
-//! `http1`) bounds the whole exchange.
+//! The fast path, phase by phase: route the host name → pick a healthy instance → connect
+//! and verify (or reuse a verified connection from this thread's pool) → forward the
+//! request and relay the response → log. No task, channel or timer per request: an HTTP/1
+//! request runs inside its connection's task, bounded by the connection's single deadline
+//! (set by `http1`); an HTTP/2 stream runs beside its siblings inside its connection's task
+//! (`http2`), bounded by its own deadline. Both kinds of client meet the upstream the same
+//! way; only the client's side differs ([`crate::downstream`]).
 //!
-//! It serves plain requests to app names ([`head::parse_request`] says which); for anything
-//! else it answers [`Outcome::General`] before touching the connection, and pingora's proxy
-//! ([`crate::proxy::GatewayProxy`]) serves the request as before: trust pages, refusals,
-//! custom domains, `g` names, upgrades, chunked uploads, HTTP/1.0.
+//! It serves plain requests to app names ([`head::parse_request`] and
+//! [`h2head::request`] say which); for anything else it declines before touching the
+//! connection or stream, and pingora's proxy ([`crate::proxy::GatewayProxy`]) serves the
+//! request as before: trust pages, refusals, custom domains, `g` names, upgrades, chunked
+//! uploads, HTTP/2 request bodies, HTTP/1.0.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,15 +18,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_core::protocols::Stream;
 use ratls::InstanceId;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::chunked::Chunked;
+use crate::downstream::{BadBody, ClientGone, Downstream, Relay};
+use crate::h2head;
 use crate::head::{self, Framing, Parsed, ParsedResponse, Request};
 use crate::metrics::Metrics;
 use crate::names::{self, Mode};
-use crate::pages;
 use crate::proxy::{now_ms, ProxySettings};
 use crate::registry::{PickError, Registry, Resolved};
 use crate::upstream::{Upstreams, Verified};
@@ -86,8 +90,15 @@ impl Progress {
     }
 }
 
+/// A request the fast path routed: the app name it resolved, and where.
+struct Route {
+    target: names::Target,
+    resolved: Resolved,
+    app: ratls::AppId,
+}
+
 impl FastPath {
-    /// Serves the request whose head starts `buf` (which may hold body bytes after it).
+    /// Serves the HTTP/1 request whose head starts `buf` (which may hold body bytes after it).
     pub async fn serve(
         &self,
         client: &mut Stream,
@@ -100,24 +111,9 @@ impl FastPath {
         let Parsed::Fast(req) = head::parse_request(buf) else {
             return Outcome::General;
         };
-        if req.header_bytes > self.settings.max_header_bytes {
-            return Outcome::General;
-        }
-        let Ok(target) = names::parse(&req.host, &self.settings.base_domain) else {
+        let Some(route) = self.route(&req) else {
             return Outcome::General;
         };
-        if target.mode != Mode::Terminate {
-            return Outcome::General;
-        }
-        let Some(resolved) = self.registry.resolve(&target.id) else {
-            return Outcome::General;
-        };
-        let app = match resolved {
-            Resolved::App(a) | Resolved::Instance(a, _) => a,
-        };
-        if self.registry.app_in_flight(&app) >= self.settings.max_in_flight_per_app {
-            return Outcome::General;
-        }
         // From here on the request is ours to answer.
         buf.advance(req.head_len);
         let buffered_body = buf
@@ -125,16 +121,101 @@ impl FastPath {
             .min(usize::try_from(req.body_len).unwrap_or(usize::MAX));
         // Bytes past the body would be a pipelined request: not served, the connection closes.
         let pipelined = buf.len() > buffered_body;
+        let mut down = Downstream::H1 {
+            stream: client,
+            buf,
+            buffered_body,
+            pipelined,
+        };
+        let ex = self
+            .exchange(&mut down, &req, &route, client_ip, progress)
+            .await;
+        // Phase 5: log.
+        self.log(&req, client_ip, &ex, started);
+        self.metrics.fast_path.with_label_values(&["h1"]).inc();
+        if ex.close || req.close {
+            Outcome::Close
+        } else {
+            Outcome::KeepAlive
+        }
+    }
+
+    /// Serves one HTTP/2 stream's request, the same phases as [`FastPath::serve`]; `false`
+    /// when it is not for the fast path (nothing was sent: pingora's proxy serves it).
+    pub async fn serve_h2(
+        &self,
+        stream: &mut H2Session,
+        client_ip: Option<IpAddr>,
+        progress: &Progress,
+    ) -> bool {
+        let started = Instant::now();
+        if !stream.is_body_empty() {
+            return false;
+        }
+        let Parsed::Fast(req) = h2head::request(stream.req_header()) else {
+            return false;
+        };
+        let Some(route) = self.route(&req) else {
+            return false;
+        };
+        let ex = self
+            .exchange(
+                &mut Downstream::H2(stream),
+                &req,
+                &route,
+                client_ip,
+                progress,
+            )
+            .await;
+        self.log(&req, client_ip, &ex, started);
+        self.metrics.fast_path.with_label_values(&["h2"]).inc();
+        true
+    }
+
+    /// Phase 1: whether the request goes to a registered app within its limits.
+    fn route(&self, req: &Request) -> Option<Route> {
+        if req.header_bytes > self.settings.max_header_bytes {
+            return None;
+        }
+        let target = names::parse(&req.host, &self.settings.base_domain).ok()?;
+        if target.mode != Mode::Terminate {
+            return None;
+        }
+        let resolved = self.registry.resolve(&target.id)?;
+        let app = match resolved {
+            Resolved::App(a) | Resolved::Instance(a, _) => a,
+        };
+        if self.registry.app_in_flight(&app) >= self.settings.max_in_flight_per_app {
+            return None;
+        }
+        Some(Route {
+            target,
+            resolved,
+            app,
+        })
+    }
+
+    /// Phases 2–4: pick, connect and verify, forward; again on another instance (or on a
+    /// fresh connection) while nothing was answered and the request may be replayed.
+    async fn exchange(
+        &self,
+        down: &mut Downstream<'_>,
+        req: &Request,
+        route: &Route,
+        client_ip: Option<IpAddr>,
+        progress: &Progress,
+    ) -> Exchange {
+        let (target, app) = (route.target, route.app);
         let replayable = req.method.idempotent() && req.body_len == 0;
         let mut tried = [InstanceId([0; 20]); 6];
         let mut n_tried = 0;
         let mut retry_same = None;
-        let ex = loop {
+        loop {
             // Phase 2: pick an instance (or retry the one whose pooled connection was stale).
             let inst = match retry_same.take() {
                 Some(inst) => inst,
                 None => match self.registry.pick(
-                    resolved,
+                    route.resolved,
                     target.port,
                     &tried[..n_tried],
                     self.settings.balance,
@@ -155,7 +236,7 @@ impl FastPath {
                             PickError::Unknown => 404,
                             PickError::AllDown => 503,
                         };
-                        break self.answer_error(client, app, None, status, progress).await;
+                        return answer_error(down, app, None, status, progress).await;
                     }
                 },
             };
@@ -183,28 +264,14 @@ impl FastPath {
                         if !refused && n_tried <= self.settings.retries {
                             continue;
                         }
-                        break self
-                            .answer_error(client, app, Some(id), 502, progress)
-                            .await;
+                        return answer_error(down, app, Some(id), 502, progress).await;
                     }
                 },
             };
             // Phase 4: forward.
-            let sent = self
-                .forward(
-                    conn,
-                    &req,
-                    buf,
-                    buffered_body,
-                    pipelined,
-                    client,
-                    client_ip,
-                    progress,
-                )
-                .await;
-            match sent {
+            match self.forward(conn, req, down, client_ip, progress).await {
                 Ok((status, close)) => {
-                    break Exchange {
+                    return Exchange {
                         app,
                         instance: Some(id),
                         status,
@@ -226,16 +293,14 @@ impl FastPath {
                     if n_tried <= self.settings.retries {
                         continue;
                     }
-                    break self
-                        .answer_error(client, app, Some(id), 502, progress)
-                        .await;
+                    return answer_error(down, app, Some(id), 502, progress).await;
                 }
                 Err(Fail::Upstream { started, error }) => {
                     if !reused {
                         self.mark_down(&id);
                     }
                     if started {
-                        break Exchange {
+                        return Exchange {
                             app,
                             instance: Some(id),
                             status: 0,
@@ -243,14 +308,12 @@ impl FastPath {
                             error: Some(error),
                         };
                     }
-                    let mut ex = self
-                        .answer_error(client, app, Some(id), 502, progress)
-                        .await;
+                    let mut ex = answer_error(down, app, Some(id), 502, progress).await;
                     ex.error = Some(error);
-                    break ex;
+                    return ex;
                 }
                 Err(Fail::Client) => {
-                    break Exchange {
+                    return Exchange {
                         app,
                         instance: Some(id),
                         status: 0,
@@ -259,13 +322,6 @@ impl FastPath {
                     }
                 }
             }
-        };
-        // Phase 5: log.
-        self.log(&req, client_ip, &ex, started);
-        if ex.close || req.close {
-            Outcome::Close
-        } else {
-            Outcome::KeepAlive
         }
     }
 
@@ -276,15 +332,11 @@ impl FastPath {
 
     /// Sends the request and relays the response; returns its status and whether the
     /// client connection must close after it.
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         mut up: Verified,
         req: &Request,
-        buf: &mut BytesMut,
-        buffered_body: usize,
-        pipelined: bool,
-        client: &mut Stream,
+        down: &mut Downstream<'_>,
         client_ip: Option<IpAddr>,
         progress: &Progress,
     ) -> Result<(u16, bool), Fail> {
@@ -294,7 +346,8 @@ impl FastPath {
         };
         // The head, our forwarding headers and the body bytes already read go out in one
         // TLS record where they fit.
-        let mut out = Vec::with_capacity(req.upstream.len() + 80 + buffered_body);
+        let buffered = down.buffered_body();
+        let mut out = Vec::with_capacity(req.upstream.len() + 80 + buffered.len());
         out.extend_from_slice(&req.upstream);
         if let Some(ip) = client_ip {
             out.extend_from_slice(b"x-forwarded-for: ");
@@ -302,28 +355,24 @@ impl FastPath {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"x-forwarded-proto: https\r\n\r\n");
-        out.extend_from_slice(&buf[..buffered_body]);
+        out.extend_from_slice(buffered);
+        let mut body_left = req.body_len - buffered.len() as u64;
         up.tls.write_all(&out).await.map_err(up_err)?;
-        let mut body_left = req.body_len - buffered_body as u64;
+        drop(out);
         if body_left > 0 {
             let mut chunk = BytesMut::with_capacity(READ_CHUNK);
             while body_left > 0 {
                 chunk.clear();
                 let want = READ_CHUNK.min(usize::try_from(body_left).unwrap_or(READ_CHUNK));
-                let n = (&mut *client)
-                    .take(want as u64)
-                    .read_buf(&mut chunk)
+                down.read_body(&mut chunk, want)
                     .await
-                    .map_err(|_| Fail::Client)?;
-                if n == 0 {
-                    return Err(Fail::Client);
-                }
+                    .map_err(|ClientGone| Fail::Client)?;
                 up.tls.write_all(&chunk).await.map_err(up_err)?;
-                body_left -= n as u64;
+                body_left -= chunk.len() as u64;
             }
         }
         up.tls.flush().await.map_err(up_err)?;
-        buf.clear();
+        down.consumed();
 
         // The response head (interim 1xx responses are read past and not relayed).
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
@@ -360,30 +409,34 @@ impl FastPath {
                 Err(e) => return Err(up_err(e)),
             }
         };
+        let h2_head = if down.is_h2() {
+            let head =
+                h2head::response(&rbuf[..resp.head_len], &resp).map_err(|e| Fail::Upstream {
+                    started: false,
+                    error: format!("response head not valid for HTTP/2: {e}"),
+                })?;
+            Some(head)
+        } else {
+            None
+        };
         rbuf.advance(resp.head_len);
-        let close = req.close || pipelined || resp.framing == Framing::Close;
-        let mut out = resp.client;
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        let close = req.close || down.must_close() || resp.framing == Framing::Close;
 
         // The body, relayed as it arrives; the head goes with its first bytes.
-        let mut relay = Relay {
-            framing: resp.framing,
-            chunked: Chunked::default(),
-            left: match resp.framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            tainted: false,
-        };
-        let first = relay.take(&rbuf)?;
-        out.extend_from_slice(&rbuf[..first]);
-        let extra = rbuf.len() > first;
+        let mut relay = Relay::new(resp.framing, down.is_h2());
+        let mut pieces = Vec::new();
+        relay.take(&rbuf, &mut pieces).map_err(bad_body)?;
         progress.start();
-        client.write_all(&out).await.map_err(|_| Fail::Client)?;
-        drop(out);
+        down.start(
+            resp.client,
+            h2_head,
+            close,
+            &mut rbuf,
+            &pieces,
+            relay.finished(),
+        )
+        .await
+        .map_err(|ClientGone| Fail::Client)?;
         while !relay.finished() {
             rbuf.clear();
             rbuf.reserve(READ_CHUNK);
@@ -404,61 +457,16 @@ impl FastPath {
                     error: "upstream closed mid-body".into(),
                 });
             }
-            let take = relay.take(&rbuf)?;
-            client
-                .write_all(&rbuf[..take])
+            relay.take(&rbuf, &mut pieces).map_err(bad_body)?;
+            down.body(&mut rbuf, &pieces, relay.finished())
                 .await
-                .map_err(|_| Fail::Client)?;
-            if take < rbuf.len() {
-                // Bytes past the end of the response: the upstream cannot be trusted again.
-                relay.tainted = true;
-            }
+                .map_err(|ClientGone| Fail::Client)?;
         }
-        client.flush().await.map_err(|_| Fail::Client)?;
-        if !resp.upstream_close && resp.framing != Framing::Close && !extra && !relay.tainted {
+        down.finish().await.map_err(|ClientGone| Fail::Client)?;
+        if !resp.upstream_close && resp.framing != Framing::Close && !relay.tainted {
             self.upstreams.release(up);
         }
         Ok((resp.status, close))
-    }
-
-    /// Answers with one of the gateway's own error pages (nothing was sent yet).
-    async fn answer_error(
-        &self,
-        client: &mut Stream,
-        app: ratls::AppId,
-        instance: Option<InstanceId>,
-        status: u16,
-        progress: &Progress,
-    ) -> Exchange {
-        let (title, detail) = match status {
-            404 => (
-                "App Not Registered",
-                "This app is not registered with this gateway.",
-            ),
-            503 => (
-                "Service Unavailable",
-                "No healthy instance of this app is available right now.",
-            ),
-            _ => (
-                "Bad Gateway",
-                "The app's instance could not be reached or did not prove its identity.",
-            ),
-        };
-        let body = pages::page(status, title, detail);
-        let head = format!(
-            "HTTP/1.1 {status} {title}\r\ncontent-type: text/html; charset=utf-8\r\n\
-             content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        progress.start();
-        let _ = write_twice(client, head.as_bytes(), body.as_bytes()).await;
-        Exchange {
-            app,
-            instance,
-            status,
-            close: true,
-            error: None,
-        }
     }
 
     fn log(&self, req: &Request, client_ip: Option<IpAddr>, ex: &Exchange, started: Instant) {
@@ -511,50 +519,42 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-async fn write_twice<S: AsyncWrite + Unpin + ?Sized>(
-    s: &mut S,
-    a: &[u8],
-    b: &[u8],
-) -> std::io::Result<()> {
-    s.write_all(a).await?;
-    s.write_all(b).await?;
-    s.flush().await
-}
-
-/// Where a response body ends, as its bytes pass.
-struct Relay {
-    framing: Framing,
-    chunked: Chunked,
-    left: u64,
-    tainted: bool,
-}
-
-impl Relay {
-    fn finished(&self) -> bool {
-        match self.framing {
-            Framing::None => true,
-            Framing::Length(_) => self.left == 0,
-            Framing::Chunked => self.chunked.done(),
-            Framing::Close => false,
-        }
+/// Answers with one of the gateway's own error pages (nothing was sent yet).
+async fn answer_error(
+    down: &mut Downstream<'_>,
+    app: ratls::AppId,
+    instance: Option<InstanceId>,
+    status: u16,
+    progress: &Progress,
+) -> Exchange {
+    let (title, detail) = match status {
+        404 => (
+            "App Not Registered",
+            "This app is not registered with this gateway.",
+        ),
+        503 => (
+            "Service Unavailable",
+            "No healthy instance of this app is available right now.",
+        ),
+        _ => (
+            "Bad Gateway",
+            "The app's instance could not be reached or did not prove its identity.",
+        ),
+    };
+    progress.start();
+    down.error_page(status, title, detail).await;
+    Exchange {
+        app,
+        instance,
+        status,
+        close: true,
+        error: None,
     }
+}
 
-    /// How many bytes of `buf` belong to the body.
-    fn take(&mut self, buf: &[u8]) -> Result<usize, Fail> {
-        Ok(match self.framing {
-            Framing::None => 0,
-            Framing::Length(_) => {
-                let n = buf
-                    .len()
-                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-                self.left -= n as u64;
-                n
-            }
-            Framing::Chunked => self.chunked.feed(buf).map_err(|_| Fail::Upstream {
-                started: true,
-                error: "malformed chunked body".into(),
-            })?,
-            Framing::Close => buf.len(),
-        })
+fn bad_body(_: BadBody) -> Fail {
+    Fail::Upstream {
+        started: true,
+        error: "malformed chunked body".into(),
     }
 }

@@ -17,12 +17,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::fast::FastPath;
-use crate::http1;
 use crate::metrics::Metrics;
 use crate::names::{self, Mode};
 use crate::per_ip::PerIp;
 use crate::proxy::{now_ms, GatewayProxy};
 use crate::registry::{Balance, Registry};
+use crate::{http1, http2};
 
 /// TLS record header: type, version, length.
 const RECORD_HEADER: usize = 5;
@@ -316,7 +316,18 @@ impl ServerApp for FrontDoor {
         let tls: Stream = Box::new(tls);
         if tls.selected_alpn_proto() == Some(ALPN::H2) {
             // HTTP/2 bounds its streams and frames itself (the proxy's H2Options).
-            Box::pin(self.proxy.process_new(tls, shutdown)).await;
+            let conn =
+                http2::Conn {
+                    proxy: &self.proxy,
+                    fast: &self.fast,
+                    options: self.proxy.h2_options.clone().unwrap_or_else(
+                        pingora_core::protocols::http::v2::server::default_h2_options,
+                    ),
+                    idle: self.idle_timeout,
+                    request_timeout: self.request_timeout,
+                    client_ip: peer_ip,
+                };
+            Box::pin(http2::serve(conn, tls, shutdown)).await;
         } else {
             let conn = http1::Conn {
                 proxy: &self.proxy,

@@ -44,7 +44,7 @@ pub enum Method {
 }
 
 impl Method {
-    fn of(m: &str) -> Self {
+    pub(crate) fn of(m: &str) -> Self {
         match m {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
@@ -181,6 +181,8 @@ pub struct Response {
     pub framing: Framing,
     /// The upstream said it will close, or spoke HTTP/1.0.
     pub upstream_close: bool,
+    /// Its Content-Length, if it sent one.
+    pub content_length: Option<u64>,
     /// The head for the client, without the final empty line.
     pub client: Vec<u8>,
 }
@@ -277,6 +279,7 @@ pub fn parse_response(buf: &[u8], method: Method) -> ParsedResponse {
         head_len,
         framing,
         upstream_close,
+        content_length: length,
         client,
     })
 }

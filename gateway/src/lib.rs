@@ -9,7 +9,10 @@
 //!   (PerIp, max conns)└─ TLS (CertResolver by SNI, tickets) ─┬─ HTTP/1: http1 (one deadline)
 //!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
 //!                                                            │    └─ declined ─┐  (verified, pooled)
-//!                                                            └─ HTTP/2 ────────┴▶ GatewayProxy ─▶ front
+//!                                                            ├─ HTTP/2: http2 (streams in one task)
+//!                                                            │    ├─ FastPath (downstream: h2head)
+//!                                                            │    └─ declined ─┤
+//!                                                            └─────────────────┴▶ GatewayProxy ─▶ front
 //!                            route (names) → pick (Registry) → connect + fingerprint check → forward → log
 //!                            (pingora's connector gets upstream_roots' throwaway anchor,
 //!                             never the host's CA bundle)
@@ -44,6 +47,8 @@ mod chunked;
 #[cfg(feature = "server")]
 pub mod custom;
 #[cfg(feature = "server")]
+mod downstream;
+#[cfg(feature = "server")]
 pub mod evidence;
 #[cfg(feature = "server")]
 pub mod fast;
@@ -52,9 +57,13 @@ pub mod frontdoor;
 #[cfg(feature = "server")]
 pub mod guest;
 #[cfg(feature = "server")]
+mod h2head;
+#[cfg(feature = "server")]
 mod head;
 #[cfg(feature = "server")]
 mod http1;
+#[cfg(feature = "server")]
+mod http2;
 #[cfg(feature = "server")]
 mod http_util;
 #[cfg(feature = "server")]

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
     pub tls_handshakes: IntCounterVec,
     pub upstream_failures: IntCounterVec,
+    /// Requests the fast path answered, by client protocol (`h1`, `h2`); the rest of
+    /// `teegate_requests_total` went through pingora's proxy phases.
+    pub fast_path: IntCounterVec,
     pub active_connections: IntGauge,
     pub registered_instances: IntGauge,
     pub cert_not_after: IntGaugeVec,
@@ -66,6 +69,12 @@ impl Metrics {
             "teegate_upstream_failures_total",
             "Upstream connect and verification failures by reason",
             &["reason"],
+        );
+        let fast_path = counter(
+            &registry,
+            "teegate_fast_path_requests_total",
+            "Requests answered by the fast path, by client protocol",
+            &["protocol"],
         );
         let active_connections =
             IntGauge::new("teegate_active_connections", "Open downstream connections")
@@ -140,6 +149,7 @@ impl Metrics {
             request_duration,
             tls_handshakes,
             upstream_failures,
+            fast_path,
             active_connections,
             registered_instances,
             cert_not_after,

@@ -1,0 +1,272 @@
+//! The client's side of a fast-path exchange: an HTTP/1 connection, which gets the upstream's
+//! bytes as they are (the head rewritten by [`crate::head`], a chunked body passed through),
+//! or one HTTP/2 stream, which gets the head as an HTTP/2 response ([`crate::h2head`]) and the
+//! body's data in DATA frames (a chunked body unwrapped, since HTTP/2 frames data itself).
+//! Also where a response body ends ([`Relay`]) and the gateway's own error answers.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
+use pingora_core::protocols::Stream;
+use pingora_http::ResponseHeader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::chunked::Chunked;
+use crate::head::Framing;
+use crate::pages;
+
+/// The client went away, or sent less than it announced.
+pub struct ClientGone;
+
+/// The response body ended malformed; the upstream connection is not reused.
+pub struct BadBody;
+
+pub enum Downstream<'a> {
+    H1 {
+        stream: &'a mut Stream,
+        /// What was read past the request head: its body's first bytes (and, when
+        /// `pipelined`, more).
+        buf: &'a mut BytesMut,
+        buffered_body: usize,
+        /// Bytes past the body arrived: the connection closes after this exchange.
+        pipelined: bool,
+    },
+    H2(&'a mut H2Session),
+}
+
+impl Downstream<'_> {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Downstream::H2(_))
+    }
+
+    /// The request body bytes that arrived with the head.
+    pub fn buffered_body(&self) -> &[u8] {
+        match self {
+            Downstream::H1 {
+                buf, buffered_body, ..
+            } => &buf[..*buffered_body],
+            Downstream::H2(_) => &[],
+        }
+    }
+
+    /// Whether the client connection must close after this exchange (HTTP/1).
+    pub fn must_close(&self) -> bool {
+        matches!(
+            self,
+            Downstream::H1 {
+                pipelined: true,
+                ..
+            }
+        )
+    }
+
+    /// Forgets the bytes read past the head once they went upstream.
+    pub fn consumed(&mut self) {
+        if let Downstream::H1 { buf, .. } = self {
+            buf.clear();
+        }
+    }
+
+    /// Reads up to `want` more request body bytes into `chunk` (HTTP/1; an HTTP/2 request
+    /// on the fast path has no body).
+    pub async fn read_body(&mut self, chunk: &mut BytesMut, want: usize) -> Result<(), ClientGone> {
+        let Downstream::H1 { stream, .. } = self else {
+            return Err(ClientGone);
+        };
+        match (&mut **stream).take(want as u64).read_buf(chunk).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(ClientGone),
+        }
+    }
+
+    /// Sends the response head with the body bytes that came with it. `h1_head` is the
+    /// head for an HTTP/1 client without its final empty line, `h2_head` the one for an
+    /// HTTP/2 client; `body` holds the bytes `pieces` point at; `end` says the body is done.
+    pub async fn start(
+        &mut self,
+        h1_head: Vec<u8>,
+        h2_head: Option<Box<ResponseHeader>>,
+        close: bool,
+        body: &mut BytesMut,
+        pieces: &[Range<usize>],
+        end: bool,
+    ) -> Result<(), ClientGone> {
+        match self {
+            Downstream::H1 { stream, .. } => {
+                let mut out = h1_head;
+                if close {
+                    out.extend_from_slice(b"connection: close\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                for r in pieces {
+                    out.extend_from_slice(&body[r.clone()]);
+                }
+                stream.write_all(&out).await.map_err(|_| ClientGone)
+            }
+            Downstream::H2(s) => {
+                let head = h2_head.ok_or(ClientGone)?;
+                let bodiless = end && pieces.is_empty();
+                s.write_response_header(head, bodiless)
+                    .map_err(|_| ClientGone)?;
+                if bodiless {
+                    return Ok(());
+                }
+                send_h2(s, body, pieces, end).await
+            }
+        }
+    }
+
+    /// Relays more of the body: the `pieces` of `body`; `end` says it is done.
+    pub async fn body(
+        &mut self,
+        body: &mut BytesMut,
+        pieces: &[Range<usize>],
+        end: bool,
+    ) -> Result<(), ClientGone> {
+        match self {
+            Downstream::H1 { stream, .. } => {
+                for r in pieces {
+                    stream
+                        .write_all(&body[r.clone()])
+                        .await
+                        .map_err(|_| ClientGone)?;
+                }
+                Ok(())
+            }
+            Downstream::H2(s) => send_h2(s, body, pieces, end).await,
+        }
+    }
+
+    /// Flushes an HTTP/1 response; ends an HTTP/2 stream whose end was not sent yet.
+    pub async fn finish(&mut self) -> Result<(), ClientGone> {
+        match self {
+            Downstream::H1 { stream, .. } => stream.flush().await.map_err(|_| ClientGone),
+            Downstream::H2(s) => s.finish().map_err(|_| ClientGone),
+        }
+    }
+
+    /// Answers with one of the gateway's own error pages (nothing was sent yet).
+    pub async fn error_page(&mut self, status: u16, title: &str, detail: &str) {
+        match self {
+            Downstream::H1 { stream, .. } => {
+                let body = pages::page(status, title, detail);
+                let head = format!(
+                    "HTTP/1.1 {status} {title}\r\ncontent-type: text/html; charset=utf-8\r\n\
+                     content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let write = async {
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(body.as_bytes()).await?;
+                    stream.flush().await
+                };
+                let _ = write.await;
+            }
+            Downstream::H2(s) => {
+                let _ = h2_page(s, status, title, detail).await;
+            }
+        }
+    }
+}
+
+/// One of the gateway's own error pages as the answer on an HTTP/2 stream.
+pub(crate) async fn h2_page(
+    s: &mut H2Session,
+    status: u16,
+    title: &str,
+    detail: &str,
+) -> pingora_core::Result<()> {
+    let body = pages::page(status, title, detail);
+    let mut head = ResponseHeader::build(status, Some(3))?;
+    head.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    s.write_response_header(Box::new(head), false)?;
+    s.write_body(Bytes::from(body), true).await
+}
+
+/// Sends the `pieces` of `body` as DATA frames without copying them (`body` is handed over
+/// and left empty); `end` goes with the last one, or alone when there is none.
+async fn send_h2(
+    s: &mut H2Session,
+    body: &mut BytesMut,
+    pieces: &[Range<usize>],
+    end: bool,
+) -> Result<(), ClientGone> {
+    let data = body.split().freeze();
+    for (i, r) in pieces.iter().enumerate() {
+        let last = end && i + 1 == pieces.len();
+        s.write_body(data.slice(r.clone()), last)
+            .await
+            .map_err(|_| ClientGone)?;
+    }
+    if end && pieces.is_empty() {
+        s.finish().map_err(|_| ClientGone)?;
+    }
+    Ok(())
+}
+
+/// Where a response body ends, as its bytes pass.
+pub struct Relay {
+    pub framing: Framing,
+    chunked: Chunked,
+    left: u64,
+    /// Bytes came past the end of the response: the upstream cannot be trusted again.
+    pub tainted: bool,
+    /// Unwrap chunked data (for HTTP/2) instead of passing the framing through.
+    unwrap: bool,
+}
+
+impl Relay {
+    pub fn new(framing: Framing, unwrap_chunks: bool) -> Self {
+        Relay {
+            framing,
+            chunked: Chunked::default(),
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            tainted: false,
+            unwrap: unwrap_chunks,
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        match self.framing {
+            Framing::None => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunked.done(),
+            Framing::Close => false,
+        }
+    }
+
+    /// Puts in `pieces` the ranges of `buf` to relay; returns how many bytes of `buf`
+    /// belong to the body (the rest came past its end).
+    pub fn take(&mut self, buf: &[u8], pieces: &mut Vec<Range<usize>>) -> Result<usize, BadBody> {
+        pieces.clear();
+        let n = match self.framing {
+            Framing::None => 0,
+            Framing::Length(_) => {
+                let n = buf
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                self.left -= n as u64;
+                n
+            }
+            Framing::Chunked if self.unwrap => self
+                .chunked
+                .feed_data(buf, |r| pieces.push(r))
+                .map_err(|_| BadBody)?,
+            Framing::Chunked => self.chunked.feed(buf).map_err(|_| BadBody)?,
+            Framing::Close => buf.len(),
+        };
+        if n < buf.len() {
+            self.tainted = true;
+        }
+        if n > 0 && !(self.unwrap && self.framing == Framing::Chunked) {
+            pieces.push(0..n);
+        }
+        Ok(n)
+    }
+}

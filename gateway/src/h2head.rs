@@ -1,0 +1,222 @@
+//! HTTP/2 on the fast path: a client's HTTP/2 request as the HTTP/1.1 head the upstream
+//! gets, and the upstream's HTTP/1.1 response head as the HTTP/2 response the client gets.
+//!
+//! The same requests as on HTTP/1 take the fast path (see [`crate::head`]), and only those
+//! without a body; anything else is [`Parsed::General`] and pingora's proxy serves it as
+//! before. HTTP/2 has no hop-by-hop headers (the h2 crate refuses them); `te: trailers` is
+//! dropped, and `cookie` fields, which HTTP/2 may split, are joined again (RFC 9113 8.2.3).
+
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::head::{Framing, Method, Parsed, Request, Response};
+use crate::proxy::is_forwarding_header;
+
+/// Most headers a response head may carry here (as for HTTP/1).
+const MAX_HEADERS: usize = 256;
+
+/// The HTTP/1.1 head for the upstream of a bodiless HTTP/2 request, or `General`.
+pub fn request(req: &RequestHeader) -> Parsed {
+    let method = req.method.as_str();
+    let Some(path) = req.uri.path_and_query().map(|p| p.as_str()) else {
+        return Parsed::General;
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parsed::General;
+    }
+    // The name routed by is the one pingora's proxy would route by: Host, else :authority;
+    // when both are sent they must agree.
+    let authority = req.uri.authority().map(|a| a.as_str());
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next(), authority) {
+        (Some(_), Some(_), _) => return Parsed::General,
+        (Some(h), None, a) => match h.to_str() {
+            Ok(h) if a.is_none_or(|a| a.eq_ignore_ascii_case(h)) => h,
+            _ => return Parsed::General,
+        },
+        (None, _, Some(a)) => a,
+        (None, _, None) => return Parsed::General,
+    };
+    let mut header_bytes = req.uri.to_string().len();
+    let mut upstream = Vec::with_capacity(128 + path.len() + 32 * req.headers.len());
+    upstream.extend_from_slice(method.as_bytes());
+    upstream.push(b' ');
+    upstream.extend_from_slice(path.as_bytes());
+    upstream.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    upstream.extend_from_slice(host.as_bytes());
+    upstream.extend_from_slice(b"\r\n");
+    let mut cookies = 0usize;
+    for (name, value) in req.headers.iter() {
+        header_bytes += name.as_str().len() + value.len() + 4;
+        let n = name.as_str();
+        // A field value is bytes; the ones that would end or split an HTTP/1 line never go
+        // upstream (the h2 crate should refuse them already).
+        if value
+            .as_bytes()
+            .iter()
+            .any(|b| matches!(b, b'\r' | b'\n' | 0))
+        {
+            return Parsed::General;
+        }
+        match n {
+            "host" | "content-length" => continue,
+            "te" if value.as_bytes().eq_ignore_ascii_case(b"trailers") => continue,
+            "te" | "expect" | "upgrade" | "connection" | "keep-alive" | "proxy-connection"
+            | "transfer-encoding" => return Parsed::General,
+            "cookie" => {
+                cookies += 1;
+                continue;
+            }
+            _ if is_forwarding_header(n) => continue,
+            _ => {}
+        }
+        upstream.extend_from_slice(n.as_bytes());
+        upstream.extend_from_slice(b": ");
+        upstream.extend_from_slice(value.as_bytes());
+        upstream.extend_from_slice(b"\r\n");
+    }
+    if cookies > 0 {
+        upstream.extend_from_slice(b"cookie: ");
+        for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                upstream.extend_from_slice(b"; ");
+            }
+            upstream.extend_from_slice(c.as_bytes());
+        }
+        upstream.extend_from_slice(b"\r\n");
+    }
+    Parsed::Fast(Request {
+        method: Method::of(method),
+        method_name: method.to_string(),
+        path: path.to_string(),
+        host: host.to_string(),
+        body_len: 0,
+        close: false,
+        head_len: 0,
+        header_bytes,
+        upstream,
+    })
+}
+
+/// The HTTP/2 response for an upstream response head `raw` that [`crate::head::parse_response`]
+/// accepted as `resp`: its status and end-to-end headers, and the length when it is known.
+pub fn response(raw: &[u8], resp: &Response) -> Result<Box<ResponseHeader>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    res.parse(raw).map_err(|e| e.to_string())?;
+    let mut out = ResponseHeader::build(resp.status, Some(res.headers.len() + 1))
+        .map_err(|e| e.to_string())?;
+    for h in res.headers.iter() {
+        let name = h.name;
+        if [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ]
+        .iter()
+        .any(|x| name.eq_ignore_ascii_case(x))
+        {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
+        out.append_header(name, value).map_err(|e| e.to_string())?;
+    }
+    if let Some(n) = resp.content_length {
+        if resp.framing != Framing::Chunked {
+            out.insert_header(http::header::CONTENT_LENGTH, n.to_string())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(Box::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::{parse_response, ParsedResponse};
+
+    fn req(authority: Option<&str>, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/p?q=1", Some(4)).unwrap();
+        if let Some(a) = authority {
+            // As the h2 crate hands a request over: scheme and authority in the URI.
+            r.set_uri(format!("https://{a}/p?q=1").parse().unwrap());
+        }
+        r.set_version(http::Version::HTTP_2);
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn fast(r: &RequestHeader) -> Request {
+        match request(r) {
+            Parsed::Fast(r) => r,
+            Parsed::General => panic!("general path"),
+        }
+    }
+
+    #[test]
+    fn a_request_becomes_an_http1_head_with_joined_cookies_and_no_forwarding_headers() {
+        let r = fast(&req(
+            Some("abc.apps.test"),
+            &[
+                ("cookie", "a=1"),
+                ("accept", "text/html"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("cookie", "b=2"),
+                ("te", "trailers"),
+            ],
+        ));
+        assert_eq!(r.host, "abc.apps.test");
+        assert_eq!(r.path, "/p?q=1");
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(
+            String::from_utf8(r.upstream).unwrap(),
+            "GET /p?q=1 HTTP/1.1\r\nhost: abc.apps.test\r\naccept: text/html\r\ncookie: a=1; b=2\r\n"
+        );
+    }
+
+    #[test]
+    fn host_and_authority_must_agree_and_one_must_be_there() {
+        assert_eq!(fast(&req(None, &[("host", "x.test")])).host, "x.test");
+        assert_eq!(
+            fast(&req(Some("X.test"), &[("host", "x.test")])).host,
+            "x.test"
+        );
+        for r in [
+            req(Some("a.test"), &[("host", "b.test")]),
+            req(None, &[]),
+            req(None, &[("host", "a.test"), ("host", "a.test")]),
+            req(Some("a.test"), &[("expect", "100-continue")]),
+            req(Some("a.test"), &[("te", "gzip")]),
+        ] {
+            assert!(matches!(request(&r), Parsed::General));
+        }
+    }
+
+    #[test]
+    fn responses_lose_http1_framing_and_keep_a_known_length() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\n\r\n";
+        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get) else {
+            panic!("not complete")
+        };
+        let h = response(&raw[..resp.head_len], &resp).unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers.get("content-length").unwrap(), "5");
+        assert_eq!(h.headers.get("x-app").unwrap(), "1");
+        assert!(h.headers.get("connection").is_none());
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
+        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get) else {
+            panic!("not complete")
+        };
+        let h = response(&raw[..resp.head_len], &resp).unwrap();
+        assert!(h.headers.get("content-length").is_none());
+        assert!(h.headers.get("transfer-encoding").is_none());
+    }
+}

@@ -1,0 +1,146 @@
+//! HTTP/2 on a terminated TLS connection: one task drives the connection and every stream
+//! on it, with no task spawned per stream. Each accepted stream goes to the fast path
+//! ([`crate::fast::FastPath::serve_h2`]) or, when it declines, to pingora's proxy phases,
+//! as a future polled beside the accept loop.
+//!
+//! ```text
+//!  handshake (pingora's, our H2Options) ─▶ accept ─┬─ stream ─▶ fast path (≤ request_timeout: 504)
+//!    ▲ idle_timeout with no stream open: close      │    └─ declined ─▶ pingora's phases
+//!    │ shutdown: GOAWAY, drain the open streams     └─ … up to max_h2_streams at once
+//! ```
+//!
+//! pingora checks each accepted stream (forbidden bytes in the path, conflicting lengths,
+//! a bad authority) and answers or resets the bad ones; more than
+//! [`MAX_MALFORMED_STREAMS`] of those end the connection, as in pingora's own loop.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use pingora_core::apps::HttpServerApp;
+use pingora_core::protocols::http::v2::server::{self as h2s, H2Accept, H2Options};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Digest;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+
+use crate::fast::{FastPath, Progress};
+use crate::proxy::GatewayProxy;
+
+/// Streams pingora refused as malformed before the connection is closed.
+const MAX_MALFORMED_STREAMS: usize = 32;
+/// Longest the 504 answer may take to write to a client that does not read.
+const ANSWER_WRITE: Duration = Duration::from_secs(2);
+
+/// What the connection needs besides its stream.
+pub struct Conn<'a> {
+    pub proxy: &'a Arc<HttpProxy<GatewayProxy>>,
+    pub fast: &'a FastPath,
+    pub options: H2Options,
+    pub idle: Duration,
+    pub request_timeout: Duration,
+    pub client_ip: Option<IpAddr>,
+}
+
+type StreamTask<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Serves HTTP/2 streams on `stream` until the client closes, the connection idles out or
+/// the server shuts down (after the open streams finish).
+pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+    let mut conn = match h2s::handshake(stream, Some(c.options.clone())).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let c = &c;
+    let mut streams: FuturesUnordered<StreamTask<'_>> = FuturesUnordered::new();
+    let mut watch = shutdown.clone();
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.graceful_shutdown();
+    }
+    let mut malformed = 0usize;
+    let idle = tokio::time::sleep(c.idle);
+    tokio::pin!(idle);
+    loop {
+        let accepted = tokio::select! {
+            // The accept future drives the whole connection (every stream's frames), so it
+            // is polled whatever else is pending; it is cancel-safe.
+            a = h2s::HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
+            Some(()) = streams.next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + c.idle);
+                }
+                continue;
+            }
+            _ = idle.as_mut(), if streams.is_empty() => return,
+            _ = watch.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match accepted {
+            Ok(Some(H2Accept::Session(session))) => {
+                streams.push(Box::pin(serve_stream(c, session, shutdown)));
+            }
+            Ok(Some(H2Accept::Rejected)) => {
+                malformed += 1;
+                if malformed > MAX_MALFORMED_STREAMS {
+                    tracing::debug!("too many malformed HTTP/2 streams; closing the connection");
+                    return;
+                }
+            }
+            // Closed (after the last stream) or broken: nothing more can be served.
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 connection ended");
+                return;
+            }
+        }
+    }
+    // The client closed cleanly; finish what is still in flight.
+    while streams.next().await.is_some() {}
+}
+
+async fn serve_stream(c: &Conn<'_>, mut session: h2s::HttpSession, shutdown: &ShutdownWatch) {
+    let progress = Progress::default();
+    let served = tokio::time::timeout(
+        c.request_timeout,
+        c.fast.serve_h2(&mut session, c.client_ip, &progress),
+    )
+    .await;
+    match served {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(_) => {
+            if !progress.started() {
+                let page = crate::downstream::h2_page(
+                    &mut session,
+                    504,
+                    "Gateway Timeout",
+                    "The app did not answer in time.",
+                );
+                // Bounded: a client that opens no flow-control window must not hold it.
+                let _ = tokio::time::timeout(ANSWER_WRITE, page).await;
+            }
+            // Otherwise the stream is reset when the session drops unfinished.
+            return;
+        }
+    }
+    c.proxy
+        .process_new_http(ServerSession::new_http2(session), shutdown)
+        .await;
+}
