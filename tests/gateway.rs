@@ -662,3 +662,57 @@ async fn custom_domains_route_by_txt_and_refuse_internal_or_unlisted_names() {
         "a name outside the allow rules is never looked up:\n{asked}"
     );
 }
+
+/// Listening TCP sockets on `port` held by process `pid` (from /proc: the sockets in LISTEN
+/// state on that port, matched by inode against the process's descriptors).
+fn listening_sockets(pid: u32, port: u16) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().unwrap();
+            if u16::from_str_radix(local_port, 16).unwrap() == port && f[3] == "0A" {
+                inodes.insert(f[9].to_string());
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| {
+            let l = l.to_string_lossy();
+            l.strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .is_some_and(|i| inodes.contains(i))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_gets_its_own_listening_socket_unless_configured_otherwise() {
+    for (extra, sockets) in [("", 2), ("listener_per_worker = false", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        // The test gateways run `workers = 2`.
+        let gw = start_gateway_in(dir.path(), GatewayPorts::new(), extra);
+        let pid = gw.proc.child.as_ref().unwrap().id();
+        // The services bind one after the other once the gateway is ready.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = listening_sockets(pid, gw.ports.https);
+        while seen < sockets && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen = listening_sockets(pid, gw.ports.https);
+        }
+        assert_eq!(seen, sockets, "HTTPS listening sockets with {extra:?}");
+        let (id, _front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+        let host = app_host(&id, "");
+        // Fresh connections, each to whichever socket the kernel picks: all served.
+        for _ in 0..20 {
+            let c = client(&gw, std::slice::from_ref(&host), false);
+            let r = c.get(format!("https://{host}/")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+}

@@ -57,6 +57,12 @@ pub struct GatewayConfig {
     /// Pingora worker threads (1 to 256, default 1).
     #[serde(default = "default_workers")]
     pub workers: u16,
+    /// With several workers, give each its own HTTPS listening socket (SO_REUSEPORT: the
+    /// kernel spreads new connections over them, and a connection is accepted and served
+    /// on one thread) instead of one socket whose connections are handed to the workers
+    /// (default true).
+    #[serde(default = "yes")]
+    pub listener_per_worker: bool,
     /// Seconds to let connections finish on shutdown (1 to 3600, default 10).
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,

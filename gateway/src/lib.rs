@@ -5,7 +5,8 @@
 //! through the registration API, from verified attestation claims.
 //!
 //! ```text
-//!  :443 ─▶ FrontDoor ─┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
+//!  :443 (a socket per worker: own_socket, SO_REUSEPORT; each worker one thread)
+//!   ─▶ FrontDoor ─────┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
 //!   (PerIp, max conns)└─ TLS (CertResolver by SNI, tickets) ─┬─ HTTP/1: http1 (one deadline)
 //!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
 //!                                                            │    └─ declined ─┐  (verified, pooled)
@@ -72,6 +73,8 @@ pub mod metrics;
 pub mod ondemand;
 #[cfg(feature = "server")]
 mod own_identity;
+#[cfg(feature = "server")]
+mod own_socket;
 #[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]

@@ -285,7 +285,7 @@ pub fn run(
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(
         (cfg.limits.max_connections as usize).clamp(1024, 65_536),
     );
-    let acceptor = pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(tls));
+    let tls = Arc::new(tls);
     let tokens = Arc::new(Http01Tokens::default());
     let on_demand = match (&acme, &custom) {
         (Some(acme), Some(custom)) => Some(Arc::new(OnDemand::new(
@@ -318,34 +318,66 @@ pub fn run(
         settings: settings.clone(),
         upstreams,
     });
-    let front = FrontDoor {
-        proxy,
-        fast,
-        acceptor,
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        base_domain: base.clone(),
-        balance: settings.balance,
-        hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
-        hello_max: cfg.limits.client_hello_max_bytes as usize,
-        idle_timeout: settings.idle_timeout,
-        request_timeout: settings.request_timeout,
-        connect_timeout: settings.connect_timeout,
-        connections: Arc::new(Semaphore::new(cfg.limits.max_connections as usize)),
-        per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
-        header_timeout: Duration::from_secs(cfg.limits.header_timeout_secs),
-        max_per_app: cfg.limits.max_connections_per_app,
-        on_demand,
+    // Thread per core: with several workers each gets its own listening socket
+    // (SO_REUSEPORT) and a one-thread runtime, so the kernel spreads connections and a
+    // connection is accepted, served and pooled on one thread. All share one TLS config
+    // (tickets, session cache), the connection bounds and the fast path.
+    let per_worker = cfg.listener_per_worker && cfg.workers > 1;
+    let (listeners, threads) = if per_worker {
+        (usize::from(cfg.workers), 1)
+    } else {
+        (1, usize::from(cfg.workers))
     };
-    let mut https = Service::new("teegate https".to_string(), front);
-    // No L4 buffers: TLS reads whole records itself and writes them out whole, and an
-    // idle connection should hold no 64 KiB read buffer.
-    https.add_listener(
-        pingora_core::listeners::ListenerConfig::tcp(https_addr.to_string())
-            .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::unbuffered()),
-    );
-    https.threads = Some(usize::from(cfg.workers));
-    server.add_service(https);
+    let connections = Arc::new(Semaphore::new(cfg.limits.max_connections as usize));
+    let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
+    for worker in 0..listeners {
+        let front = FrontDoor {
+            proxy: proxy.clone(),
+            fast: fast.clone(),
+            acceptor: pingora_core::listeners::tls::Acceptor::from_server_config(tls.clone()),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            base_domain: base.clone(),
+            balance: settings.balance,
+            hello_timeout: Duration::from_millis(cfg.limits.client_hello_timeout_ms),
+            hello_max: cfg.limits.client_hello_max_bytes as usize,
+            idle_timeout: settings.idle_timeout,
+            request_timeout: settings.request_timeout,
+            connect_timeout: settings.connect_timeout,
+            connections: connections.clone(),
+            per_ip: per_ip.clone(),
+            header_timeout: Duration::from_secs(cfg.limits.header_timeout_secs),
+            max_per_app: cfg.limits.max_connections_per_app,
+            on_demand: on_demand.clone(),
+        };
+        let name = if per_worker {
+            format!("teegate https {worker}")
+        } else {
+            "teegate https".to_string()
+        };
+        let mut https = Service::new(name, front);
+        let mut socket = pingora_core::listeners::TcpSocketOptions::default();
+        socket.so_reuseport = per_worker.then_some(true);
+        // No L4 buffers: TLS reads whole records itself and writes them out whole, and an
+        // idle connection should hold no 64 KiB read buffer.
+        https.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(https_addr.to_string())
+                .tcp_socket_options(socket)
+                .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::unbuffered()),
+        );
+        https.threads = Some(threads);
+        if per_worker {
+            server.add_service(crate::own_socket::OwnSocket(https));
+        } else {
+            server.add_service(https);
+        }
+    }
+    if per_worker {
+        tracing::info!(
+            workers = cfg.workers,
+            "HTTPS: one listening socket per worker (SO_REUSEPORT)"
+        );
+    }
 
     let check = RaTlsCheck::new(verifier.clone(), ChainTrust::SelfSigned, provider.clone());
     let reg_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
