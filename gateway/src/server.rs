@@ -73,14 +73,31 @@ pub struct StartInfo {
 }
 
 /// Builds and runs the gateway until `shutdown` fires. `on_start` sees where it listens.
+/// The process's TLS crypto: ring, or aws-lc-rs when built with the `aws-lc` feature (the
+/// two are compared in docs/performance.md).
+fn crypto() -> CryptoProvider {
+    #[cfg(feature = "aws-lc")]
+    return rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc"))]
+    rustls::crypto::ring::default_provider()
+}
+
+/// Session tickets from the same crypto as [`crypto`].
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc")]
+    return rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(not(feature = "aws-lc"))]
+    rustls::crypto::ring::Ticketer::new()
+}
+
 pub fn run(
     cfg: GatewayConfig,
     shutdown: Box<dyn ShutdownSignalWatch>,
     on_start: impl FnOnce(&StartInfo),
 ) -> Result<(), GatewayError> {
-    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let provider: Arc<CryptoProvider> = Arc::new(crypto());
     // Several rustls backends may be compiled in; pick ours for anything using the default.
-    let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    let _ = CryptoProvider::install_default(crypto());
     let base = cfg.base_domain.as_str().to_ascii_lowercase();
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new());
@@ -280,8 +297,7 @@ pub fn run(
     // Resumption: stateless tickets (TLS 1.2 and 1.3, keys rotated by rustls), and a
     // session cache for clients that resume by id, sized for the connections we allow
     // rather than rustls' default 256 (a few hundred bytes per entry).
-    tls.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| GatewayError::Config(format!("TLS ticketer: {e}")))?;
+    tls.ticketer = ticketer().map_err(|e| GatewayError::Config(format!("TLS ticketer: {e}")))?;
     tls.session_storage = rustls::server::ServerSessionMemoryCache::new(
         (cfg.limits.max_connections as usize).clamp(1024, 65_536),
     );
