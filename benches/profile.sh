@@ -6,13 +6,14 @@
 # instructions per request (repeatable for the same binary and inputs, whatever else the
 # machine does). User-space only: the kernel's share (the syscalls) is not in it.
 #
-# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 PROFILE=release;
+# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 LOAD=keepalive|h2 PROFILE=release;
 #        TEEGATE_BIN / HELPER_BIN to use prebuilt binaries; OUT=file keeps the profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-10}
+LOAD=${LOAD:-keepalive}
 
 command -v valgrind >/dev/null || { echo "install valgrind first (apt-get install valgrind)" >&2; exit 1; }
 . benches/lib.sh
@@ -31,12 +32,25 @@ BIN="$T/teegate-under-callgrind"
 READY_TRIES=${READY_TRIES:-1200}
 start_contenders 1
 
+# LOAD=keepalive: wrk, HTTP/1.1; LOAD=h2: h2load, CONNS connections x 10 streams.
+drive() { # seconds
+  if [ "$LOAD" = h2 ]; then
+    h2load -c"$CONNS" -m10 -D "$1" --connect-to="127.0.0.1:$PG" "https://$HOST:$PG/" 2>&1
+  else
+    wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1
+  fi
+}
 echo "warm-up ${WARMUP}s…" >&2
-wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" >/dev/null 2>&1 || true
+drive "$WARMUP" >/dev/null || true
 callgrind_control --zero "$GW_PID" >/dev/null
-out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1)
-reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+out=$(drive "$DURATION")
+if [ "$LOAD" = h2 ]; then
+  reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+  errs=$(awk '/^requests:/ && ($10 > 0) {print}' <<<"$out")
+else
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+fi
 # Callgrind writes the profile (everything since the counters were zeroed, and the
 # gateway's shutdown, which is small) when the gateway exits.
 stop_contenders
@@ -44,7 +58,7 @@ dump=$OUT
 [ -s "$dump" ] || { echo "callgrind wrote no profile to $dump" >&2; exit 1; }
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
 echo
-echo "requests answered: ${reqs:-0} in ${DURATION}s under callgrind ($CONNS connections)"
+echo "requests answered: ${reqs:-0} in ${DURATION}s under callgrind ($LOAD, $CONNS connections)"
 echo "instructions:      ${total:-0}"
 awk -v t="${total:-0}" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "per request:       %.1f k\n", t / n / 1000 }'
 [ -n "${KEEP_OUT:-}" ] && echo "profile:           $dump"

@@ -292,6 +292,25 @@ metric() { # name{labels} -> value (0 if absent)
   curl -sf "http://127.0.0.1:$PA/metrics" | awk -v m="$1" '$1 == m {v=$2} END {print v+0}'
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$GPID/status"; }
+# Idle RSS: the smallest of three samples a second apart (a transient allocation the
+# allocator has not returned yet is not growth).
+idle_rss_kb() {
+  local a b c
+  a=$(rss_kb); sleep 1; b=$(rss_kb); sleep 1; c=$(rss_kb)
+  printf '%s\n' "$a" "$b" "$c" | sort -n | head -1
+}
+# Waits (at most 60 s) until no certificate renewal is running: the count of issued ones
+# has not moved for 5 s. A renewal allocates while it runs; the baselines are taken after.
+acme_settled() {
+  local last now same=0
+  last=$(metric 'teegate_acme_attempts_total{result="ok"}')
+  for _ in $(seq 1 60); do
+    sleep 1
+    now=$(metric 'teegate_acme_attempts_total{result="ok"}')
+    if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last=$now; fi
+    [ "$same" -ge 5 ] && return 0
+  done
+}
 fds() { find "/proc/$GPID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
 H2=(h2load --h1 --connect-to="127.0.0.1:$PG" "https://$HOST:$PG/")
@@ -321,8 +340,8 @@ if [ -z "${warm_done:-}" ]; then
   echo "soak: h2load gave no summary in the warm-up:" >&2; echo "$out" >&2; warm_done=0; warm_lost=1
 fi
 [ "$warm_lost" -gt 0 ] && grep -E "^requests:|^status codes:|error|fail" <<<"$out" | head -8 >&2
-sleep 2
-FD0=$(fds); RSS0=$(rss_kb)
+acme_settled
+FD0=$(fds); RSS0=$(idle_rss_kb)
 OK0=$(metric 'teegate_acme_attempts_total{result="ok"}')
 echo "after ${WARMUP_SECS}s warm-up ($warm_done requests, $warm_lost failed; one step of each churn): RSS ${RSS0} kB, ${FD0} fds (idle)" >&2
 
@@ -353,8 +372,8 @@ while [ "$t" -lt "$SOAK_SECS" ]; do
 done
 touch "$T/stop"
 wait "$CHURN_PID" 2>/dev/null || true
-sleep 2
-FD1=$(fds); RSS1=$(rss_kb)
+acme_settled
+FD1=$(fds); RSS1=$(idle_rss_kb)
 OK1=$(metric 'teegate_acme_attempts_total{result="ok"}')
 churn_errors=$(wc -l < "$T/churn-errors")
 count() { grep -c "$1" "$T/events" || true; }

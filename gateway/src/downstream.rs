@@ -178,7 +178,7 @@ pub(crate) async fn h2_page(
     detail: &str,
 ) -> pingora_core::Result<()> {
     let body = pages::page(status, title, detail);
-    let mut head = ResponseHeader::build(status, Some(3))?;
+    let mut head = ResponseHeader::build_no_case(status, Some(3))?;
     head.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     head.insert_header(http::header::CACHE_CONTROL, "no-store")?;
