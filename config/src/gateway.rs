@@ -371,6 +371,12 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: u32,
     /// Concurrent HTTP/2 streams per client connection (1 to 1000, default 100).
     pub max_h2_streams: u32,
+    /// Idle verified upstream connections kept per instance and port on each worker
+    /// thread (1 to 16384, default 512). Each request in flight needs its own upstream
+    /// connection (HTTP/1 to the CVM), so this should cover the requests one worker has in
+    /// flight to one instance (HTTP/2 clients multiply them); below that, requests open new
+    /// TLS connections to the CVM instead of reusing one.
+    pub upstream_idle_per_instance: u32,
 }
 
 impl Default for LimitsConfig {
@@ -386,6 +392,7 @@ impl Default for LimitsConfig {
             header_timeout_secs: 15,
             max_connections_per_ip: 256,
             max_h2_streams: 100,
+            upstream_idle_per_instance: 512,
         }
     }
 }
@@ -431,7 +438,13 @@ impl Validate for LimitsConfig {
             self.max_connections_per_ip,
             1..=self.max_connections,
         )?;
-        in_range(at, "max_h2_streams", self.max_h2_streams, 1..=1000)
+        in_range(at, "max_h2_streams", self.max_h2_streams, 1..=1000)?;
+        in_range(
+            at,
+            "upstream_idle_per_instance",
+            self.upstream_idle_per_instance,
+            1..=16384,
+        )
     }
 }
 

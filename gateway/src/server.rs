@@ -326,6 +326,7 @@ pub fn run(
         base.clone(),
         settings.connect_timeout,
         settings.idle_timeout,
+        cfg.limits.upstream_idle_per_instance as usize,
     )
     .map_err(|e| GatewayError::Config(format!("upstream TLS: {e}")))?;
     let fast = Arc::new(crate::fast::FastPath {

@@ -10,10 +10,11 @@
 //!
 //! The pool has no task per idle connection and no timer: a connection taken from it is
 //! checked on the spot (idle for less than the idle timeout, and its socket neither closed
-//! nor holding unexpected bytes), and each (instance, port) keeps at most [`POOL_PER_KEY`].
+//! nor holding unexpected bytes), and each (instance, port) keeps at most
+//! `limits.upstream_idle_per_instance` on each thread (the oldest go first).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,9 +30,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::registry::{Instance, Registry};
-
-/// Idle connections kept per (instance, port) on each thread.
-pub const POOL_PER_KEY: usize = 64;
 
 /// Why no verified connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +153,7 @@ struct Idle {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<(InstanceId, u16), Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<(InstanceId, u16), VecDeque<Idle>>> = RefCell::new(HashMap::new());
 }
 
 /// Makes and pools verified upstream connections.
@@ -165,6 +163,8 @@ pub struct Upstreams {
     base_domain: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Idle connections kept per (instance, port) on each thread.
+    idle_per_key: usize,
 }
 
 impl Upstreams {
@@ -174,6 +174,7 @@ impl Upstreams {
         base_domain: String,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        idle_per_key: usize,
     ) -> Result<Self, rustls::Error> {
         let verifier = Arc::new(RegisteredCert {
             registry: registry.clone(),
@@ -191,6 +192,7 @@ impl Upstreams {
             base_domain,
             connect_timeout,
             idle_timeout,
+            idle_per_key,
         })
     }
 
@@ -200,7 +202,8 @@ impl Upstreams {
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.get_mut(&key)?;
-            while let Some(mut idle) = list.pop() {
+            // The most recently used first: the likeliest to be still open.
+            while let Some(mut idle) = list.pop_back() {
                 if idle.since.elapsed() < self.idle_timeout && idle.conn.is_quiet() {
                     return Some(idle.conn);
                 }
@@ -215,11 +218,11 @@ impl Upstreams {
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let list = pool.entry(key).or_default();
-            if list.len() >= POOL_PER_KEY {
+            if list.len() >= self.idle_per_key {
                 // The oldest goes: it is the likeliest to have been closed by the front.
-                list.remove(0);
+                list.pop_front();
             }
-            list.push(Idle {
+            list.push_back(Idle {
                 conn,
                 since: Instant::now(),
             });
