@@ -131,8 +131,7 @@ impl FastPath {
             .exchange(&mut down, &req, &route, client_ip, progress)
             .await;
         // Phase 5: log.
-        self.log(&req, client_ip, &ex, started);
-        self.metrics.fast_path.with_label_values(&["h1"]).inc();
+        self.log("h1", &req, client_ip, &ex, started);
         if ex.close || req.close {
             Outcome::Close
         } else {
@@ -167,8 +166,7 @@ impl FastPath {
                 progress,
             )
             .await;
-        self.log(&req, client_ip, &ex, started);
-        self.metrics.fast_path.with_label_values(&["h2"]).inc();
+        self.log("h2", &req, client_ip, &ex, started);
         true
     }
 
@@ -469,13 +467,22 @@ impl FastPath {
         Ok((resp.status, close))
     }
 
-    fn log(&self, req: &Request, client_ip: Option<IpAddr>, ex: &Exchange, started: Instant) {
+    /// Phase 5: the request's metrics (`protocol`: the client's, `h1` or `h2`) and access log.
+    fn log(
+        &self,
+        protocol: &'static str,
+        req: &Request,
+        client_ip: Option<IpAddr>,
+        ex: &Exchange,
+        started: Instant,
+    ) {
         let app = ex.app.to_hex();
         let status = ex.status;
         self.metrics
             .requests
             .with_label_values(&[app.as_str(), status_label(status)])
             .inc();
+        self.metrics.fast_path.with_label_values(&[protocol]).inc();
         let elapsed = started.elapsed();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if self.settings.access_log {
