@@ -95,6 +95,26 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
     (addr, conns)
 }
 
+/// A gateway with one instance registered whose front is [`scripted_front`]; the front's
+/// connection count.
+async fn gateway_with_scripted_app(
+    dir: &std::path::Path,
+) -> (Gateway, ratls::cert::Identity, Arc<AtomicUsize>) {
+    let gw = start_gateway_in(dir, GatewayPorts::new(), "");
+    let id = identity(COMPOSE, 1);
+    let cert = ratls_cert(&id);
+    let (front, conns) = scripted_front(&cert).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (gw, id, conns)
+}
+
 async fn tls_to(gw: &Gateway, host: &str) -> TlsStream<tokio::net::TcpStream> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -140,18 +160,7 @@ async fn response(s: &mut TlsStream<tokio::net::TcpStream>, body_len: Option<usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_every_body_framing_and_reuses_both_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
-    let id = identity(COMPOSE, 1);
-    let cert = ratls_cert(&id);
-    let (front, conns) = scripted_front(&cert).await;
-    let (status, body) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &cert,
-        &register_body(front, &[80]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let (gw, id, conns) = gateway_with_scripted_app(dir.path()).await;
     let host = format!("{}.{BASE}", id.app_id);
     let mut c = tls_to(&gw, &host).await;
 
@@ -288,18 +297,7 @@ async fn a_front_presenting_another_instances_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_get_every_body_framing_as_http2_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
-    let id = identity(COMPOSE, 1);
-    let cert = ratls_cert(&id);
-    let (front, conns) = scripted_front(&cert).await;
-    let (status, body) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &cert,
-        &register_body(front, &[80]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let (gw, id, conns) = gateway_with_scripted_app(dir.path()).await;
     let host = format!("{}.{BASE}", id.app_id);
     let c = client(&gw, std::slice::from_ref(&host), true);
     let get = |path: &str| c.get(format!("https://{host}{path}")).send();

@@ -8,7 +8,7 @@
 
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::head::{Framing, Method, Parsed, Request, Response};
+use crate::head::{hop_by_hop, Framing, Method, Parsed, Request, Response};
 use crate::proxy::is_forwarding_header;
 
 /// Most headers a response head may carry here (as for HTTP/1).
@@ -111,19 +111,8 @@ pub fn response(raw: &[u8], resp: &Response) -> Result<Box<ResponseHeader>, Stri
         .map_err(|e| e.to_string())?;
     for h in res.headers.iter() {
         let name = h.name;
-        if [
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ]
-        .iter()
-        .any(|x| name.eq_ignore_ascii_case(x))
-        {
+        // HTTP/1 framing: the length is set below when known; HTTP/2 frames the data.
+        if hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
             continue;
         }
         let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;

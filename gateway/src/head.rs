@@ -67,7 +67,7 @@ pub enum Parsed {
 }
 
 /// Hop-by-hop headers, never forwarded as received.
-fn hop_by_hop(name: &str) -> bool {
+pub(crate) fn hop_by_hop(name: &str) -> bool {
     [
         "connection",
         "keep-alive",
