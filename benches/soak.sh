@@ -179,6 +179,24 @@ GPID=$!
 pids+=("$GPID")
 wait_port "$PA" || { cat "$T/gateway.err" >&2; exit 1; }
 
+# SOAK_TRACE=DIR: every second, the gateway's RSS split by kind (anonymous, file) and
+# thread count in DIR/rss.tsv, and its full /proc/PID/smaps in DIR/smaps.T, to find which
+# mapping a step in RSS lands in.
+if [ -n "${SOAK_TRACE:-}" ]; then
+  mkdir -p "$SOAK_TRACE"
+  (
+    printf 't\trss_kB\tanon_kB\tfile_kB\tthreads\n' > "$SOAK_TRACE/rss.tsv"
+    while kill -0 "$GPID" 2>/dev/null; do
+      now=$(elapsed)
+      awk -v t="$now" '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^Threads/ {n=$2}
+        END {printf "%s\t%s\t%s\t%s\t%s\n", t, r, a, f, n}' "/proc/$GPID/status" >> "$SOAK_TRACE/rss.tsv" 2>/dev/null || break
+      cp "/proc/$GPID/smaps" "$SOAK_TRACE/smaps.$now" 2>/dev/null || break
+      sleep 1
+    done
+  ) &
+  pids+=($!)
+fi
+
 register() { # index [extra front cert...]
   local i=$1; shift
   "$HELPER" register "$T/acme-root.pem" "127.0.0.1:$PR" "gateway.$BASE" "127.0.0.1:${FRONT[$i]}" \
@@ -334,6 +352,7 @@ echo "gateway maximum: $MAX req/s (h2load --h1 -c 50, keep-alive); soak load: $C
 ( rotate 0; restart 1; expire 2; reload ) &
 WARM_CHURN=$!
 out=$("${H2[@]}" -c "$CONNS" --rps "$RATE" -D "$WARMUP_SECS" 2>&1) || true
+[ -z "${SOAK_TRACE:-}" ] || echo "$(elapsed) warm-up ended" >> "$SOAK_TRACE/marks"
 wait "$WARM_CHURN" || true
 read -r warm_done warm_lost < <(awk '/^requests:/ {print $6, $10}' <<<"$out") || true
 if [ -z "${warm_done:-}" ]; then
@@ -354,6 +373,7 @@ total=$warm_done; failed=$warm_lost; t=0; max_rss=$RSS0
 while [ "$t" -lt "$SOAK_SECS" ]; do
   d=$((SOAK_SECS - t < SLICE ? SOAK_SECS - t : SLICE))
   out=$("${H2[@]}" -c "$CONNS" --rps "$RATE" -D "$d" 2>&1) || true
+  [ -z "${SOAK_TRACE:-}" ] || echo "$(elapsed) slice ended" >> "$SOAK_TRACE/marks"
   # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout";
   # h2load's "failed" includes non-2xx answers, "errored" and "timeout" are part of it.
   done=""; lost=""

@@ -627,26 +627,38 @@ async fn evidence_is_requoted_when_a_key_is_added() {
     );
     let first = publisher.current();
     assert_eq!(first.document.claims.as_ref().unwrap().keys.len(), 1);
+    // A custom domain's certificate arrives before the publisher runs: it must not be
+    // missed for want of a subscriber (nothing else changes until the ACME account below).
+    let custom = ca
+        .issue("shop.example", vec!["shop.example".into()])
+        .unwrap();
+    resolver.install(&custom).unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let runner = {
         let p = publisher.clone();
         tokio::spawn(async move { p.run(stopped).await })
     };
-    // A custom domain's certificate, then the ACME account, in a burst: one re-quote.
-    let custom = ca
-        .issue("shop.example", vec!["shop.example".into()])
-        .unwrap();
-    resolver.install(&custom).unwrap();
-    held.set_acme_account("https://acme.test/acct/7", ratls::SpkiHash([7; 32]));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let now = loop {
-        let now = publisher.current();
-        if now.document.claims.as_ref().unwrap().keys.len() == 3 {
-            break now;
+    let wait_keys = |n: usize, step: &'static str| {
+        let publisher = publisher.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let now = publisher.current();
+                if now.document.claims.as_ref().unwrap().keys.len() == n {
+                    return now;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{step}: not re-quoted within 15 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "not re-quoted within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    wait_keys(2, "a certificate installed before the publisher ran").await;
+    // Then, while it runs, the ACME account.
+    held.set_acme_account("https://acme.test/acct/7", ratls::SpkiHash([7; 32]));
+    let now = wait_keys(3, "the ACME account added while it ran").await;
     let ev = now.document.evidence.clone().unwrap();
     let v = pins.verifier().verify_gateway(&ev).unwrap();
     let custom_der = pem::parse_many(&custom.cert_chain_pem).unwrap()[0]

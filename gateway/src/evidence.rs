@@ -272,12 +272,17 @@ impl Publisher {
         let mut acme = self.keys.acme.subscribe();
         let mut last = Instant::now();
         let mut due = last + REFRESH;
+        // A key added between the first quote and the subscriptions above sent its change
+        // to nobody: compare once now, so it is not left out until the next refresh.
+        let mut stale = self.keys.snapshot() != self.published_keys();
         loop {
-            tokio::select! {
-                r = certs.changed() => if r.is_err() { return },
-                r = acme.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep_until(due.into()) => {}
-                _ = shutdown.changed() => return,
+            if !std::mem::take(&mut stale) {
+                tokio::select! {
+                    r = certs.changed() => if r.is_err() { return },
+                    r = acme.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
             let wait = MIN_REQUOTE.saturating_sub(last.elapsed());
             tokio::select! {

@@ -72,7 +72,6 @@ pub struct StartInfo {
     pub dev_ca: Option<std::path::PathBuf>,
 }
 
-/// Builds and runs the gateway until `shutdown` fires. `on_start` sees where it listens.
 /// The process's TLS crypto: ring, or aws-lc-rs when built with the `aws-lc` feature (the
 /// two are compared in docs/performance.md).
 fn crypto() -> CryptoProvider {
@@ -90,6 +89,7 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error>
     rustls::crypto::ring::Ticketer::new()
 }
 
+/// Builds and runs the gateway until `shutdown` fires. `on_start` sees where it listens.
 pub fn run(
     cfg: GatewayConfig,
     shutdown: Box<dyn ShutdownSignalWatch>,
