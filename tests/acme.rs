@@ -94,7 +94,16 @@ async fn wildcard_certificate_by_dns01_renewal_and_restart() {
     );
 
     let first = served_cert(&gw, &root, Duration::from_secs(60)).await;
-    let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    // The certificate is served as soon as it is installed; the issuance is counted once
+    // it is also stored, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let (_, m) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+        if attempts(&m, "ok") >= 1 || Instant::now() >= deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(attempts(&m, "ok"), 1, "{m}");
     assert!(
         m.contains("teegate_cert_not_after_seconds{name=\"*.apps.teegate.test\"}"),

@@ -98,6 +98,14 @@ pub fn run(
     let provider: Arc<CryptoProvider> = Arc::new(crypto());
     // Several rustls backends may be compiled in; pick ours for anything using the default.
     let _ = CryptoProvider::install_default(crypto());
+    tracing::info!(
+        provider = if cfg!(feature = "aws-lc") {
+            "aws-lc-rs"
+        } else {
+            "ring"
+        },
+        "TLS crypto"
+    );
     let base = cfg.base_domain.as_str().to_ascii_lowercase();
     let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new());
