@@ -19,6 +19,8 @@
 #
 # Usage: benches/soak.sh                     # 10 minutes, release build
 #        SOAK_SECS=30 SOAK_PROFILE=debug benches/soak.sh   # the CI version (scripts/test)
+#        TEEGATE_BIN=… HELPER_BIN=… soak a prebuilt teegate and soak_instance;
+#        SOAK_TRACE=DIR, SOAK_GATEWAY_WRAP="heaptrack -o FILE": see below
 # Needs: nginx, h2load (nghttp2-client), pebble, openssl, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,14 +40,20 @@ for p in nginx h2load pebble openssl curl; do
   command -v "$p" >/dev/null || { echo "soak: $p is needed (scripts/test installs it)" >&2; exit 1; }
 done
 
-echo "building ($PROFILE)..." >&2
-if [ "$PROFILE" = release ]; then
-  cargo build --release --quiet --bin teegate --example soak_instance
+if [ -n "${TEEGATE_BIN:-}" ] && [ -n "${HELPER_BIN:-}" ]; then
+  BIN=$TEEGATE_BIN HELPER=$HELPER_BIN
 else
-  cargo build --quiet --bin teegate --example soak_instance
+  echo "building ($PROFILE)..." >&2
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet --bin teegate --example soak_instance
+  else
+    cargo build --quiet --bin teegate --example soak_instance
+  fi
+  BIN=target/$PROFILE/teegate
+  HELPER=target/$PROFILE/examples/soak_instance
 fi
-BIN=target/$PROFILE/teegate
-HELPER=target/$PROFILE/examples/soak_instance
+# SOAK_GATEWAY_WRAP: a command the gateway (only) runs under, e.g. "heaptrack -o FILE".
+read -r -a GW_WRAP <<<"${SOAK_GATEWAY_WRAP:-}"
 
 T=$(mktemp -d)
 pids=()
@@ -174,7 +182,7 @@ rtmr2 = "any"
 compose_hashes = "any"
 app_ids = "any"
 CONF
-TEEGATE_LOG=${TEEGATE_LOG:-info} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
+TEEGATE_LOG=${TEEGATE_LOG:-info} "${GW_WRAP[@]}" "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
 GPID=$!
 pids+=("$GPID")
 wait_port "$PA" || { cat "$T/gateway.err" >&2; exit 1; }
