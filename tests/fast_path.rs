@@ -95,11 +95,17 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
     (addr, conns)
 }
 
-/// A gateway with one instance registered whose front is [`scripted_front`]; the front's
-/// connection count.
-async fn gateway_with_scripted_app(
-    dir: &std::path::Path,
-) -> (Gateway, ratls::cert::Identity, Arc<AtomicUsize>) {
+/// A gateway with one instance registered whose front is [`scripted_front`].
+struct ScriptedApp {
+    gw: Gateway,
+    id: ratls::cert::Identity,
+    /// The front's address.
+    front: std::net::SocketAddr,
+    /// Connections the front accepted.
+    conns: Arc<AtomicUsize>,
+}
+
+async fn gateway_with_scripted_app(dir: &std::path::Path) -> ScriptedApp {
     let gw = start_gateway_in(dir, GatewayPorts::new(), "");
     let id = identity(COMPOSE, 1);
     let cert = ratls_cert(&id);
@@ -112,7 +118,12 @@ async fn gateway_with_scripted_app(
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    (gw, id, conns)
+    ScriptedApp {
+        gw,
+        id,
+        front,
+        conns,
+    }
 }
 
 async fn tls_to(gw: &Gateway, host: &str) -> TlsStream<tokio::net::TcpStream> {
@@ -160,7 +171,7 @@ async fn response(s: &mut TlsStream<tokio::net::TcpStream>, body_len: Option<usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_every_body_framing_and_reuses_both_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let (gw, id, conns) = gateway_with_scripted_app(dir.path()).await;
+    let ScriptedApp { gw, id, conns, .. } = gateway_with_scripted_app(dir.path()).await;
     let host = format!("{}.{BASE}", id.app_id);
     let mut c = tls_to(&gw, &host).await;
 
@@ -242,20 +253,14 @@ async fn relays_every_body_framing_and_reuses_both_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_presenting_another_instances_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_gateway_in(dir.path(), GatewayPorts::new(), "");
     // Instance 1 is genuine. Instance 2 registers its own certificate but points at
     // instance 1's front, which presents instance 1's certificate.
-    let victim = identity(COMPOSE, 1);
-    let victim_cert = ratls_cert(&victim);
-    let (victim_front, _) = scripted_front(&victim_cert).await;
-    let (s, b) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &victim_cert,
-        &register_body(victim_front, &[80]),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    let ScriptedApp {
+        gw,
+        id: victim,
+        front: victim_front,
+        ..
+    } = gateway_with_scripted_app(dir.path()).await;
     let other = identity(b"{\"name\":\"other\"}", 2);
     let other_cert = ratls_cert(&other);
     let (s, b) = register(
@@ -297,7 +302,7 @@ async fn a_front_presenting_another_instances_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_get_every_body_framing_as_http2_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let (gw, id, conns) = gateway_with_scripted_app(dir.path()).await;
+    let ScriptedApp { gw, id, conns, .. } = gateway_with_scripted_app(dir.path()).await;
     let host = format!("{}.{BASE}", id.app_id);
     let c = client(&gw, std::slice::from_ref(&host), true);
     let get = |path: &str| c.get(format!("https://{host}{path}")).send();
