@@ -2,7 +2,9 @@
 # certificates, the backend nginx, and the three contenders at a given worker count.
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
-# Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]).
+# Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]),
+# GATEWAY_TOP (TOML lines at the top level, e.g. listener_per_worker = false), GATEWAY_WRAP (a
+# command the gateway alone runs under, e.g. "heaptrack -o FILE").
 PROFILE=${PROFILE:-release}
 BASE=${BASE:-apps.bench.test}
 
@@ -149,6 +151,7 @@ data_dir = "$T/gateway-$w"
 workers = $w
 grace_period_secs = 1
 access_log = false
+${GATEWAY_TOP:-}
 [tls]
 mode = "files"
 cert_file = "$T/certs/wildcard.pem"
@@ -171,7 +174,8 @@ rtmr2 = "any"
 compose_hashes = "any"
 app_ids = "any"
 CONF
-  TEEGATE_LOG=${TEEGATE_LOG:-warn,rustls=error} "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
+  local wrap; read -r -a wrap <<<"${GATEWAY_WRAP:-}"
+  TEEGATE_LOG=${TEEGATE_LOG:-warn,rustls=error} "${wrap[@]}" "$BIN" gateway --config "$T/gateway.toml" 2>"$T/gateway.err" &
   GW_PID=$!
   for _ in $(seq 1 "${READY_TRIES:-100}"); do grep -q ready "$T/gateway.err" 2>/dev/null && break; sleep 0.1; done
   grep -q ready "$T/gateway.err" || { cat "$T/gateway.err" >&2; exit 1; }

@@ -1,4 +1,5 @@
-//! Port 443: every connection starts here. The ClientHello is peeked (bounded in time and
+//! Port 443: every connection starts here (`https_listener` spawns one task per connection
+//! running [`FrontDoor::serve`]). The ClientHello is peeked (bounded in time and
 //! size) to read its SNI; `…s.` names are relayed byte for byte to the instance's RA-TLS
 //! front, so the client sees and can pin that certificate; everything else gets a TLS
 //! handshake here and goes to the HTTP proxy.
@@ -6,16 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, Peek, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::client_tls;
 use crate::fast::FastPath;
 use crate::metrics::Metrics;
 use crate::names::{self, Mode};
@@ -91,7 +90,7 @@ pub fn parse_sni(buf: &[u8]) -> Result<Option<Option<String>>, HelloError> {
 
 /// Peeks the ClientHello without consuming it; returns its SNI (if any).
 pub async fn peek_sni(
-    stream: &mut Stream,
+    stream: &mut L4Stream,
     timeout: Duration,
     max: usize,
 ) -> Result<Option<String>, HelloError> {
@@ -140,7 +139,7 @@ pub struct FrontDoor {
     pub proxy: Arc<HttpProxy<GatewayProxy>>,
     /// Plain HTTP/1 requests to app names.
     pub fast: Arc<FastPath>,
-    pub acceptor: Acceptor,
+    pub acceptor: tokio_rustls::TlsAcceptor,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub base_domain: String,
@@ -170,7 +169,7 @@ impl Drop for Gauge<'_> {
 }
 
 impl FrontDoor {
-    async fn passthrough(&self, mut client: Stream, target: names::Target) {
+    async fn passthrough(&self, mut client: L4Stream, target: names::Target) {
         let m = &self.metrics.passthrough;
         let Some(resolved) = self.registry.resolve(&target.id) else {
             m.with_label_values(&["unknown-app"]).inc();
@@ -214,15 +213,12 @@ impl FrontDoor {
         // The relay ends when either side closes; an idle bound stops abandoned pairs.
         let _ = tokio::time::timeout(self.idle_timeout * 10, relay).await;
     }
-}
 
-#[async_trait]
-impl ServerApp for FrontDoor {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    /// A connection's life: its bounds, the ClientHello's name, then a relay (passthrough)
+    /// or a TLS handshake and HTTP/1 or HTTP/2 until either side ends it. This future is
+    /// the connection's task (see `https_listener`), so what it keeps across its long
+    /// waits is what an idle connection costs: the one-off phases are boxed and freed.
+    pub async fn serve(self: &Arc<Self>, mut stream: L4Stream, shutdown: &ShutdownWatch) {
         let peer_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
@@ -235,7 +231,7 @@ impl ServerApp for FrontDoor {
                         .with_label_values(&["ip-connection-limit"])
                         .inc();
                     tracing::debug!(%ip, "connection limit for this address reached; dropping");
-                    return None;
+                    return;
                 }
             },
             None => None,
@@ -245,7 +241,7 @@ impl ServerApp for FrontDoor {
                 .tls_handshakes
                 .with_label_values(&["connection-limit"])
                 .inc();
-            return None;
+            return;
         };
         self.metrics.active_connections.inc();
         let _gauge = Gauge(&self.metrics);
@@ -257,7 +253,7 @@ impl ServerApp for FrontDoor {
                     .with_label_values(&[e.label()])
                     .inc();
                 tracing::debug!(error = ?e, "dropping connection before TLS");
-                return None;
+                return;
             }
         };
         if let Some(target) = sni
@@ -266,17 +262,9 @@ impl ServerApp for FrontDoor {
         {
             if target.mode == Mode::Passthrough {
                 Box::pin(self.passthrough(stream, target)).await;
-                return None;
+                return;
             }
         }
-        // The listener hands us its TCP stream boxed; TLS wants the concrete type back.
-        let l4 = match stream.into_any().downcast::<L4Stream>() {
-            Ok(l4) => *l4,
-            Err(_) => {
-                tracing::error!("front door received a stream that is not TCP; dropping");
-                return None;
-            }
-        };
         if let (Some(od), Some(name)) = (&self.on_demand, sni.as_deref()) {
             if matches!(
                 names::parse(name, &self.base_domain),
@@ -284,16 +272,13 @@ impl ServerApp for FrontDoor {
             ) {
                 if let Ok(name) = names::normalize_host(name) {
                     // Bounded: a slow CA must not hold connections open forever.
-                    let _ = tokio::time::timeout(ON_DEMAND_WAIT, od.ensure(&name)).await;
+                    let _ = tokio::time::timeout(ON_DEMAND_WAIT, Box::pin(od.ensure(&name))).await;
                 }
             }
         }
         // Boxed, like the other large futures below, so the connection's own state stays
         // small while it idles.
-        let handshake = Box::pin(pingora_core::protocols::tls::server::handshake(
-            &self.acceptor,
-            l4,
-        ));
+        let handshake = Box::pin(client_tls::accept(&self.acceptor, stream));
         let tls = match tokio::time::timeout(self.hello_timeout, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -302,14 +287,14 @@ impl ServerApp for FrontDoor {
                     .with_label_values(&["handshake-failed"])
                     .inc();
                 tracing::debug!(error = %e, "TLS handshake failed");
-                return None;
+                return;
             }
             Err(_) => {
                 self.metrics
                     .tls_handshakes
                     .with_label_values(&["handshake-timeout"])
                     .inc();
-                return None;
+                return;
             }
         };
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
@@ -340,7 +325,6 @@ impl ServerApp for FrontDoor {
             };
             http1::serve(conn, tls, shutdown).await;
         }
-        None
     }
 }
 

@@ -5,7 +5,7 @@
 //! through the registration API, from verified attestation claims.
 //!
 //! ```text
-//!  :443 (a socket per worker: own_socket, SO_REUSEPORT; each worker one thread)
+//!  :443 https_listener (a socket per worker, SO_REUSEPORT; one thread each; task per conn)
 //!   ─▶ FrontDoor ─────┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
 //!   (PerIp, max conns)└─ TLS (CertResolver by SNI, tickets) ─┬─ HTTP/1: http1 (one deadline)
 //!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
@@ -46,6 +46,8 @@ pub mod certs;
 #[cfg(feature = "server")]
 mod chunked;
 #[cfg(feature = "server")]
+mod client_tls;
+#[cfg(feature = "server")]
 pub mod custom;
 #[cfg(feature = "server")]
 mod downstream;
@@ -68,13 +70,13 @@ mod http2;
 #[cfg(feature = "server")]
 mod http_util;
 #[cfg(feature = "server")]
+mod https_listener;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod ondemand;
 #[cfg(feature = "server")]
 mod own_identity;
-#[cfg(feature = "server")]
-mod own_socket;
 #[cfg(feature = "server")]
 mod pages;
 #[cfg(feature = "server")]

@@ -63,6 +63,12 @@ const MAX_LABEL_LEN: usize = 63;
 
 /// Lower-cases a Host header or SNI value and strips a trailing dot and `:port`.
 pub fn normalize_host(host: &str) -> Result<String, NameError> {
+    strip_host(host).map(str::to_ascii_lowercase)
+}
+
+/// `host` without surrounding space, a numeric `:port` or a trailing dot; not lower-cased
+/// (so parsing a request's host allocates nothing).
+fn strip_host(host: &str) -> Result<&str, NameError> {
     let host = host.trim();
     let host = match host.rsplit_once(':') {
         // Only strip a numeric port; IPv6 literals are not app names anyway.
@@ -73,18 +79,23 @@ pub fn normalize_host(host: &str) -> Result<String, NameError> {
     if host.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(host)
 }
 
 /// Parses `host` (already normalised or not) against `base_domain` (lowercase).
 pub fn parse(host: &str, base_domain: &str) -> Result<Target, NameError> {
-    let host = normalize_host(host)?;
-    if host == base_domain {
+    let host = strip_host(host)?;
+    if host.eq_ignore_ascii_case(base_domain) {
         return Err(NameError::BaseDomain);
     }
+    // `<label>.<base_domain>`, the base compared without regard to case.
     let label = host
-        .strip_suffix(base_domain)
-        .and_then(|h| h.strip_suffix('.'))
+        .len()
+        .checked_sub(base_domain.len() + 1)
+        .filter(|&cut| host.as_bytes()[cut] == b'.')
+        .and_then(|cut| Some((host.get(..cut)?, host.get(cut + 1..)?)))
+        .filter(|(_, base)| base.eq_ignore_ascii_case(base_domain))
+        .map(|(label, _)| label)
         .ok_or(NameError::NotOurDomain)?;
     if label.contains('.') {
         return Err(NameError::BadLabel(
@@ -107,8 +118,13 @@ pub fn parse_label(label: &str) -> Result<Target, NameError> {
     if !label.is_ascii() {
         return Err(NameError::BadLabel("only ASCII letters, digits and '-'"));
     }
-    let label = label.to_ascii_lowercase();
-    let rest = label.strip_prefix("0x").unwrap_or(&label);
+    // Lower-cased on the stack: the label is ASCII and at most 63 bytes.
+    let mut lower = [0u8; MAX_LABEL_LEN];
+    let lower = &mut lower[..label.len()];
+    lower.copy_from_slice(label.as_bytes());
+    lower.make_ascii_lowercase();
+    let label = std::str::from_utf8(lower).map_err(|_| NameError::BadLabel("not ASCII"))?;
+    let rest = label.strip_prefix("0x").unwrap_or(label);
     if rest.len() < 40 {
         return Err(NameError::BadLabel("id must be 40 hex characters"));
     }

@@ -11,7 +11,6 @@ use config::{GatewayConfig, StoreConfig, TlsMode};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::GenBackgroundService;
-use pingora_core::services::listening::Service;
 use ratls::tls::{ChainTrust, DeferredClientVerifier, RaTlsCheck};
 use ratls::CachingVerifier;
 use rustls::crypto::CryptoProvider;
@@ -167,9 +166,20 @@ pub fn run(
     let registration_listener = bind(cfg.listen_registration, "registration")?;
     let admin_listener = bind(cfg.listen_admin, "admin")?;
     let http_listener = bind(cfg.listen_http, "http")?;
-    let https_check = bind(cfg.listen_https, "https")?;
-    let https_addr = https_check.local_addr().unwrap_or(cfg.listen_https);
-    drop(https_check);
+    // Thread per core: with several workers each gets its own listening socket
+    // (SO_REUSEPORT) and a one-thread runtime, so the kernel spreads connections and a
+    // connection is accepted, served and pooled on one thread.
+    let per_worker = cfg.listener_per_worker && cfg.workers > 1;
+    let (listeners, threads) = if per_worker {
+        (usize::from(cfg.workers), 1)
+    } else {
+        (1, usize::from(cfg.workers))
+    };
+    let https_sockets = crate::https_listener::bind(cfg.listen_https, listeners, per_worker)?;
+    let https_addr = https_sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .unwrap_or(cfg.listen_https);
 
     let info = StartInfo {
         https: https_addr,
@@ -343,23 +353,15 @@ pub fn run(
         settings: settings.clone(),
         upstreams,
     });
-    // Thread per core: with several workers each gets its own listening socket
-    // (SO_REUSEPORT) and a one-thread runtime, so the kernel spreads connections and a
-    // connection is accepted, served and pooled on one thread. All share one TLS config
-    // (tickets, session cache), the connection bounds and the fast path.
-    let per_worker = cfg.listener_per_worker && cfg.workers > 1;
-    let (listeners, threads) = if per_worker {
-        (usize::from(cfg.workers), 1)
-    } else {
-        (1, usize::from(cfg.workers))
-    };
+    // Every worker's front door shares one TLS config (tickets, session cache), the
+    // connection bounds and the fast path.
     let connections = Arc::new(Semaphore::new(cfg.limits.max_connections as usize));
     let per_ip = PerIp::new(cfg.limits.max_connections_per_ip);
-    for worker in 0..listeners {
+    for (worker, socket) in https_sockets.into_iter().enumerate() {
         let front = FrontDoor {
             proxy: proxy.clone(),
             fast: fast.clone(),
-            acceptor: pingora_core::listeners::tls::Acceptor::from_server_config(tls.clone()),
+            acceptor: tokio_rustls::TlsAcceptor::from(tls.clone()),
             registry: registry.clone(),
             metrics: metrics.clone(),
             base_domain: base.clone(),
@@ -380,22 +382,12 @@ pub fn run(
         } else {
             "teegate https".to_string()
         };
-        let mut https = Service::new(name, front);
-        let mut socket = pingora_core::listeners::TcpSocketOptions::default();
-        socket.so_reuseport = per_worker.then_some(true);
-        // No L4 buffers: TLS reads whole records itself and writes them out whole, and an
-        // idle connection should hold no 64 KiB read buffer.
-        https.add_listener(
-            pingora_core::listeners::ListenerConfig::tcp(https_addr.to_string())
-                .tcp_socket_options(socket)
-                .l4_buffer(pingora_core::protocols::l4::stream::L4BufferSettings::unbuffered()),
-        );
-        https.threads = Some(threads);
-        if per_worker {
-            server.add_service(crate::own_socket::OwnSocket(https));
-        } else {
-            server.add_service(https);
-        }
+        server.add_service(crate::https_listener::HttpsListener {
+            name,
+            socket: std::sync::Mutex::new(Some(socket)),
+            front: Arc::new(front),
+            threads,
+        });
     }
     if per_worker {
         tracing::info!(

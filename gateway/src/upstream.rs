@@ -63,7 +63,9 @@ impl ConnectError {
 
 /// A TLS connection to the front of the instance it names, whose certificate was checked.
 pub struct Verified {
-    pub tls: TlsStream<TcpStream>,
+    /// Boxed: a request's futures move the connection from the pool to the forwarding
+    /// phase and back, and rustls' client state is over a kilobyte.
+    pub tls: Box<TlsStream<TcpStream>>,
     pub instance: InstanceId,
     port: u16,
 }
@@ -272,7 +274,7 @@ impl Upstreams {
         let owner = presented.and_then(|fp| self.registry.owner_of(&fp));
         match (presented, owner) {
             (Some(_), Some(owner)) if owner == inst.record.instance_id => Ok(Verified {
-                tls,
+                tls: Box::new(tls),
                 instance: owner,
                 port,
             }),
