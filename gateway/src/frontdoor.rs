@@ -88,9 +88,10 @@ pub fn parse_sni(buf: &[u8]) -> Result<Option<Option<String>>, HelloError> {
     }
 }
 
-/// Peeks the ClientHello without consuming it; returns its SNI (if any).
-pub async fn peek_sni(
-    stream: &mut L4Stream,
+/// Peeks the ClientHello without consuming it; returns its SNI (if any). `stream` is the
+/// accepted TCP stream (any stream that peeks, for the fuzzer).
+pub async fn peek_sni<S: Peek + Send + ?Sized>(
+    stream: &mut S,
     timeout: Duration,
     max: usize,
 ) -> Result<Option<String>, HelloError> {
