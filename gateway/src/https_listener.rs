@@ -161,3 +161,32 @@ fn exhausted(e: &std::io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_per_worker_shares_one_port_and_a_taken_port_is_named() {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let sockets = bind(any, 3, true).expect("three sockets with SO_REUSEPORT");
+        let ports: Vec<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().expect("bound").port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|p| *p == ports[0] && *p != 0), "{ports:?}");
+
+        // Without SO_REUSEPORT the port is not shared: binding it again fails, naming it.
+        let at = sockets[0].local_addr().expect("bound");
+        match bind(at, 1, false) {
+            Err(GatewayError::Listen { addr, what, .. }) => {
+                assert_eq!((addr, what), (at, "https"));
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a port held by another socket was bound again"),
+        }
+        let shared = bind(any, 1, false).expect("one shared socket");
+        assert_eq!(shared.len(), 1);
+    }
+}
