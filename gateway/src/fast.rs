@@ -476,11 +476,12 @@ impl FastPath {
         ex: &Exchange,
         started: Instant,
     ) {
-        let app = ex.app.to_hex();
+        let mut app_hex = [0u8; 40];
+        let app = ex.app.hex_into(&mut app_hex);
         let status = ex.status;
         self.metrics
             .requests
-            .with_label_values(&[app.as_str(), status_label(status)])
+            .with_label_values(&[app, status_label(status)])
             .inc();
         self.metrics.fast_path.with_label_values(&[protocol]).inc();
         let elapsed = started.elapsed();

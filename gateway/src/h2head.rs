@@ -11,9 +11,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use crate::head::{hop_by_hop, Framing, Method, Parsed, Request, Response};
 use crate::proxy::is_forwarding_header;
 
-/// Most headers a response head may carry here (as for HTTP/1).
-const MAX_HEADERS: usize = 256;
-
 /// The HTTP/1.1 head for the upstream of a bodiless HTTP/2 request, or `General`.
 pub fn request(req: &RequestHeader) -> Parsed {
     let method = req.method.as_str();
@@ -103,29 +100,29 @@ pub fn request(req: &RequestHeader) -> Parsed {
 /// The HTTP/2 response for an upstream response head `raw` that [`crate::head::parse_response`]
 /// accepted as `resp`: its status and end-to-end headers, and the length when it is known.
 pub fn response(raw: &[u8], resp: &Response) -> Result<Box<ResponseHeader>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    res.parse(raw).map_err(|e| e.to_string())?;
-    // No header-name case map: HTTP/2 names are lowercase on the wire.
-    let mut out = ResponseHeader::build_no_case(resp.status, Some(res.headers.len() + 1))
-        .map_err(|e| e.to_string())?;
-    for h in res.headers.iter() {
-        let name = h.name;
-        // HTTP/1 framing: the length is set below when known; HTTP/2 frames the data.
-        if hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
-            continue;
+    crate::head::with_response_head(raw, |parsed, res| {
+        parsed.map_err(|e| e.to_string())?;
+        // No header-name case map: HTTP/2 names are lowercase on the wire.
+        let mut out = ResponseHeader::build_no_case(resp.status, Some(res.headers.len() + 1))
+            .map_err(|e| e.to_string())?;
+        for h in res.headers.iter() {
+            let name = h.name;
+            // HTTP/1 framing: the length is set below when known; HTTP/2 frames the data.
+            if hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = http::HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
+            out.append_header(name, value).map_err(|e| e.to_string())?;
         }
-        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = http::HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
-        out.append_header(name, value).map_err(|e| e.to_string())?;
-    }
-    if let Some(n) = resp.content_length {
-        if resp.framing != Framing::Chunked {
-            out.insert_header(http::header::CONTENT_LENGTH, n.to_string())
-                .map_err(|e| e.to_string())?;
+        if let Some(n) = resp.content_length {
+            if resp.framing != Framing::Chunked {
+                out.insert_header(http::header::CONTENT_LENGTH, n.to_string())
+                    .map_err(|e| e.to_string())?;
+            }
         }
-    }
-    Ok(Box::new(out))
+        Ok(Box::new(out))
+    })
 }
 
 #[cfg(test)]

@@ -50,7 +50,17 @@ macro_rules! hex_type {
             }
 
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                let mut buf = [0u8; $len * 2];
+                self.hex_into(&mut buf).to_owned()
+            }
+
+            /// The lower-case hex form written into `buf`, without allocating (a request's
+            /// metric label, `Display`).
+            pub fn hex_into<'a>(&self, buf: &'a mut [u8; $len * 2]) -> &'a str {
+                // The buffer is exactly twice the bytes and hex digits are ASCII, so
+                // neither step can fail.
+                let _ = hex::encode_to_slice(self.0, &mut buf[..]);
+                std::str::from_utf8(&buf[..]).unwrap_or_default()
             }
 
             pub fn from_slice(bytes: &[u8]) -> Option<Self> {
@@ -60,7 +70,7 @@ macro_rules! hex_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.to_hex())
+                f.write_str(self.hex_into(&mut [0u8; $len * 2]))
             }
         }
 
