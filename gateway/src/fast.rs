@@ -176,7 +176,7 @@ impl FastPath {
         if req.header_bytes > self.settings.max_header_bytes {
             return None;
         }
-        let target = names::parse(&req.host, &self.settings.base_domain).ok()?;
+        let target = names::parse(req.host(), &self.settings.base_domain).ok()?;
         if target.mode != Mode::Terminate {
             return None;
         }
@@ -490,8 +490,8 @@ impl FastPath {
             tracing::info!(
                 target: "teegate::access",
                 client = %client_ip.map(|a| a.to_string()).unwrap_or_default(),
-                method = %req.method_name,
-                path = %req.path.split('?').next().unwrap_or(""),
+                method = %req.method_name(),
+                path = %req.path().split('?').next().unwrap_or(""),
                 app = %app,
                 instance = %ex.instance.map(|i| i.to_hex()).unwrap_or_default(),
                 status,

@@ -39,10 +39,14 @@ pub fn request(req: &RequestHeader) -> Parsed {
         + path.len();
     let mut upstream = Vec::with_capacity(128 + path.len() + 32 * req.headers.len());
     upstream.extend_from_slice(method.as_bytes());
+    let method_at = 0..upstream.len();
     upstream.push(b' ');
     upstream.extend_from_slice(path.as_bytes());
+    let path_at = method_at.end + 1..upstream.len();
     upstream.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    let host_start = upstream.len();
     upstream.extend_from_slice(host.as_bytes());
+    let host_at = host_start..upstream.len();
     upstream.extend_from_slice(b"\r\n");
     let mut cookies = 0usize;
     for (name, value) in req.headers.iter() {
@@ -84,17 +88,15 @@ pub fn request(req: &RequestHeader) -> Parsed {
         }
         upstream.extend_from_slice(b"\r\n");
     }
-    Parsed::Fast(Request {
-        method: Method::of(method),
-        method_name: method.to_string(),
-        path: path.to_string(),
-        host: host.to_string(),
-        body_len: 0,
-        close: false,
-        head_len: 0,
+    Parsed::Fast(Request::new(
+        Method::of(method),
+        [method_at, path_at, host_at],
+        0,
+        false,
+        0,
         header_bytes,
         upstream,
-    })
+    ))
 }
 
 /// The HTTP/2 response for an upstream response head `raw` that [`crate::head::parse_response`]
@@ -170,8 +172,9 @@ mod tests {
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
                 .sum::<usize>();
         assert_eq!(r.header_bytes, counted);
-        assert_eq!(r.host, "abc.apps.test");
-        assert_eq!(r.path, "/p?q=1");
+        assert_eq!(r.host(), "abc.apps.test");
+        assert_eq!(r.path(), "/p?q=1");
+        assert_eq!(r.method_name(), "GET");
         assert_eq!(r.method, Method::Get);
         assert_eq!(
             String::from_utf8(r.upstream).unwrap(),
@@ -181,9 +184,9 @@ mod tests {
 
     #[test]
     fn host_and_authority_must_agree_and_one_must_be_there() {
-        assert_eq!(fast(&req(None, &[("host", "x.test")])).host, "x.test");
+        assert_eq!(fast(&req(None, &[("host", "x.test")])).host(), "x.test");
         assert_eq!(
-            fast(&req(Some("X.test"), &[("host", "x.test")])).host,
+            fast(&req(Some("X.test"), &[("host", "x.test")])).host(),
             "x.test"
         );
         for r in [

@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use crate::proxy::is_forwarding_header;
 
@@ -19,10 +20,11 @@ const MAX_HEADERS: usize = 256;
 #[derive(Debug)]
 pub struct Request {
     pub method: Method,
-    /// As sent, for the access log.
-    pub method_name: String,
-    pub path: String,
-    pub host: String,
+    /// Where the method (as sent), the target and the Host value sit in `upstream`: read
+    /// there rather than copied out per request.
+    method_at: Range<usize>,
+    path_at: Range<usize>,
+    host_at: Range<usize>,
     /// Request body bytes that follow the head.
     pub body_len: u64,
     /// The client asked to close after this request.
@@ -34,6 +36,52 @@ pub struct Request {
     /// The head for the upstream, without the final empty line: the proxy adds the
     /// forwarding headers and the end.
     pub upstream: Vec<u8>,
+}
+
+impl Request {
+    /// The parts of `upstream` a constructor wrote: method, target, Host value (UTF-8).
+    pub(crate) fn new(
+        method: Method,
+        at: [Range<usize>; 3],
+        body_len: u64,
+        close: bool,
+        head_len: usize,
+        header_bytes: usize,
+        upstream: Vec<u8>,
+    ) -> Self {
+        let [method_at, path_at, host_at] = at;
+        Request {
+            method,
+            method_at,
+            path_at,
+            host_at,
+            body_len,
+            close,
+            head_len,
+            header_bytes,
+            upstream,
+        }
+    }
+
+    /// The method as sent, for the access log.
+    pub fn method_name(&self) -> &str {
+        self.text(&self.method_at)
+    }
+
+    pub fn path(&self) -> &str {
+        self.text(&self.path_at)
+    }
+
+    pub fn host(&self) -> &str {
+        self.text(&self.host_at)
+    }
+
+    fn text(&self, at: &Range<usize>) -> &str {
+        self.upstream
+            .get(at.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,25 +148,24 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
     if !path.starts_with('/') || method == "CONNECT" {
         return Parsed::General;
     }
-    let mut host = None;
+    let mut host_at = None;
     let mut body_len = None;
     let mut close = false;
     let mut header_bytes = path.len();
     let mut upstream = Vec::with_capacity(head_len + 96);
     upstream.extend_from_slice(method.as_bytes());
+    let method_at = 0..upstream.len();
     upstream.push(b' ');
     upstream.extend_from_slice(path.as_bytes());
+    let path_at = method_at.end + 1..upstream.len();
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         let name = h.name;
         header_bytes += name.len() + h.value.len() + 4;
-        if name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
+        let is_host = name.eq_ignore_ascii_case("host");
+        if is_host {
+            if host_at.is_some() || std::str::from_utf8(h.value).is_err() {
                 return Parsed::General;
-            }
-            match std::str::from_utf8(h.value) {
-                Ok(v) => host = Some(v.to_string()),
-                Err(_) => return Parsed::General,
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
@@ -149,23 +196,25 @@ pub fn parse_request(buf: &[u8]) -> Parsed {
         }
         upstream.extend_from_slice(name.as_bytes());
         upstream.extend_from_slice(b": ");
+        let value_at = upstream.len();
         upstream.extend_from_slice(h.value);
+        if is_host {
+            host_at = Some(value_at..upstream.len());
+        }
         upstream.extend_from_slice(b"\r\n");
     }
-    let Some(host) = host else {
+    let Some(host_at) = host_at else {
         return Parsed::General;
     };
-    Parsed::Fast(Request {
-        method: Method::of(method),
-        method_name: method.to_string(),
-        path: path.to_string(),
-        host,
-        body_len: body_len.unwrap_or(0),
+    Parsed::Fast(Request::new(
+        Method::of(method),
+        [method_at, path_at, host_at],
+        body_len.unwrap_or(0),
         close,
         head_len,
         header_bytes,
         upstream,
-    })
+    ))
 }
 
 /// How the body of a response is delimited.
@@ -331,8 +380,9 @@ mod tests {
             "GET /a?b HTTP/1.1\r\nHost: x.test\r\nConnection: keep-alive\r\nX_Forwarded_For: 6.6.6.6\r\n\
              Keep-Alive: 5\r\nAccept: text/html\r\nx-real-ip: 1\r\nContent-Length: 3\r\n\r\nabc",
         );
-        assert_eq!(r.host, "x.test");
-        assert_eq!(r.path, "/a?b");
+        assert_eq!(r.host(), "x.test");
+        assert_eq!(r.path(), "/a?b");
+        assert_eq!(r.method_name(), "GET");
         assert_eq!(r.body_len, 3);
         assert!(!r.close);
         let up = String::from_utf8(r.upstream).unwrap();
