@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,7 +73,8 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::Tcp
 /// One accept loop on one listening socket, run by pingora as a service.
 pub(crate) struct HttpsListener {
     pub name: String,
-    pub socket: Mutex<Option<std::net::TcpListener>>,
+    /// Taken when the service starts (pingora starts it once).
+    pub socket: Option<std::net::TcpListener>,
     pub front: Arc<FrontDoor>,
     /// Worker threads this service runs on (1 with a socket per worker).
     pub threads: usize,
@@ -87,8 +88,7 @@ impl Service for HttpsListener {
         mut shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let taken = self.socket.lock().ok().and_then(|mut s| s.take());
-        let Some(socket) = taken else {
+        let Some(socket) = self.socket.take() else {
             tracing::error!(service = %self.name, "HTTPS service started twice; ignoring");
             return;
         };

@@ -384,7 +384,7 @@ pub fn run(
         };
         server.add_service(crate::https_listener::HttpsListener {
             name,
-            socket: std::sync::Mutex::new(Some(socket)),
+            socket: Some(socket),
             front: Arc::new(front),
             threads,
         });
