@@ -13,7 +13,7 @@ use pingora_http::ResponseHeader;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chunked::Chunked;
-use crate::head::Framing;
+use crate::head::{ClientProto, Framing};
 use crate::pages;
 
 /// The client went away, or sent less than it announced.
@@ -38,6 +38,13 @@ pub enum Downstream<'a> {
 impl Downstream<'_> {
     pub fn is_h2(&self) -> bool {
         matches!(self, Downstream::H2(_))
+    }
+
+    pub fn proto(&self) -> ClientProto {
+        match self {
+            Downstream::H1 { .. } => ClientProto::Http1,
+            Downstream::H2(_) => ClientProto::Http2,
+        }
     }
 
     /// The request body bytes that arrived with the head.

@@ -375,7 +375,7 @@ impl FastPath {
         // The response head (interim 1xx responses are read past and not relayed).
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let resp = loop {
-            match head::parse_response(&rbuf, req.method) {
+            match head::parse_response(&rbuf, req.method, down.proto()) {
                 ParsedResponse::Complete(r) => break r,
                 ParsedResponse::Interim(n) => {
                     rbuf.advance(n);
@@ -408,16 +408,17 @@ impl FastPath {
             }
         };
         let h2_head = if down.is_h2() {
-            let head =
-                h2head::response(&rbuf[..resp.head_len], &resp).map_err(|e| Fail::Upstream {
-                    started: false,
-                    error: format!("response head not valid for HTTP/2: {e}"),
-                })?;
+            // The HTTP/2 head keeps slices of the upstream's bytes.
+            let raw = rbuf.split_to(resp.head_len).freeze();
+            let head = h2head::response(&raw, &resp).map_err(|e| Fail::Upstream {
+                started: false,
+                error: format!("response head not valid for HTTP/2: {e}"),
+            })?;
             Some(head)
         } else {
+            rbuf.advance(resp.head_len);
             None
         };
-        rbuf.advance(resp.head_len);
         let close = req.close || down.must_close() || resp.framing == Framing::Close;
 
         // The body, relayed as it arrives; the head goes with its first bytes.

@@ -6,6 +6,8 @@
 //! before. HTTP/2 has no hop-by-hop headers (the h2 crate refuses them); `te: trailers` is
 //! dropped, and `cookie` fields, which HTTP/2 may split, are joined again (RFC 9113 8.2.3).
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::head::{hop_by_hop, Framing, Method, Parsed, Request, Response};
@@ -101,36 +103,52 @@ pub fn request(req: &RequestHeader) -> Parsed {
 
 /// The HTTP/2 response for an upstream response head `raw` that [`crate::head::parse_response`]
 /// accepted as `resp`: its status and end-to-end headers, and the length when it is known.
-pub fn response(raw: &[u8], resp: &Response) -> Result<Box<ResponseHeader>, String> {
+///
+/// The header values are slices of `raw`, not copies, so neither building the head nor
+/// pingora's copy of it when it is sent allocates per value; the map is built directly, as
+/// pingora's header setters would parse each name twice.
+pub fn response(raw: &Bytes, resp: &Response) -> Result<Box<ResponseHeader>, String> {
     crate::head::with_response_head(raw, |parsed, res| {
         parsed.map_err(|e| e.to_string())?;
-        // No header-name case map: HTTP/2 names are lowercase on the wire.
-        let mut out = ResponseHeader::build_no_case(resp.status, Some(res.headers.len() + 1))
-            .map_err(|e| e.to_string())?;
+        let mut headers = HeaderMap::with_capacity(res.headers.len() + 1);
+        let mut length = None;
         for h in res.headers.iter() {
             let name = h.name;
-            // HTTP/1 framing: the length is set below when known; HTTP/2 frames the data.
-            if hop_by_hop(name) || name.eq_ignore_ascii_case("content-length") {
+            if name.eq_ignore_ascii_case("content-length") {
+                length.get_or_insert(h.value);
                 continue;
             }
-            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-            let value = http::HeaderValue::from_bytes(h.value).map_err(|e| e.to_string())?;
-            out.append_header(name, value).map_err(|e| e.to_string())?;
-        }
-        if let Some(n) = resp.content_length {
-            if resp.framing != Framing::Chunked {
-                out.insert_header(http::header::CONTENT_LENGTH, n.to_string())
-                    .map_err(|e| e.to_string())?;
+            // HTTP/1 framing: HTTP/2 frames the data itself.
+            if hop_by_hop(name) {
+                continue;
             }
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
+                .map_err(|e| e.to_string())?;
+            headers.try_append(name, value).map_err(|e| e.to_string())?;
         }
-        Ok(Box::new(out))
+        if let (Some(n), false) = (resp.content_length, resp.framing == Framing::Chunked) {
+            // parse_response accepted the upstream's value as n's digits; a leading zero is
+            // written afresh.
+            let value = match length {
+                Some(v) if v.first() != Some(&b'0') || v.len() == 1 => {
+                    HeaderValue::from_maybe_shared(raw.slice_ref(v)).map_err(|e| e.to_string())?
+                }
+                _ => HeaderValue::from(n),
+            };
+            headers.insert(http::header::CONTENT_LENGTH, value);
+        }
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::from_u16(resp.status).map_err(|e| e.to_string())?;
+        parts.headers = headers;
+        Ok(Box::new(ResponseHeader::from(parts)))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::{parse_response, ParsedResponse};
+    use crate::head::{parse_response, ClientProto, ParsedResponse};
 
     fn req(authority: Option<&str>, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/p?q=1", Some(4)).unwrap();
@@ -200,24 +218,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn responses_lose_http1_framing_and_keep_a_known_length() {
-        let raw =
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\n\r\n";
-        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get) else {
+    fn h2_response(raw: &'static [u8]) -> Box<ResponseHeader> {
+        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get, ClientProto::Http2)
+        else {
             panic!("not complete")
         };
-        let h = response(&raw[..resp.head_len], &resp).unwrap();
+        // Only the HTTP/1 client's head is built by parse_response.
+        assert!(resp.client.is_empty());
+        response(&Bytes::from_static(&raw[..resp.head_len]), &resp).unwrap()
+    }
+
+    #[test]
+    fn responses_lose_http1_framing_and_keep_a_known_length() {
+        let raw: &[u8] =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\n\r\n";
+        let h = h2_response(raw);
         assert_eq!(h.status, 200);
         assert_eq!(h.headers.get("content-length").unwrap(), "5");
         assert_eq!(h.headers.get("x-app").unwrap(), "1");
         assert!(h.headers.get("connection").is_none());
-        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n";
-        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get) else {
-            panic!("not complete")
-        };
-        let h = response(&raw[..resp.head_len], &resp).unwrap();
+        // The values are the upstream's bytes, not copies of them.
+        let within = |v: &http::HeaderValue| raw.as_ptr_range().contains(&v.as_bytes().as_ptr());
+        assert!(within(h.headers.get("x-app").unwrap()));
+        assert!(within(h.headers.get("content-length").unwrap()));
+
+        let h = h2_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+        );
         assert!(h.headers.get("content-length").is_none());
         assert!(h.headers.get("transfer-encoding").is_none());
+
+        // A length with leading zeros goes to the client in its plain form.
+        let h = h2_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 007\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n");
+        assert_eq!(h.status, 404);
+        assert_eq!(h.headers.get("content-length").unwrap(), "7");
+        let cookies: Vec<_> = h.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
     }
 }

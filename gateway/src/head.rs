@@ -237,7 +237,7 @@ pub struct Response {
     pub upstream_close: bool,
     /// Its Content-Length, if it sent one.
     pub content_length: Option<u64>,
-    /// The head for the client, without the final empty line.
+    /// The head for an HTTP/1 client, without the final empty line (empty for HTTP/2).
     pub client: Vec<u8>,
 }
 
@@ -249,10 +249,21 @@ pub enum ParsedResponse {
     Invalid(String),
 }
 
-/// Parses a response head at the start of `buf`, for a request of `method`.
-pub fn parse_response(buf: &[u8], method: Method) -> ParsedResponse {
+/// Which client a response head is parsed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientProto {
+    /// [`Response::client`] holds the head to send.
+    Http1,
+    /// [`Response::client`] stays empty: [`crate::h2head::response`] builds the HTTP/2 head
+    /// from the upstream's bytes.
+    Http2,
+}
+
+/// Parses a response head at the start of `buf`, for a request of `method` from a client
+/// speaking `proto`.
+pub fn parse_response(buf: &[u8], method: Method, proto: ClientProto) -> ParsedResponse {
     with_response_head(buf, |parsed, res| match parsed {
-        Ok(httparse::Status::Complete(n)) => rewrite_response(res, n, method),
+        Ok(httparse::Status::Complete(n)) => rewrite_response(res, n, method, proto),
         Ok(httparse::Status::Partial) => ParsedResponse::Partial,
         Err(e) => ParsedResponse::Invalid(e.to_string()),
     })
@@ -285,6 +296,7 @@ fn rewrite_response(
     res: &httparse::Response<'_, '_>,
     head_len: usize,
     method: Method,
+    proto: ClientProto,
 ) -> ParsedResponse {
     let (Some(status), Some(version)) = (res.code, res.version) else {
         return ParsedResponse::Invalid("no status".into());
@@ -298,11 +310,15 @@ fn rewrite_response(
     let mut length = None;
     let mut chunked = false;
     let mut upstream_close = version == 0;
-    let mut client = Vec::with_capacity(head_len + 32);
-    // Numbers are formatted into the head in place (writing to a Vec cannot fail).
-    let _ = write!(client, "HTTP/1.1 {status} ");
-    client.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-    client.extend_from_slice(b"\r\n");
+    let h1 = proto == ClientProto::Http1;
+    let mut client = Vec::new();
+    if h1 {
+        client.reserve_exact(head_len + 32);
+        // Numbers are formatted into the head in place (writing to a Vec cannot fail).
+        let _ = write!(client, "HTTP/1.1 {status} ");
+        client.extend_from_slice(res.reason.unwrap_or("").as_bytes());
+        client.extend_from_slice(b"\r\n");
+    }
     for h in res.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -321,7 +337,9 @@ fn rewrite_response(
             if h.value.eq_ignore_ascii_case(b"chunked") && !chunked {
                 chunked = true;
                 // Passed through as sent: the body is relayed chunk by chunk.
-                client.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                if h1 {
+                    client.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
                 continue;
             }
             return ParsedResponse::Invalid("unsupported Transfer-Encoding".into());
@@ -331,7 +349,7 @@ fn rewrite_response(
             }
             continue;
         }
-        if hop_by_hop(name) {
+        if !h1 || hop_by_hop(name) {
             continue;
         }
         client.extend_from_slice(name.as_bytes());
@@ -350,7 +368,7 @@ fn rewrite_response(
     } else {
         Framing::Close
     };
-    if let (Some(n), false) = (length, chunked) {
+    if let (Some(n), false, true) = (length, chunked, h1) {
         let _ = write!(client, "content-length: {n}\r\n");
     }
     ParsedResponse::Complete(Response {
@@ -424,7 +442,11 @@ mod tests {
             h + "\r\n"
         };
         // Past the small first array: parsed again with room for all, none lost.
-        match parse_response(head(FEW_HEADERS + 8).as_bytes(), Method::Get) {
+        match parse_response(
+            head(FEW_HEADERS + 8).as_bytes(),
+            Method::Get,
+            ClientProto::Http1,
+        ) {
             ParsedResponse::Complete(r) => {
                 let client = String::from_utf8(r.client).unwrap();
                 for i in 0..FEW_HEADERS + 8 {
@@ -433,7 +455,11 @@ mod tests {
             }
             _ => panic!("a head with {} headers was not parsed", FEW_HEADERS + 8),
         }
-        match parse_response(head(MAX_HEADERS).as_bytes(), Method::Get) {
+        match parse_response(
+            head(MAX_HEADERS).as_bytes(),
+            Method::Get,
+            ClientProto::Http1,
+        ) {
             ParsedResponse::Invalid(e) => assert!(e.contains("too many headers"), "{e}"),
             _ => panic!("more than MAX_HEADERS headers accepted"),
         }
@@ -441,7 +467,7 @@ mod tests {
 
     #[test]
     fn response_framing_follows_rfc_9112() {
-        let parse = |raw: &str, m| match parse_response(raw.as_bytes(), m) {
+        let parse = |raw: &str, m| match parse_response(raw.as_bytes(), m, ClientProto::Http1) {
             ParsedResponse::Complete(r) => r,
             _ => panic!("{raw:?}"),
         };
@@ -485,7 +511,11 @@ mod tests {
             Framing::None
         );
         assert!(matches!(
-            parse_response(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n", Method::Get),
+            parse_response(
+                b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n",
+                Method::Get,
+                ClientProto::Http1
+            ),
             ParsedResponse::Interim(37)
         ));
         for bad in [
@@ -495,7 +525,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_response(bad.as_bytes(), Method::Get),
+                    parse_response(bad.as_bytes(), Method::Get, ClientProto::Http1),
                     ParsedResponse::Invalid(_)
                 ),
                 "{bad:?}"
