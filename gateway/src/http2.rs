@@ -1,7 +1,9 @@
 //! HTTP/2 on a terminated TLS connection: one task drives the connection and every stream
 //! on it, with no task spawned per stream. Each accepted stream goes to the fast path
 //! ([`crate::fast::FastPath::serve_h2`]) or, when it declines, to pingora's proxy phases,
-//! as a future polled beside the accept loop.
+//! as a future polled beside the accept loop. Every stream that can finish does so before
+//! the connection is polled again, so the answers of a burst leave in one TLS record and
+//! one write.
 //!
 //! ```text
 //!  handshake (pingora's, our H2Options) ─▶ accept ─┬─ stream ─▶ fast path (≤ request_timeout: 504)
@@ -87,15 +89,16 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
                 }
                 continue;
             }
-            // The accept future drives the whole connection (every stream's frames), so it
-            // is polled whenever no stream is ready; it is cancel-safe.
-            a = h2s::HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
-            _ = idle.as_mut(), if streams.is_empty() => return,
+            // Before the accept, which a client opening stream after stream keeps ready.
             _ = watch.changed(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
                 continue;
             }
+            // The accept future drives the whole connection (every stream's frames), so it
+            // is polled whenever no stream is ready; it is cancel-safe.
+            a = h2s::HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
+            _ = idle.as_mut(), if streams.is_empty() => return,
         };
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
