@@ -12,7 +12,6 @@
 //! request as before: trust pages, refusals, custom domains, `g` names, upgrades, chunked
 //! uploads, HTTP/2 request bodies, HTTP/1.0.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -349,8 +348,7 @@ impl FastPath {
         let mut out = Vec::with_capacity(req.upstream.len() + 80 + buffered.len());
         out.extend_from_slice(&req.upstream);
         if let Some(ip) = client_ip {
-            // Formatted straight into the head (writing to a Vec cannot fail).
-            let _ = write!(out, "x-forwarded-for: {}\r\n", ip.to_canonical());
+            head::push_forwarded_for(&mut out, ip);
         }
         out.extend_from_slice(b"x-forwarded-proto: https\r\n\r\n");
         out.extend_from_slice(buffered);

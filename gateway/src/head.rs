@@ -9,6 +9,7 @@
 
 use std::io::Write as _;
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::proxy::is_forwarding_header;
@@ -249,6 +250,28 @@ pub enum ParsedResponse {
     Invalid(String),
 }
 
+/// Appends the `x-forwarded-for` line for the client at `ip` (an IPv4-mapped IPv6 address
+/// as its IPv4 form).
+pub(crate) fn push_forwarded_for(out: &mut Vec<u8>, ip: IpAddr) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        // Left to core::fmt, which compresses zeros (writing to a Vec cannot fail).
+        v6 => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Which client a response head is parsed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientProto {
@@ -314,8 +337,9 @@ fn rewrite_response(
     let mut client = Vec::new();
     if h1 {
         client.reserve_exact(head_len + 32);
-        // Numbers are formatted into the head in place (writing to a Vec cannot fail).
-        let _ = write!(client, "HTTP/1.1 {status} ");
+        client.extend_from_slice(b"HTTP/1.1 ");
+        client.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        client.push(b' ');
         client.extend_from_slice(res.reason.unwrap_or("").as_bytes());
         client.extend_from_slice(b"\r\n");
     }
@@ -369,7 +393,9 @@ fn rewrite_response(
         Framing::Close
     };
     if let (Some(n), false, true) = (length, chunked, h1) {
-        let _ = write!(client, "content-length: {n}\r\n");
+        client.extend_from_slice(b"content-length: ");
+        client.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        client.extend_from_slice(b"\r\n");
     }
     ParsedResponse::Complete(Response {
         status,
@@ -390,6 +416,21 @@ mod tests {
             Parsed::Fast(r) => r,
             Parsed::General => panic!("general path for {raw:?}"),
         }
+    }
+
+    #[test]
+    fn forwarded_for_names_the_client_in_its_plain_form() {
+        let line = |ip: &str| {
+            let mut out = Vec::new();
+            push_forwarded_for(&mut out, ip.parse().unwrap());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line("10.0.255.7"), "x-forwarded-for: 10.0.255.7\r\n");
+        assert_eq!(line("::ffff:192.0.2.1"), "x-forwarded-for: 192.0.2.1\r\n");
+        assert_eq!(
+            line("2001:db8:0:0:0:0:0:1"),
+            "x-forwarded-for: 2001:db8::1\r\n"
+        );
     }
 
     #[test]

@@ -76,10 +76,9 @@ impl HeadScan {
         let from = self.scanned.saturating_sub(2).max(start);
         self.scanned = buf.len();
         let b = &buf[from..];
-        (0..b.len()).any(|i| {
-            b[i] == b'\n'
-                && (b.get(i + 1) == Some(&b'\n')
-                    || (b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n')))
+        memchr::memchr_iter(b'\n', b).any(|i| match b.get(i + 1..) {
+            Some([b'\n', ..] | [b'\r', b'\n', ..]) => true,
+            _ => false,
         })
     }
 }

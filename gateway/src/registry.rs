@@ -98,11 +98,15 @@ pub enum Resolved {
     Instance(AppId, InstanceId),
 }
 
+/// The registry's maps are read several times per request. foldhash is seeded per process,
+/// and their keys are only inserted by registration, which is attested.
+type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Registry {
-    apps: DashMap<AppId, Vec<Arc<Instance>>>,
-    instances: DashMap<InstanceId, Arc<Instance>>,
-    fingerprints: DashMap<Fingerprint, InstanceId>,
+    apps: Map<AppId, Vec<Arc<Instance>>>,
+    instances: Map<InstanceId, Arc<Instance>>,
+    fingerprints: Map<Fingerprint, InstanceId>,
     next: AtomicUsize,
 }
 

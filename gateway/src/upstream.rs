@@ -154,8 +154,10 @@ struct Idle {
     since: Instant,
 }
 
+type PoolMap = HashMap<(InstanceId, u16), VecDeque<Idle>, foldhash::fast::RandomState>;
+
 thread_local! {
-    static POOL: RefCell<HashMap<(InstanceId, u16), VecDeque<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<PoolMap> = RefCell::new(PoolMap::default());
 }
 
 /// Makes and pools verified upstream connections.
