@@ -76,10 +76,8 @@ impl HeadScan {
         let from = self.scanned.saturating_sub(2).max(start);
         self.scanned = buf.len();
         let b = &buf[from..];
-        memchr::memchr_iter(b'\n', b).any(|i| match b.get(i + 1..) {
-            Some([b'\n', ..] | [b'\r', b'\n', ..]) => true,
-            _ => false,
-        })
+        memchr::memchr_iter(b'\n', b)
+            .any(|i| matches!(b.get(i + 1..), Some([b'\n', ..] | [b'\r', b'\n', ..])))
     }
 }
 
