@@ -1,6 +1,7 @@
 # Shared set-up for benches/load.sh and benches/idle.sh (sourced, not run): tools, binaries,
 # certificates, the backend nginx, and the three contenders at a given worker count.
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
+#   ("user system" clock ticks)
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]),
 # GATEWAY_TOP (TOML lines at the top level, e.g. listener_per_worker = false), GATEWAY_WRAP (a
@@ -209,8 +210,8 @@ pids_of() {
     direct) cat "$T/backend.pid" ;;
   esac
 }
-cpu_ticks() { # pids... -> utime+stime in clock ticks (fields 14 and 15 of /proc/<pid>/stat)
+cpu_ticks() { # pids... -> "utime stime" in clock ticks (fields 14 and 15 of /proc/<pid>/stat)
   local p
   for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done |
-    awk '{ sub(/.*\) /, ""); sum += $12 + $13 } END { print sum + 0 }'
+    awk '{ sub(/.*\) /, ""); u += $12; s += $13 } END { print u + 0, s + 0 }'
 }

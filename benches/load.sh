@@ -18,7 +18,9 @@
 #                never resumes, so every handshake is a full one (for every contender)
 #     direct     wrk straight at the backend's plain port (the ceiling, not a contender)
 #   figures: req/s, p50 and p99 latency, and CPU µs per request (the contender's processes'
-#   utime+stime from /proc/<pid>/stat over the run, divided by the requests it answered).
+#   utime+stime from /proc/<pid>/stat over the run, divided by the requests it answered),
+#   also split into user and system time; and the load generator's CPU in % of one core
+#   (wrk and h2load run one thread: near 100%, the generator bounds req/s for everyone).
 #   Ratios: teegate against the best of nginx and HAProxy for each figure, oriented so that
 #   > 1 means teegate is better. Exits non-zero when any run saw an error (never on ratios).
 #
@@ -46,18 +48,21 @@ url_of() {
   esac
 }
 
-# One run: prints "load workers contender rps p50_ms p99_ms requests cpu_ticks" to results.
+# One run: prints "load workers contender rps p50_ms p99_ms requests user_ticks sys_ticks
+# gen_pct" to results (gen_pct: the load generator's CPU over the run, in % of one core).
 run_one() { # load workers contender
-  local load=$1 w=$2 who=$3 url out pids t0 t1 rps p50 p99 reqs errs=""
+  local load=$1 w=$2 who=$3 url out pids u0 s0 u1 s1 rps p50 p99 reqs errs="" gen
   url=$(url_of "$who")
   pids=$(pids_of "$who")
-  t0=$(cpu_ticks $pids)
+  read -r u0 s0 < <(cpu_ticks $pids)
+  # bash's `time` gives the generator's user, system and wall seconds.
+  local TIMEFORMAT='%U %S %R'
   case $load in
     keepalive|resumed|direct)
       local extra=()
       [ "$load" = resumed ] && extra=(-H "Connection: close")
-      out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "$url" 2>&1)
-      t1=$(cpu_ticks $pids)
+      out=$( { time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "$url" 2>&1; } 2>"$T/gen" )
+      read -r u1 s1 < <(cpu_ticks $pids)
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       reqs=$(awk '/requests in/ {print $1}' <<<"$out")
       ms() { awk -v k="$1" '$1==k {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out"; }
@@ -74,8 +79,8 @@ run_one() { # load workers contender
         args+=(--h1 -n$((FULL_RATE * DURATION)) -H ":authority: $HOST" -H "Connection: close")
       fi
       rm -f "$T/h2load.log"
-      out=$(h2load "${args[@]}" "$url" 2>&1)
-      t1=$(cpu_ticks $pids)
+      out=$( { time h2load "${args[@]}" "$url" 2>&1; } 2>"$T/gen" )
+      read -r u1 s1 < <(cpu_ticks $pids)
       rps=$(awk '/^finished in/ {print $4}' <<<"$out")
       reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
       read -r p50 p99 < <(python3 - "$T/h2load.log" <<'PY'
@@ -92,11 +97,12 @@ PY
       [ -z "$reqs" ] || [ "$reqs" = 0 ] && errs="h2load made no request: $(tail -3 <<<"$out" | tr '\n' ' ')"
       ;;
   esac
-  echo "$load $w $who ${rps:-0} ${p50:-0} ${p99:-0} ${reqs:-0} $((t1 - t0))" >> "$T/results"
+  gen=$(awk '{ printf "%.0f", ($3 > 0 ? ($1 + $2) * 100 / $3 : 0) }' "$T/gen")
+  echo "$load $w $who ${rps:-0} ${p50:-0} ${p99:-0} ${reqs:-0} $((u1 - u0)) $((s1 - s0)) ${gen:-0}" >> "$T/results"
   [ -n "$errs" ] && echo "$load w=$w $who: $errs" >> "$T/errors"
-  printf '  %-9s w=%s %-8s %9s req/s  p50 %7s ms  p99 %7s ms  %6s µs/req  %s\n' "$load" "$w" "$who" \
+  printf '  %-9s w=%s %-8s %9s req/s  p50 %7s ms  p99 %7s ms  %6s µs/req  gen %3s%%  %s\n' "$load" "$w" "$who" \
     "${rps:-0}" "${p50:-0}" "${p99:-0}" \
-    "$(awk -v t=$((t1 - t0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? t * 10000 / n : 0}')" "$errs" >&2
+    "$(awk -v t=$((u1 - u0 + s1 - s0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? t * 10000 / n : 0}')" "${gen:-0}" "$errs" >&2
 }
 
 FULL_RATE=${FULL_RATE:-3000}
@@ -122,14 +128,17 @@ import statistics, sys
 path, rounds, duration, conns, hz = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 runs = {}
 for line in open(path):
-    load, w, who, rps, p50, p99, reqs, ticks = line.split()
-    cpu = int(ticks) * 1e6 / hz / int(reqs) if int(reqs) else float("nan")
-    runs.setdefault((load, w, who), []).append((float(rps), float(p50), float(p99), cpu))
-med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in runs.items()}
+    load, w, who, rps, p50, p99, reqs, user, system, gen = line.split()
+    per = lambda ticks: int(ticks) * 1e6 / hz / int(reqs) if int(reqs) else float("nan")
+    runs.setdefault((load, w, who), []).append(
+        (float(rps), float(p50), float(p99), per(user) + per(system), per(user), per(system),
+         float(gen)))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(7)) for k, v in runs.items()}
 print(f"\nteegate vs nginx vs HAProxy: medians of {rounds} rounds x {duration}s, {conns} connections")
 print("(ratio: teegate against the best peer, > 1 means teegate is better: req/s gw/best, "
-      "latency and CPU best/gw)")
-hdr = f"{'load':<10}{'w':>2} {'contender':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU µs/req':>12}"
+      "latency and CPU best/gw; CPU = user + sys; gen: the load generator's CPU, % of a core)")
+hdr = (f"{'load':<10}{'w':>2} {'contender':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+       f"{'CPU µs/req':>12}{'user':>7}{'sys':>7}{'gen %':>7}")
 print(hdr)
 loads = []
 for (load, w, _) in med:
@@ -139,7 +148,8 @@ for load, w in loads:
     for who in ["gateway", "nginx", "haproxy", "direct"]:
         if (load, w, who) in med:
             r = med[(load, w, who)]
-            print(f"{load:<10}{w:>2} {who:<9}{r[0]:>10.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[3]:>12.1f}")
+            print(f"{load:<10}{w:>2} {who:<9}{r[0]:>10.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[3]:>12.1f}"
+                  f"{r[4]:>7.1f}{r[5]:>7.1f}{r[6]:>7.0f}")
     g = med.get((load, w, "gateway"))
     peers = [med[(load, w, p)] for p in ("nginx", "haproxy") if (load, w, p) in med]
     if g and peers:
@@ -147,9 +157,12 @@ for load, w in loads:
         best_p50 = min(p[1] for p in peers)
         best_p99 = min(p[2] for p in peers)
         best_cpu = min(p[3] for p in peers)
+        best_user = min(p[4] for p in peers)
+        best_sys = min(p[5] for p in peers)
         div = lambda a, b: a / b if b else float("nan")
         print(f"{load:<10}{w:>2} {'ratio':<9}{div(g[0], best_rps):>9.2f}x{div(best_p50, g[1]):>8.2f}x"
-              f"{div(best_p99, g[2]):>8.2f}x{div(best_cpu, g[3]):>11.2f}x")
+              f"{div(best_p99, g[2]):>8.2f}x{div(best_cpu, g[3]):>11.2f}x"
+              f"{div(best_user, g[4]):>6.2f}x{div(best_sys, g[5]):>6.2f}x")
 PY
 if [ -s "$T/errors" ]; then
   echo "ERROR: some runs saw failed requests; the figures above are not valid:" >&2
