@@ -392,3 +392,61 @@ async fn http2_clients_get_every_body_framing_as_http2_streams() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_is_routed_by_its_own_host() {
+    // The fast path remembers the last host a connection named (names::HostMemo); a
+    // request naming another app, or no app at all, must not be routed by that memory.
+    let dir = tempfile::tempdir().unwrap();
+    let ScriptedApp {
+        gw,
+        id,
+        conns: conns_a,
+        ..
+    } = gateway_with_scripted_app(dir.path()).await;
+    let other = identity(b"{\"name\":\"other\"}", 2);
+    let cert_b = ratls_cert(&other);
+    let (front_b, conns_b) = scripted_front(&cert_b).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert_b,
+        &register_body(front_b, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let host_a = format!("{}.{BASE}", id.app_id);
+    let host_b = format!("{}.{BASE}", other.app_id);
+    assert_ne!(host_a, host_b);
+
+    let mut c = tls_to(&gw, &host_a).await;
+    let mut ask = async |host: &str, path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let expected = format!("{path} body=");
+        let r = response(&mut c, Some(expected.len())).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 ") && r.ends_with(&expected),
+            "{r}"
+        );
+    };
+    ask(&host_a, "/a1").await;
+    ask(&host_b, "/b1").await;
+    ask(&host_a, "/a2").await;
+    ask(&host_b, "/b2").await;
+    // Each front saw its own app's requests, on one pooled connection each.
+    assert_eq!(conns_a.load(Ordering::SeqCst), 1);
+    assert_eq!(conns_b.load(Ordering::SeqCst), 1);
+
+    // A name of no registered app on the same connection is refused, not sent to the app
+    // named before it.
+    let unknown = format!("{}.{BASE}", "ab".repeat(20));
+    c.write_all(
+        format!("GET /x HTTP/1.1\r\nHost: {unknown}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = response(&mut c, None).await;
+    assert!(!r.starts_with("HTTP/1.1 200 "), "{r}");
+    assert!(r.contains("is not registered"), "{r}");
+}

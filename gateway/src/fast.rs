@@ -27,7 +27,7 @@ use crate::downstream::{BadBody, ClientGone, Downstream, Relay};
 use crate::h2head;
 use crate::head::{self, Framing, Parsed, ParsedResponse, Request};
 use crate::metrics::Metrics;
-use crate::names::{self, Mode};
+use crate::names::{self, HostMemo, Mode};
 use crate::proxy::{now_ms, ProxySettings};
 use crate::registry::{PickError, Registry, Resolved};
 use crate::upstream::{Upstreams, Verified};
@@ -104,6 +104,7 @@ impl FastPath {
         client: &mut Stream,
         buf: &mut BytesMut,
         client_ip: Option<IpAddr>,
+        hosts: &HostMemo,
         progress: &Progress,
     ) -> Outcome {
         let started = Instant::now();
@@ -111,7 +112,7 @@ impl FastPath {
         let Parsed::Fast(req) = head::parse_request(buf) else {
             return Outcome::General;
         };
-        let Some(route) = self.route(&req) else {
+        let Some(route) = self.route(&req, hosts) else {
             return Outcome::General;
         };
         // From here on the request is ours to answer.
@@ -145,6 +146,7 @@ impl FastPath {
         &self,
         stream: &mut H2Session,
         client_ip: Option<IpAddr>,
+        hosts: &HostMemo,
         progress: &Progress,
     ) -> bool {
         let started = Instant::now();
@@ -154,7 +156,7 @@ impl FastPath {
         let Parsed::Fast(req) = h2head::request(stream.req_header()) else {
             return false;
         };
-        let Some(route) = self.route(&req) else {
+        let Some(route) = self.route(&req, hosts) else {
             return false;
         };
         let ex = self
@@ -171,11 +173,11 @@ impl FastPath {
     }
 
     /// Phase 1: whether the request goes to a registered app within its limits.
-    fn route(&self, req: &Request) -> Option<Route> {
+    fn route(&self, req: &Request, hosts: &HostMemo) -> Option<Route> {
         if req.header_bytes > self.settings.max_header_bytes {
             return None;
         }
-        let target = names::parse(req.host(), &self.settings.base_domain).ok()?;
+        let target = hosts.parse(req.host(), &self.settings.base_domain).ok()?;
         if target.mode != Mode::Terminate {
             return None;
         }

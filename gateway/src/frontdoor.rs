@@ -312,6 +312,7 @@ impl FrontDoor {
                     idle: self.idle_timeout,
                     request_timeout: self.request_timeout,
                     client_ip: peer_ip,
+                    hosts: Default::default(),
                 };
             Box::pin(http2::serve(conn, tls, shutdown)).await;
         } else {

@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fast::{FastPath, Outcome, Progress};
 use crate::metrics::Metrics;
+use crate::names::HostMemo;
 use crate::pages;
 use crate::proxy::GatewayProxy;
 
@@ -174,6 +175,7 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
     let mut watch = shutdown.clone();
     let mut persisted: Option<HttpPersistentSettings> = None;
     let mut deadline: Deadline = Box::pin(tokio::time::sleep(c.idle));
+    let hosts = HostMemo::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -209,7 +211,7 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
         // The request's futures are boxed, so an idle connection's task keeps only the
         // small state of this loop, not the largest request state it ever reached.
         let outcome = tokio::select! {
-            o = Box::pin(c.fast.serve(&mut stream, &mut head, c.client_ip, &progress)) => o,
+            o = Box::pin(c.fast.serve(&mut stream, &mut head, c.client_ip, &hosts, &progress)) => o,
             _ = deadline.as_mut() => {
                 if !progress.started() {
                     refuse(

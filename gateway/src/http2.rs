@@ -31,6 +31,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
 use crate::fast::{FastPath, Progress};
+use crate::names::HostMemo;
 use crate::proxy::GatewayProxy;
 
 /// Streams pingora refused as malformed before the connection is closed.
@@ -46,6 +47,8 @@ pub struct Conn<'a> {
     pub idle: Duration,
     pub request_timeout: Duration,
     pub client_ip: Option<IpAddr>,
+    /// The host the connection's streams named last (see [`HostMemo`]).
+    pub hosts: HostMemo,
 }
 
 type StreamTask<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -127,7 +130,8 @@ async fn serve_stream(c: &Conn<'_>, mut session: h2s::HttpSession, shutdown: &Sh
     let progress = Progress::default();
     let served = tokio::time::timeout(
         c.request_timeout,
-        c.fast.serve_h2(&mut session, c.client_ip, &progress),
+        c.fast
+            .serve_h2(&mut session, c.client_ip, &c.hosts, &progress),
     )
     .await;
     match served {
