@@ -95,6 +95,24 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
     (addr, conns)
 }
 
+/// Starts a [`scripted_front`] for instance `id` and registers it with `gw`.
+async fn register_scripted_front(
+    gw: &Gateway,
+    id: &ratls::cert::Identity,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let cert = ratls_cert(id);
+    let (front, conns) = scripted_front(&cert).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front, &[80]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (front, conns)
+}
+
 /// A gateway with one instance registered whose front is [`scripted_front`].
 struct ScriptedApp {
     gw: Gateway,
@@ -108,16 +126,7 @@ struct ScriptedApp {
 async fn gateway_with_scripted_app(dir: &std::path::Path) -> ScriptedApp {
     let gw = start_gateway_in(dir, GatewayPorts::new(), "");
     let id = identity(COMPOSE, 1);
-    let cert = ratls_cert(&id);
-    let (front, conns) = scripted_front(&cert).await;
-    let (status, body) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &cert,
-        &register_body(front, &[80]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let (front, conns) = register_scripted_front(&gw, &id).await;
     ScriptedApp {
         gw,
         id,
@@ -405,16 +414,7 @@ async fn each_request_on_a_connection_is_routed_by_its_own_host() {
         ..
     } = gateway_with_scripted_app(dir.path()).await;
     let other = identity(b"{\"name\":\"other\"}", 2);
-    let cert_b = ratls_cert(&other);
-    let (front_b, conns_b) = scripted_front(&cert_b).await;
-    let (status, body) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &cert_b,
-        &register_body(front_b, &[80]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let (_, conns_b) = register_scripted_front(&gw, &other).await;
     let host_a = format!("{}.{BASE}", id.app_id);
     let host_b = format!("{}.{BASE}", other.app_id);
     assert_ne!(host_a, host_b);
