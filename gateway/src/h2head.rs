@@ -6,11 +6,13 @@
 //! before. HTTP/2 has no hop-by-hop headers (the h2 crate refuses them); `te: trailers` is
 //! dropped, and `cookie` fields, which HTTP/2 may split, are joined again (RFC 9113 8.2.3).
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::head::{hop_by_hop, Framing, Method, Parsed, Request, Response};
+use crate::head::{Framing, Method, Parsed, Request, Response};
 use crate::proxy::is_forwarding_header;
 
 /// The HTTP/1.1 head for the upstream of a bodiless HTTP/2 request, or `General`.
@@ -102,47 +104,41 @@ pub fn request(req: &RequestHeader) -> Parsed {
 }
 
 /// The HTTP/2 response for an upstream response head `raw` that [`crate::head::parse_response`]
-/// accepted as `resp`: its status and end-to-end headers, and the length when it is known.
+/// accepted as `resp` for an HTTP/2 client: its status and end-to-end headers, and the
+/// length when it is known.
 ///
-/// The header values are slices of `raw`, not copies, so neither building the head nor
-/// pingora's copy of it when it is sent allocates per value; the map is built directly, as
-/// pingora's header setters would parse each name twice.
+/// Built from where the parse found each field, without parsing the head again. The header
+/// values are slices of `raw`, not copies, so neither building the head nor pingora's copy
+/// of it when it is sent allocates per value; the map is built directly, as pingora's
+/// header setters would parse each name twice.
 pub fn response(raw: &Bytes, resp: &Response) -> Result<Box<ResponseHeader>, String> {
-    crate::head::with_response_head(raw, |parsed, res| {
-        parsed.map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::with_capacity(res.headers.len() + 1);
-        let mut length = None;
-        for h in res.headers.iter() {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                length.get_or_insert(h.value);
-                continue;
-            }
-            // HTTP/1 framing: HTTP/2 frames the data itself.
-            if hop_by_hop(name) {
-                continue;
-            }
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_maybe_shared(raw.slice_ref(h.value))
-                .map_err(|e| e.to_string())?;
-            headers.try_append(name, value).map_err(|e| e.to_string())?;
+    let within = |at: &Range<u32>| {
+        let at = at.start as usize..at.end as usize;
+        match raw.get(at.clone()) {
+            Some(_) => Ok(at),
+            None => Err("field outside the response head".to_string()),
         }
-        if let (Some(n), false) = (resp.content_length, resp.framing == Framing::Chunked) {
-            // parse_response accepted the upstream's value as n's digits; a leading zero is
-            // written afresh.
-            let value = match length {
-                Some(v) if v.first() != Some(&b'0') || v.len() == 1 => {
-                    HeaderValue::from_maybe_shared(raw.slice_ref(v)).map_err(|e| e.to_string())?
-                }
-                _ => HeaderValue::from(n),
-            };
-            headers.insert(http::header::CONTENT_LENGTH, value);
-        }
-        let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = http::StatusCode::from_u16(resp.status).map_err(|e| e.to_string())?;
-        parts.headers = headers;
-        Ok(Box::new(ResponseHeader::from(parts)))
-    })
+    };
+    let mut headers = HeaderMap::with_capacity(resp.fields.len() + 1);
+    for f in &resp.fields {
+        let name = HeaderName::from_bytes(&raw[within(&f.name)?]).map_err(|e| e.to_string())?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(within(&f.value)?))
+            .map_err(|e| e.to_string())?;
+        headers.try_append(name, value).map_err(|e| e.to_string())?;
+    }
+    if let (Some(n), false) = (resp.content_length, resp.framing == Framing::Chunked) {
+        let value = match &resp.length_at {
+            Some(at) => {
+                HeaderValue::from_maybe_shared(raw.slice(within(at)?)).map_err(|e| e.to_string())?
+            }
+            None => HeaderValue::from(n),
+        };
+        headers.insert(http::header::CONTENT_LENGTH, value);
+    }
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = http::StatusCode::from_u16(resp.status).map_err(|e| e.to_string())?;
+    parts.headers = headers;
+    Ok(Box::new(ResponseHeader::from(parts)))
 }
 
 #[cfg(test)]
@@ -254,5 +250,32 @@ mod tests {
         assert_eq!(h.headers.get("content-length").unwrap(), "7");
         let cookies: Vec<_> = h.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn the_http2_head_is_built_from_where_the_one_parse_found_each_field() {
+        let raw: &[u8] =
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nKeep-Alive: t=5\r\n\r\n";
+        let ParsedResponse::Complete(resp) = parse_response(raw, Method::Get, ClientProto::Http2)
+        else {
+            panic!("not complete")
+        };
+        let text = |at: &Range<u32>| &raw[at.start as usize..at.end as usize];
+        let found: Vec<_> = resp
+            .fields
+            .iter()
+            .map(|f| (text(&f.name), text(&f.value)))
+            .collect();
+        assert_eq!(found, [(&b"X-A"[..], &b"1"[..])]);
+        assert_eq!(text(resp.length_at.as_ref().unwrap()), b"2");
+        // An HTTP/1 client's parse records none of it.
+        let ParsedResponse::Complete(h1) = parse_response(raw, Method::Get, ClientProto::Http1)
+        else {
+            panic!("not complete")
+        };
+        assert!(h1.fields.is_empty() && h1.length_at.is_none());
+        // A head shorter than the places recorded is refused, not read past.
+        let short = Bytes::from_static(&raw[..20]);
+        assert!(response(&short, &resp).is_err());
     }
 }

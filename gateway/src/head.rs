@@ -119,7 +119,7 @@ pub enum Parsed {
 }
 
 /// Hop-by-hop headers, never forwarded as received.
-pub(crate) fn hop_by_hop(name: &str) -> bool {
+fn hop_by_hop(name: &str) -> bool {
     [
         "connection",
         "keep-alive",
@@ -240,6 +240,20 @@ pub struct Response {
     pub content_length: Option<u64>,
     /// The head for an HTTP/1 client, without the final empty line (empty for HTTP/2).
     pub client: Vec<u8>,
+    /// For an HTTP/2 client: where the end-to-end fields sit in the upstream's head, so
+    /// [`crate::h2head::response`] builds the HTTP/2 head without parsing it again (empty
+    /// for HTTP/1).
+    pub fields: Vec<FieldAt>,
+    /// For an HTTP/2 client: where the upstream's Content-Length value sits, when it is
+    /// the length as it goes to the client (no leading zeros, no chunked framing).
+    pub length_at: Option<Range<u32>>,
+}
+
+/// Where one header field's name and value sit in an upstream response head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldAt {
+    pub name: Range<u32>,
+    pub value: Range<u32>,
 }
 
 pub enum ParsedResponse {
@@ -286,7 +300,7 @@ pub enum ClientProto {
 /// speaking `proto`.
 pub fn parse_response(buf: &[u8], method: Method, proto: ClientProto) -> ParsedResponse {
     with_response_head(buf, |parsed, res| match parsed {
-        Ok(httparse::Status::Complete(n)) => rewrite_response(res, n, method, proto),
+        Ok(httparse::Status::Complete(n)) => rewrite_response(buf, res, n, method, proto),
         Ok(httparse::Status::Partial) => ParsedResponse::Partial,
         Err(e) => ParsedResponse::Invalid(e.to_string()),
     })
@@ -298,7 +312,7 @@ const FEW_HEADERS: usize = 32;
 /// Parses the response head at the start of `buf` with httparse and hands `f` the outcome.
 /// httparse's response parser wants its header slots cleared first (32 bytes each), so a
 /// small array is tried before the full `MAX_HEADERS` one.
-pub(crate) fn with_response_head<'b, R>(
+fn with_response_head<'b, R>(
     buf: &'b [u8],
     f: impl FnOnce(httparse::Result<usize>, &httparse::Response<'_, 'b>) -> R,
 ) -> R {
@@ -314,8 +328,18 @@ pub(crate) fn with_response_head<'b, R>(
     f(parsed, &res)
 }
 
-/// The client's head for a complete upstream response head of `head_len` bytes.
+/// Where `part`, a slice of `buf` (a head of at most `RESPONSE_HEAD_MAX` bytes), sits in it.
+fn offsets(buf: &[u8], part: &[u8]) -> Range<u32> {
+    let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+    // A head is far shorter than 4 GiB; the fallback only keeps this free of panics.
+    let start = u32::try_from(start).unwrap_or(u32::MAX);
+    start..start.saturating_add(u32::try_from(part.len()).unwrap_or(u32::MAX))
+}
+
+/// The client's head for a complete upstream response head of `head_len` bytes at the
+/// start of `buf`.
 fn rewrite_response(
+    buf: &[u8],
     res: &httparse::Response<'_, '_>,
     head_len: usize,
     method: Method,
@@ -335,6 +359,8 @@ fn rewrite_response(
     let mut upstream_close = version == 0;
     let h1 = proto == ClientProto::Http1;
     let mut client = Vec::new();
+    let mut fields = Vec::new();
+    let mut length_at = None;
     if h1 {
         client.reserve_exact(head_len + 32);
         client.extend_from_slice(b"HTTP/1.1 ");
@@ -352,7 +378,15 @@ fn rewrite_response(
                 .and_then(|v| v.parse::<u64>().ok());
             // Written once, after the other headers.
             match (n, length) {
-                (Some(n), None) => length = Some(n),
+                (Some(n), None) => {
+                    length = Some(n);
+                    // An HTTP/2 head keeps the upstream's value unless it has leading
+                    // zeros; then, as for HTTP/1, the length is written afresh.
+                    let plain = h.value.first() != Some(&b'0') || h.value.len() == 1;
+                    if !h1 && plain {
+                        length_at = Some(offsets(buf, h.value));
+                    }
+                }
                 (Some(n), Some(m)) if n == m => {}
                 _ => return ParsedResponse::Invalid("bad Content-Length".into()),
             }
@@ -373,7 +407,14 @@ fn rewrite_response(
             }
             continue;
         }
-        if !h1 || hop_by_hop(name) {
+        if hop_by_hop(name) {
+            continue;
+        }
+        if !h1 {
+            fields.push(FieldAt {
+                name: offsets(buf, name.as_bytes()),
+                value: offsets(buf, h.value),
+            });
             continue;
         }
         client.extend_from_slice(name.as_bytes());
@@ -404,6 +445,8 @@ fn rewrite_response(
         upstream_close,
         content_length: length,
         client,
+        fields,
+        length_at: length_at.filter(|_| !chunked),
     })
 }
 
