@@ -157,15 +157,9 @@ impl Downstream<'_> {
     pub async fn error_page(&mut self, status: u16, title: &str, detail: &str) {
         match self {
             Downstream::H1 { stream, .. } => {
-                let body = pages::page(status, title, detail);
-                let head = format!(
-                    "HTTP/1.1 {status} {title}\r\ncontent-type: text/html; charset=utf-8\r\n\
-                     content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
+                let answer = pages::http1_answer(status, title, detail);
                 let write = async {
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(body.as_bytes()).await?;
+                    stream.write_all(&answer).await?;
                     stream.flush().await
                 };
                 let _ = write.await;

@@ -142,15 +142,9 @@ async fn read_head(
 }
 
 async fn refuse(stream: &mut Stream, status: u16, title: &str, detail: &str) {
-    let body = pages::page(status, title, detail);
-    let head = format!(
-        "HTTP/1.1 {status} {title}\r\nContent-Type: text/html; charset=utf-8\r\n\
-         Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let answer = pages::http1_answer(status, title, detail);
     let write = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.flush().await?;
         stream.shutdown().await
     };

@@ -28,9 +28,33 @@ pub fn page(status: u16, title: &str, detail: &str) -> String {
     )
 }
 
+/// A whole HTTP/1.1 answer carrying [`page`]: head and body in one buffer, so it leaves in
+/// one write, and the connection closes after it.
+pub fn http1_answer(status: u16, title: &str, detail: &str) -> Vec<u8> {
+    let body = page(status, title, detail);
+    let mut out = format!(
+        "HTTP/1.1 {status} {title}\r\ncontent-type: text/html; charset=utf-8\r\n\
+         content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http1_answer_frames_its_page_and_closes() {
+        let a = String::from_utf8(http1_answer(502, "Bad Gateway", "down")).unwrap();
+        let (head, body) = a.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(head.ends_with("connection: close"));
+        assert_eq!(body, page(502, "Bad Gateway", "down"));
+    }
 
     #[test]
     fn escapes_markup() {
