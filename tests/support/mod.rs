@@ -557,6 +557,34 @@ pub fn register_body(front: SocketAddr, ports: &[u16]) -> serde_json::Value {
     serde_json::json!({ "front_addr": front.to_string(), "ports": ports })
 }
 
+/// The name of `id`'s app under the test base domain, with `suffix` after the app id
+/// (`-8080`, `-8080s`, …).
+pub fn app_host(id: &ratls::cert::Identity, suffix: &str) -> String {
+    format!("{}{suffix}.{BASE}", id.app_id)
+}
+
+/// A simulated instance of `compose` (number `n`) with its RA-TLS front, registered for
+/// `ports`; panics when the gateway refuses it.
+pub async fn registered_instance(
+    gw: &Gateway,
+    compose: &[u8],
+    n: u8,
+    ports: &[u16],
+) -> (ratls::cert::Identity, Front) {
+    let id = identity(compose, n);
+    let cert = ratls_cert(&id);
+    let front = start_front(&cert, &id.instance_id.to_hex()).await;
+    let (status, body) = register(
+        gw.ports.registration,
+        &gw.dev_ca_pem(),
+        &cert,
+        &register_body(front.addr, ports),
+    )
+    .await;
+    assert_eq!(status, 200, "registration failed: {body}");
+    (id, front)
+}
+
 /// Plain HTTP on loopback (admin listener); returns (status, body).
 pub async fn http_get(port: u16, path: &str, token: Option<&str>, method: &str) -> (u16, String) {
     http_get_at(
