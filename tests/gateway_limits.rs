@@ -23,18 +23,8 @@ const BYSTANDER: [u8; 4] = [127, 0, 0, 2];
 /// A gateway with one registered instance; returns it, the app's host name and the front.
 async fn gateway_with_app(dir: &std::path::Path, limits: &str) -> (Gateway, String, Front) {
     let gw = start_gateway_in(dir, GatewayPorts::new(), &format!("[limits]\n{limits}\n"));
-    let id = identity(COMPOSE, 1);
-    let cert = ratls_cert(&id);
-    let front = start_front(&cert, &id.instance_id.to_hex()).await;
-    let (status, body) = register(
-        gw.ports.registration,
-        &gw.dev_ca_pem(),
-        &cert,
-        &register_body(front.addr, &[80]),
-    )
-    .await;
-    assert_eq!(status, 200, "registration failed: {body}");
-    (gw, format!("{}.{BASE}", id.app_id), front)
+    let (id, front) = registered_instance(&gw, COMPOSE, 1, &[80]).await;
+    (gw, app_host(&id, ""), front)
 }
 
 async fn tcp_from(local: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
