@@ -1,7 +1,7 @@
 # Shared set-up for benches/load.sh and benches/idle.sh (sourced, not run): tools, binaries,
 # certificates, the backend nginx, and the three contenders at a given worker count.
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
-#   ("user system" clock ticks)
+#   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU)
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]),
 # GATEWAY_TOP (TOML lines at the top level, e.g. listener_per_worker = false), GATEWAY_WRAP (a
@@ -214,4 +214,12 @@ cpu_ticks() { # pids... -> "utime stime" in clock ticks (fields 14 and 15 of /pr
   local p
   for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done |
     awk '{ sub(/.*\) /, ""); u += $12; s += $13 } END { print u + 0, s + 0 }'
+}
+# Nanoseconds the processes' threads have spent runnable but waiting for a CPU (the second field
+# of /proc/<pid>/task/<tid>/schedstat): on a machine whose cores the generator, the backend and
+# the contender share, this is the part of the latency that is the scheduler's, not the code's.
+run_wait() { # pids... -> ns
+  local p
+  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done |
+    awk '{ w += $2 } END { printf "%.0f\n", w + 0 }'
 }

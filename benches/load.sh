@@ -14,6 +14,11 @@
 #     h2         h2load -cCONNS -m10, HTTP/2
 #     resumed    wrk with `Connection: close`: a new TLS connection per request; wrk resumes
 #                its TLS session on reconnect, so these are resumed handshakes
+#     paced      the resumed load with PACE_MS of think time on each connection before its
+#                request (wrk's delay() hook): about CONNS/PACE_MS connections a second, below
+#                what wrk can drive, so the generator is not the bottleneck and latency is the
+#                contender's. In the closed loops above wrk runs at ~100% of a core and
+#                latency is mostly where the queue forms, which differs by contender.
 #     full       h2load --h1 with `Connection: close`: a new connection per request, and h2load
 #                never resumes, so every handshake is a full one (for every contender)
 #     direct     wrk straight at the backend's plain port (the ceiling, not a contender)
@@ -25,7 +30,8 @@
 #   > 1 means teegate is better. Exits non-zero when any run saw an error (never on ratios).
 #
 # Usage: benches/load.sh   (env: WORKERS="1 2" ROUNDS=3 DURATION=6 CONNS=50 LOADS="keepalive h2
-#        resumed full" PROFILE=release; TEEGATE_BIN / HELPER_BIN to use prebuilt binaries)
+#        resumed paced full" PACE_MS=50 PROFILE=release; TEEGATE_BIN / HELPER_BIN to use
+#        prebuilt binaries)
 # Needs: nginx, haproxy, wrk, h2load, curl (Debian packages; installed when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +39,8 @@ WORKERS=${WORKERS:-1 2}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
-LOADS=${LOADS:-keepalive h2 resumed full}
+LOADS=${LOADS:-keepalive h2 resumed paced full}
+PACE_MS=${PACE_MS:-50}
 PROFILE=${PROFILE:-release}
 BASE=apps.bench.test
 
@@ -49,20 +56,24 @@ url_of() {
 }
 
 # One run: prints "load workers contender rps p50_ms p99_ms requests user_ticks sys_ticks
-# gen_pct" to results (gen_pct: the load generator's CPU over the run, in % of one core).
+# gen_pct wait_ns" to results (gen_pct: the load generator's CPU over the run, in % of one core;
+# wait_ns: how long the contender's threads were runnable but without a CPU, over the run).
 run_one() { # load workers contender
-  local load=$1 w=$2 who=$3 url out pids u0 s0 u1 s1 rps p50 p99 reqs errs="" gen
+  local load=$1 w=$2 who=$3 url out pids u0 s0 u1 s1 q0 q1 rps p50 p99 reqs errs="" gen
   url=$(url_of "$who")
   pids=$(pids_of "$who")
   read -r u0 s0 < <(cpu_ticks $pids)
+  q0=$(run_wait $pids)
   # bash's `time` gives the generator's user, system and wall seconds.
   local TIMEFORMAT='%U %S %R'
   case $load in
-    keepalive|resumed|direct)
+    keepalive|resumed|paced|direct)
       local extra=()
       [ "$load" = resumed ] && extra=(-H "Connection: close")
+      [ "$load" = paced ] && extra=(-H "Connection: close" -s "$T/pace.lua")
       out=$( { time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" "${extra[@]}" "$url" 2>&1; } 2>"$T/gen" )
       read -r u1 s1 < <(cpu_ticks $pids)
+      q1=$(run_wait $pids)
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       reqs=$(awk '/requests in/ {print $1}' <<<"$out")
       ms() { awk -v k="$1" '$1==k {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out"; }
@@ -81,6 +92,7 @@ run_one() { # load workers contender
       rm -f "$T/h2load.log"
       out=$( { time h2load "${args[@]}" "$url" 2>&1; } 2>"$T/gen" )
       read -r u1 s1 < <(cpu_ticks $pids)
+      q1=$(run_wait $pids)
       rps=$(awk '/^finished in/ {print $4}' <<<"$out")
       reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
       read -r p50 p99 < <(python3 - "$T/h2load.log" <<'PY'
@@ -98,14 +110,16 @@ PY
       ;;
   esac
   gen=$(awk '{ printf "%.0f", ($3 > 0 ? ($1 + $2) * 100 / $3 : 0) }' "$T/gen")
-  echo "$load $w $who ${rps:-0} ${p50:-0} ${p99:-0} ${reqs:-0} $((u1 - u0)) $((s1 - s0)) ${gen:-0}" >> "$T/results"
+  echo "$load $w $who ${rps:-0} ${p50:-0} ${p99:-0} ${reqs:-0} $((u1 - u0)) $((s1 - s0)) ${gen:-0} $((q1 - q0))" >> "$T/results"
   [ -n "$errs" ] && echo "$load w=$w $who: $errs" >> "$T/errors"
-  printf '  %-9s w=%s %-8s %9s req/s  p50 %7s ms  p99 %7s ms  %6s µs/req  gen %3s%%  %s\n' "$load" "$w" "$who" \
+  printf '  %-9s w=%s %-8s %9s req/s  p50 %7s ms  p99 %7s ms  %6s µs/req  wait %6s µs/req  gen %3s%%  %s\n' "$load" "$w" "$who" \
     "${rps:-0}" "${p50:-0}" "${p99:-0}" \
-    "$(awk -v t=$((u1 - u0 + s1 - s0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? t * 10000 / n : 0}')" "${gen:-0}" "$errs" >&2
+    "$(awk -v t=$((u1 - u0 + s1 - s0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? t * 10000 / n : 0}')" \
+    "$(awk -v q=$((q1 - q0)) -v n="${reqs:-0}" 'BEGIN {printf "%.1f", n ? q / 1000 / n : 0}')" "${gen:-0}" "$errs" >&2
 }
 
 FULL_RATE=${FULL_RATE:-3000}
+printf 'function delay() return %d end\n' "$PACE_MS" > "$T/pace.lua"
 : > "$T/results"
 : > "$T/errors"
 for w in $WORKERS; do
@@ -128,17 +142,19 @@ import statistics, sys
 path, rounds, duration, conns, hz = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 runs = {}
 for line in open(path):
-    load, w, who, rps, p50, p99, reqs, user, system, gen = line.split()
+    load, w, who, rps, p50, p99, reqs, user, system, gen, wait = line.split()
     per = lambda ticks: int(ticks) * 1e6 / hz / int(reqs) if int(reqs) else float("nan")
+    waited = int(wait) / 1e3 / int(reqs) if int(reqs) else float("nan")
     runs.setdefault((load, w, who), []).append(
         (float(rps), float(p50), float(p99), per(user) + per(system), per(user), per(system),
-         float(gen)))
-med = {k: tuple(statistics.median(r[i] for r in v) for i in range(7)) for k, v in runs.items()}
+         float(gen), waited))
+med = {k: tuple(statistics.median(r[i] for r in v) for i in range(8)) for k, v in runs.items()}
 print(f"\nteegate vs nginx vs HAProxy: medians of {rounds} rounds x {duration}s, {conns} connections")
 print("(ratio: teegate against the best peer, > 1 means teegate is better: req/s gw/best, "
-      "latency and CPU best/gw; CPU = user + sys; gen: the load generator's CPU, % of a core)")
+      "latency and CPU best/gw; CPU = user + sys; gen: the load generator's CPU, % of a core;\n"
+      " wait: µs per request the contender's threads were runnable with no free CPU)")
 hdr = (f"{'load':<10}{'w':>2} {'contender':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-       f"{'CPU µs/req':>12}{'user':>7}{'sys':>7}{'gen %':>7}")
+       f"{'CPU µs/req':>12}{'user':>7}{'sys':>7}{'gen %':>7}{'wait µs':>9}")
 print(hdr)
 loads = []
 for (load, w, _) in med:
@@ -149,7 +165,7 @@ for load, w in loads:
         if (load, w, who) in med:
             r = med[(load, w, who)]
             print(f"{load:<10}{w:>2} {who:<9}{r[0]:>10.0f}{r[1]:>9.2f}{r[2]:>9.2f}{r[3]:>12.1f}"
-                  f"{r[4]:>7.1f}{r[5]:>7.1f}{r[6]:>7.0f}")
+                  f"{r[4]:>7.1f}{r[5]:>7.1f}{r[6]:>7.0f}{r[7]:>9.1f}")
     g = med.get((load, w, "gateway"))
     peers = [med[(load, w, p)] for p in ("nginx", "haproxy") if (load, w, p) in med]
     if g and peers:
