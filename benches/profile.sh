@@ -6,7 +6,7 @@
 # instructions per request (repeatable for the same binary and inputs, whatever else the
 # machine does). User-space only: the kernel's share (the syscalls) is not in it.
 #
-# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 LOAD=keepalive|h2 PROFILE=release;
+# Usage: benches/profile.sh   (env: DURATION=10 WARMUP=3 CONNS=10 LOAD=keepalive|h2|resumed PROFILE=release;
 #        TEEGATE_BIN / HELPER_BIN to use prebuilt binaries; OUT=file keeps the profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,13 +32,14 @@ BIN="$T/teegate-under-callgrind"
 READY_TRIES=${READY_TRIES:-1200}
 start_contenders 1
 
-# LOAD=keepalive: wrk, HTTP/1.1; LOAD=h2: h2load, CONNS connections x 10 streams.
+# LOAD=keepalive: wrk, HTTP/1.1; LOAD=h2: h2load, CONNS connections x 10 streams;
+# LOAD=resumed: wrk with a new (resumed) TLS connection per request.
 drive() { # seconds
-  if [ "$LOAD" = h2 ]; then
-    h2load -c"$CONNS" -m10 -D "$1" --connect-to="127.0.0.1:$PG" "https://$HOST:$PG/" 2>&1
-  else
-    wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1
-  fi
+  case $LOAD in
+    h2) h2load -c"$CONNS" -m10 -D "$1" --connect-to="127.0.0.1:$PG" "https://$HOST:$PG/" 2>&1 ;;
+    resumed) wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" -H "Connection: close" "https://127.0.0.1:$PG/" 2>&1 ;;
+    *) wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1 ;;
+  esac
 }
 echo "warm-up ${WARMUP}s…" >&2
 drive "$WARMUP" >/dev/null || true

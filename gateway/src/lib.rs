@@ -26,6 +26,8 @@
 //!  :80 ─▶ redirect to https
 //!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
 //!            self_attest (start-up: a fresh quote verified by [verifier]) ─▶ AttestedSelf
+//!  TLS crypto: aws-lc-rs (ring without the aws-lc feature); TLS 1.3's HKDF on HMAC keys
+//!              prepared once (prepared_hkdf)
 //!  private keys ─▶ SealedStore (seal: ChaCha20-Poly1305 under a guest-API-derived key,
 //!                  or an unattested key file) ─▶ Store; unreadable records ─▶ SealReport
 //! ```
@@ -81,6 +83,8 @@ mod own_identity;
 mod pages;
 #[cfg(feature = "server")]
 pub mod per_ip;
+#[cfg(feature = "aws-lc")]
+mod prepared_hkdf;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]

@@ -72,10 +72,10 @@ pub struct StartInfo {
 }
 
 /// The process's TLS crypto: ring, or aws-lc-rs when built with the `aws-lc` feature (the
-/// two are compared in docs/performance.md).
+/// two are compared in docs/performance.md), with TLS 1.3's HKDF on prepared HMAC keys.
 fn crypto() -> CryptoProvider {
     #[cfg(feature = "aws-lc")]
-    return rustls::crypto::aws_lc_rs::default_provider();
+    return crate::prepared_hkdf::provider();
     #[cfg(not(feature = "aws-lc"))]
     rustls::crypto::ring::default_provider()
 }
