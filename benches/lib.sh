@@ -1,9 +1,11 @@
 # Shared set-up for benches/load.sh and benches/idle.sh (sourced, not run): tools, binaries,
 # certificates, the backend nginx, and the three contenders at a given worker count.
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
-#   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU)
+#   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU);
+#   wrk and h2load: the generators, offering CLIENT_TLS13
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
-# Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, GATEWAY_EXTRA (TOML lines for [limits]),
+# Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, CLIENT_TLS13 (the generators' TLS 1.3 suites,
+# in order), GATEWAY_EXTRA (TOML lines for [limits]),
 # GATEWAY_TOP (TOML lines at the top level, e.g. listener_per_worker = false), GATEWAY_WRAP (a
 # command the gateway alone runs under, e.g. "heaptrack -o FILE").
 PROFILE=${PROFILE:-release}
@@ -33,6 +35,26 @@ BIN=$TEEGATE_BIN
 HELPER=${HELPER_BIN:?set HELPER_BIN with TEEGATE_BIN}
 
 T=$(mktemp -d)
+
+# The TLS 1.3 suites the load generators offer, in the order browsers offer them (Chrome and
+# Firefox put AES-128-GCM first; OpenSSL's own default, which wrk would otherwise send, puts
+# AES-256-GCM-SHA384 first). Every contender follows the client's order (HAProxy is told to:
+# by default it imposes its own), so all three negotiate the same suite, and the set-up
+# below checks that they do.
+CLIENT_TLS13=${CLIENT_TLS13:-TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384}
+cat > "$T/client-openssl.cnf" <<CNF
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Ciphersuites = $CLIENT_TLS13
+CNF
+# The generators, with that order: wrk takes it from OpenSSL's configuration file; h2load
+# sets its own list, so it is given the order on its command line.
+wrk() { OPENSSL_CONF="$T/client-openssl.cnf" command wrk "$@"; }
+h2load() { command h2load --tls13-ciphers="$CLIENT_TLS13" "$@"; }
 GW_PID=""; HA_PID=""
 stop_contenders() {
   [ -n "$GW_PID" ] && { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
@@ -131,7 +153,7 @@ defaults
   timeout server 60s
   timeout http-keep-alive 60s
 frontend fe
-  bind 127.0.0.1:$PH ssl crt $T/certs/wildcard-haproxy.pem alpn h2,http/1.1
+  bind 127.0.0.1:$PH ssl crt $T/certs/wildcard-haproxy.pem alpn h2,http/1.1 prefer-client-ciphers
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   default_backend app
@@ -199,6 +221,14 @@ CONF
     echo "  resumption on :$port: $(timeout 10 openssl s_client -connect "127.0.0.1:$port" \
       -servername "$HOST" -sess_in "$T/sess" -ign_eof < "$T/req" 2>/dev/null | grep -E '^(New|Reused),' || true)" >&2
   done
+  # Every contender negotiates the suite the generators put first.
+  local want=${CLIENT_TLS13%%:*} got
+  for port in $PG $PN $PH; do
+    got=$(timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$HOST" \
+      -ciphersuites "$CLIENT_TLS13" < /dev/null 2>/dev/null | sed -n 's/^New, TLSv1.3, Cipher is //p' | head -1)
+    [ "$got" = "$want" ] || { echo "the contender on :$port negotiated '$got', not $want" >&2; exit 1; }
+  done
+  echo "  TLS 1.3 suite on every contender: $want" >&2
 }
 
 # Processes whose CPU counts for a contender.
