@@ -84,7 +84,7 @@ mod pages;
 #[cfg(feature = "server")]
 pub mod per_ip;
 #[cfg(feature = "aws-lc")]
-mod prepared_hkdf;
+pub mod prepared_hkdf;
 #[cfg(feature = "server")]
 pub mod proxy;
 #[cfg(feature = "server")]
