@@ -4,10 +4,14 @@
 # CAPTURE seconds of the loopback traffic in the middle of the run. Each captured
 # connection is split into the turns of a resumed TLS 1.3 exchange, timed on the wire:
 #
-#   server hello    ClientHello in    → server's flight out    (accept and handshake)
-#   client finish   flight in         → Finished + request out (the generator's turn)
-#   server answer   request in        → answer out             (request, upstream, answer)
-#   client close    answer in         → client's next packet   (the generator's turn)
+#   server hello    ClientHello in       → server's flight out   (accept and handshake)
+#   client finish   flight in            → Finished out          (the generator's turn)
+#   server answer   request in           → answer out            (request, upstream, answer)
+#   client close    answer in            → client's next packet  (the generator's turn)
+#
+# The request is the client's last data before the server's last (the answer and its
+# close_notify); the Finished may come with it or, with the session tickets between them,
+# before it (with LOAD=paced the think time falls there too).
 #
 # wrk's latency runs from its request to its reading of the answer: server answer plus
 # client close. In the closed loop (LOAD=resumed) wrk runs at ~100% of a core and the
@@ -122,14 +126,19 @@ for line in open(os.path.join(t, "ports")):
                     seq.append([side, ts, ts])
             if side == "c" and flags & 0x01 and client_fin is None:
                 client_fin = ts
-        if [s[0] for s in seq[:4]] != ["c", "s", "c", "s"]:
+        if [s[0] for s in seq[:3]] != ["c", "s", "c"]:
             continue
-        hello, flight, request, answer = seq[:4]
-        after = seq[4][1] if len(seq) > 4 else client_fin
+        hello, flight, finish = seq[:3]
+        # The answer: the server's last data turn, after the client's request turn.
+        last = max((i for i, s in enumerate(seq) if s[0] == "s"), default=0)
+        if last < 3 or seq[last - 1][0] != "c":
+            continue
+        request, answer = seq[last - 1], seq[last]
+        after = seq[last + 1][1] if len(seq) > last + 1 else client_fin
         if after is None:
             continue
         turns["server hello"].append(flight[1] - hello[2])
-        turns["client finish"].append(request[1] - flight[2])
+        turns["client finish"].append(finish[1] - flight[2])
         turns["server answer"].append(answer[2] - request[2])
         turns["client close"].append(after - answer[2])
     n = len(turns["server hello"])
