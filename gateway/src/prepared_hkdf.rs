@@ -9,11 +9,11 @@
 //! (`LOAD=resumed benches/profile.sh`), more than the X25519 exchange. Here Extract runs
 //! once, and each secret becomes an HMAC key whose two pads are hashed once: an Expand then
 //! costs the compressions of its own data. The server's part of a resumed handshake
-//! (`cargo bench --bench tls13_hkdf`) takes 12% less time with TLS_AES_256_GCM_SHA384
-//! (116.8 → 102.7 µs here) and 10% less with TLS_AES_128_GCM_SHA256 (63.9 → 57.3 µs,
-//! SHA-256 in hardware, SHA-NI). aws-lc-rs's own HMAC on
-//! prepared keys was tried first: it helps SHA-384 but costs SHA-256 8%, as copying and
-//! cleaning its HMAC context per tag outweighs two compressions done in hardware.
+//! (`cargo bench --bench tls13_hkdf`, three runs on a noisy machine) takes 7-12% less time
+//! with TLS_AES_256_GCM_SHA384 (e.g. 116.8 → 102.7 µs) and 9-17% less with
+//! TLS_AES_128_GCM_SHA256 (e.g. 63.9 → 57.3 µs, SHA-256 in hardware, SHA-NI). aws-lc-rs's own HMAC on prepared keys was tried first: it
+//! helps SHA-384 but costs SHA-256 8%, as copying and cleaning its HMAC context per tag
+//! outweighs two compressions done in hardware.
 //!
 //! The results are RFC 5869's, bit for bit: the tests check them against aws-lc-rs's own HKDF
 //! and against handshakes with rustls' stock suites. The AEADs, the transcript hash and the
@@ -29,15 +29,38 @@ use rustls::crypto::tls13::{Hkdf, HkdfUsingHmac};
 use rustls::crypto::{hmac as rustls_hmac, CryptoProvider};
 use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls13CipherSuite};
 
+/// An HMAC with a public instance to overwrite a secret one with: keyed by the empty key,
+/// made once.
+trait Blank: Mac + KeyInit + Clone + Send + Sync + 'static {
+    fn blank() -> &'static Self;
+}
+
+static BLANK_SHA256: LazyLock<hmac::Hmac<sha2::Sha256>> = LazyLock::new(|| keyed(&[]));
+static BLANK_SHA384: LazyLock<hmac::Hmac<sha2::Sha384>> = LazyLock::new(|| keyed(&[]));
+
+fn keyed<M: KeyInit>(key: &[u8]) -> M {
+    <M as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
+impl Blank for hmac::Hmac<sha2::Sha256> {
+    fn blank() -> &'static Self {
+        &BLANK_SHA256
+    }
+}
+
+impl Blank for hmac::Hmac<sha2::Sha384> {
+    fn blank() -> &'static Self {
+        &BLANK_SHA384
+    }
+}
+
 /// The HMAC `M` as rustls' [`rustls_hmac::Hmac`].
 struct PreparedHmac<M>(PhantomData<M>);
 
-impl<M: Mac + KeyInit + Clone + Send + Sync + 'static> rustls_hmac::Hmac for PreparedHmac<M> {
+impl<M: Blank> rustls_hmac::Hmac for PreparedHmac<M> {
     fn with_key(&self, key: &[u8]) -> Box<dyn rustls_hmac::Key> {
-        Box::new(PreparedKey(
-            <M as KeyInit>::new_from_slice(key)
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
-        ))
+        Box::new(PreparedKey(keyed::<M>(key)))
     }
 
     fn hash_output_len(&self) -> usize {
@@ -47,9 +70,19 @@ impl<M: Mac + KeyInit + Clone + Send + Sync + 'static> rustls_hmac::Hmac for Pre
 
 /// An HMAC key whose inner and outer pads were hashed when it was made; each tag starts
 /// from a copy of those two states.
-struct PreparedKey<M>(M);
+struct PreparedKey<M: Blank>(M);
 
-impl<M: Mac + Clone + Send + Sync + 'static> rustls_hmac::Key for PreparedKey<M> {
+impl<M: Blank> Drop for PreparedKey<M> {
+    fn drop(&mut self) {
+        // The hashed pads stand for the secret, and RustCrypto's HMAC does not wipe them:
+        // overwrite them in place with the public blank, so the secret does not stay behind
+        // in freed memory.
+        self.0.clone_from(M::blank());
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl<M: Blank> rustls_hmac::Key for PreparedKey<M> {
     fn sign_concat(&self, first: &[u8], middle: &[&[u8]], last: &[u8]) -> rustls_hmac::Tag {
         let mut mac = self.0.clone();
         mac.update(first);
