@@ -24,7 +24,7 @@ fail=0
 for w in $WORKERS; do
   start_contenders "$w"
   for who in gateway nginx haproxy; do
-    case $who in gateway) port=$PG ;; nginx) port=$PN ;; haproxy) port=$PH ;; esac
+    port=$(port_of "$who")
     pids=$(pids_of "$who")
     # The client opens the connections, reports, holds them until told, then closes them.
     rm -f "$T/opened" "$T/release"

@@ -2,7 +2,8 @@
 # certificates, the backend nginx, and the three contenders at a given worker count.
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
 #   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU);
-#   wrk and h2load: the generators, offering CLIENT_TLS13
+#   wrk and h2load: the generators, offering CLIENT_TLS13; port_of CONTENDER;
+#   $T/pace.lua: wrk's think time of PACE_MS before each connection's request
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, CLIENT_TLS13 (the generators' TLS 1.3 suites,
 # in order), GATEWAY_EXTRA (TOML lines for [limits]),
@@ -55,6 +56,9 @@ CNF
 # sets its own list, so it is given the order on its command line.
 wrk() { OPENSSL_CONF="$T/client-openssl.cnf" command wrk "$@"; }
 h2load() { command h2load --tls13-ciphers="$CLIENT_TLS13" "$@"; }
+# The paced loads: wrk waits PACE_MS on each new connection before sending its request.
+PACE_MS=${PACE_MS:-50}
+printf 'function delay() return %d end\n' "$PACE_MS" > "$T/pace.lua"
 GW_PID=""; HA_PID=""
 stop_contenders() {
   [ -n "$GW_PID" ] && { kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
@@ -229,6 +233,10 @@ CONF
     [ "$got" = "$want" ] || { echo "the contender on :$port negotiated '$got', not $want" >&2; exit 1; }
   done
   echo "  TLS 1.3 suite on every contender: $want" >&2
+}
+
+port_of() {
+  case $1 in gateway) echo "$PG" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; direct) echo "$PP" ;; esac
 }
 
 # Processes whose CPU counts for a contender.

@@ -40,7 +40,6 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
 CONNS=${CONNS:-50}
 LOADS=${LOADS:-keepalive h2 resumed paced full}
-PACE_MS=${PACE_MS:-50}
 PROFILE=${PROFILE:-release}
 BASE=apps.bench.test
 
@@ -48,10 +47,8 @@ BASE=apps.bench.test
 
 url_of() {
   case $1 in
-    gateway) echo "https://127.0.0.1:$PG/" ;;
-    nginx) echo "https://127.0.0.1:$PN/" ;;
-    haproxy) echo "https://127.0.0.1:$PH/" ;;
     direct) echo "http://127.0.0.1:$PP/" ;;
+    *) echo "https://127.0.0.1:$(port_of "$1")/" ;;
   esac
 }
 
@@ -119,7 +116,6 @@ PY
 }
 
 FULL_RATE=${FULL_RATE:-3000}
-printf 'function delay() return %d end\n' "$PACE_MS" > "$T/pace.lua"
 : > "$T/results"
 : > "$T/errors"
 for w in $WORKERS; do

@@ -29,7 +29,6 @@ CONNS=${CONNS:-50}
 DURATION=${DURATION:-6}
 CAPTURE=${CAPTURE:-2}
 LOAD=${LOAD:-resumed}
-PACE_MS=${PACE_MS:-50}
 ((DURATION > CAPTURE + 1)) || { echo "DURATION must exceed CAPTURE + 1" >&2; exit 1; }
 case $LOAD in resumed|paced) ;; *) echo "LOAD is resumed or paced" >&2; exit 1 ;; esac
 
@@ -42,11 +41,10 @@ if ! command -v tcpdump >/dev/null; then
 fi
 . benches/lib.sh
 
-printf 'function delay() return %d end\n' "$PACE_MS" > "$T/pace.lua"
 start_contenders "$WORKERS"
 failed=0
 for who in gateway nginx haproxy; do
-  case $who in gateway) port=$PG ;; nginx) port=$PN ;; haproxy) port=$PH ;; esac
+  port=$(port_of "$who")
   extra=()
   [ "$LOAD" = paced ] && extra=(-s "$T/pace.lua")
   wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $HOST" -H "Connection: close" \
