@@ -7,7 +7,7 @@
 #   contenders, same wildcard ECDSA P-256 certificate, same worker count, keep-alive TLS upstream
 #   verified against the RA-TLS certificate, X-Forwarded-For/-Proto set, no access log:
 #     gateway  teegate (registration over mutual RA-TLS, upstream pinned by certificate fingerprint)
-#     nginx    proxy_pass https://, proxy_ssl_verify on, keepalive 64
+#     nginx    proxy_pass https://, proxy_ssl_verify on, keepalive 512
 #     haproxy  server ... ssl verify required ca-file <RA-TLS cert>, http-reuse always
 #   loads (contenders alternate within each round; medians over ROUNDS):
 #     keepalive  wrk -t1 -cCONNS, HTTP/1.1 keep-alive
