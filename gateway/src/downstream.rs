@@ -208,6 +208,10 @@ async fn send_h2(
     Ok(())
 }
 
+/// The ranges of a read buffer to relay. Most reads hold one piece (or a few chunks), so
+/// they live inline: no allocation per request.
+pub type Pieces = smallvec::SmallVec<[Range<usize>; 4]>;
+
 /// Where a response body ends, as its bytes pass.
 pub struct Relay {
     pub framing: Framing,
@@ -244,7 +248,7 @@ impl Relay {
 
     /// Puts in `pieces` the ranges of `buf` to relay; returns how many bytes of `buf`
     /// belong to the body (the rest came past its end).
-    pub fn take(&mut self, buf: &[u8], pieces: &mut Vec<Range<usize>>) -> Result<usize, BadBody> {
+    pub fn take(&mut self, buf: &[u8], pieces: &mut Pieces) -> Result<usize, BadBody> {
         pieces.clear();
         let n = match self.framing {
             Framing::None => 0,

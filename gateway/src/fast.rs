@@ -23,7 +23,7 @@ use pingora_core::protocols::Stream;
 use ratls::InstanceId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::downstream::{BadBody, ClientGone, Downstream, Relay};
+use crate::downstream::{BadBody, ClientGone, Downstream, Pieces, Relay};
 use crate::h2head;
 use crate::head::{self, Framing, Parsed, ParsedResponse, Request};
 use crate::metrics::Metrics;
@@ -375,7 +375,13 @@ impl FastPath {
         // The response head (interim 1xx responses are read past and not relayed).
         let mut rbuf = BytesMut::with_capacity(8 * 1024);
         let resp = loop {
-            match head::parse_response(&rbuf, req.method, down.proto()) {
+            // Nothing to parse before the first read.
+            let parsed = if rbuf.is_empty() {
+                ParsedResponse::Partial
+            } else {
+                head::parse_response(&rbuf, req.method, down.proto())
+            };
+            match parsed {
                 ParsedResponse::Complete(r) => break r,
                 ParsedResponse::Interim(n) => {
                     rbuf.advance(n);
@@ -423,7 +429,7 @@ impl FastPath {
 
         // The body, relayed as it arrives; the head goes with its first bytes.
         let mut relay = Relay::new(resp.framing, down.is_h2());
-        let mut pieces = Vec::new();
+        let mut pieces = Pieces::new();
         relay.take(&rbuf, &mut pieces).map_err(bad_body)?;
         progress.start();
         down.start(
@@ -477,17 +483,14 @@ impl FastPath {
         ex: &Exchange,
         started: Instant,
     ) {
-        let mut app_hex = [0u8; 40];
-        let app = ex.app.hex_into(&mut app_hex);
-        let status = ex.status;
-        self.metrics
-            .requests
-            .with_label_values(&[app, status_label(status)])
-            .inc();
-        self.metrics.fast_path.with_label_values(&[protocol]).inc();
+        self.metrics.count_request(&ex.app, ex.status);
+        self.metrics.count_fast_path(protocol == "h2");
         let elapsed = started.elapsed();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if self.settings.access_log {
+            let mut app_hex = [0u8; 40];
+            let app = ex.app.hex_into(&mut app_hex);
+            let status = ex.status;
             tracing::info!(
                 target: "teegate::access",
                 client = %client_ip.map(|a| a.to_string()).unwrap_or_default(),
@@ -501,30 +504,6 @@ impl FastPath {
                 micros = elapsed.as_micros() as u64,
             );
         }
-    }
-}
-
-/// The status as a metric label without formatting the common ones.
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        206 => "206",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        0 => "0",
-        // Statuses are three digits, so at most 900 distinct labels are ever leaked.
-        _ => Box::leak(status.to_string().into_boxed_str()),
     }
 }
 

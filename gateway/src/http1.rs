@@ -18,7 +18,6 @@
 //! ```
 
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::deadline::Deadline;
 use crate::fast::{FastPath, Outcome, Progress};
 use crate::metrics::Metrics;
 use crate::names::HostMemo;
@@ -91,14 +91,6 @@ enum Head {
     Late,
 }
 
-/// The connection's one deadline, moved as it goes from state to state (idle, head,
-/// request) instead of a timer per read or write.
-type Deadline = Pin<Box<tokio::time::Sleep>>;
-
-fn set(deadline: &mut Deadline, after: Duration) {
-    deadline.as_mut().reset(tokio::time::Instant::now() + after);
-}
-
 async fn read_head(
     stream: &mut Stream,
     deadline: &mut Deadline,
@@ -109,10 +101,10 @@ async fn read_head(
     // While idle the connection holds no buffer: the first read takes what fits in a
     // small one, and only a request that has started gets a full-size buffer.
     let mut buf = BytesMut::new();
-    set(deadline, idle);
+    deadline.set(idle);
     let first = tokio::select! {
         r = stream.read_buf(&mut buf) => r,
-        _ = deadline.as_mut() => return Head::Gone,
+        _ = deadline.reached() => return Head::Gone,
         _ = shutdown.changed() => return Head::Gone,
     };
     match first {
@@ -123,7 +115,7 @@ async fn read_head(
     if scan.complete(&buf) {
         return Head::Ready(buf);
     }
-    set(deadline, header_timeout);
+    deadline.set(header_timeout);
     loop {
         if buf.len() > HEAD_MAX {
             return Head::Ready(buf);
@@ -131,7 +123,7 @@ async fn read_head(
         buf.reserve(READ_CHUNK);
         let read = tokio::select! {
             r = stream.read_buf(&mut buf) => r,
-            _ = deadline.as_mut() => return Head::Late,
+            _ = deadline.reached() => return Head::Late,
         };
         match read {
             Ok(0) | Err(_) => return Head::Gone,
@@ -168,7 +160,9 @@ pub struct Conn<'a> {
 pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
     let mut watch = shutdown.clone();
     let mut persisted: Option<HttpPersistentSettings> = None;
-    let mut deadline: Deadline = Box::pin(tokio::time::sleep(c.idle));
+    // The connection's one deadline, moved as it goes from state to state (idle, head,
+    // request) instead of a timer per read or write.
+    let mut deadline = Deadline::after(c.idle);
     let hosts = HostMemo::default();
     loop {
         if *shutdown.borrow() {
@@ -200,13 +194,13 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
         };
         // The fast path takes plain requests to app names; the request deadline bounds
         // the whole exchange.
-        set(&mut deadline, c.request_timeout);
+        deadline.set(c.request_timeout);
         let progress = Progress::default();
         // The request's futures are boxed, so an idle connection's task keeps only the
         // small state of this loop, not the largest request state it ever reached.
         let outcome = tokio::select! {
             o = Box::pin(c.fast.serve(&mut stream, &mut head, c.client_ip, &hosts, &progress)) => o,
-            _ = deadline.as_mut() => {
+            _ = deadline.reached() => {
                 if !progress.started() {
                     refuse(
                         &mut stream,

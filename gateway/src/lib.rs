@@ -7,7 +7,7 @@
 //! ```text
 //!  :443 https_listener (a socket per worker, SO_REUSEPORT; one thread each; task per conn)
 //!   ─▶ FrontDoor ─────┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
-//!   (PerIp, max conns)└─ client_tls (CertResolver, tickets) ─┬─ HTTP/1: http1 (one deadline)
+//!   (PerIp, max conns)└─ client_tls (CertResolver, tickets) ─┬─ HTTP/1: http1 (one lazy deadline)
 //!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
 //!                                                            │    └─ declined ─┐  (verified, pooled)
 //!                                                            ├─ HTTP/2: http2 (streams in one task)
@@ -51,6 +51,8 @@ mod chunked;
 mod client_tls;
 #[cfg(feature = "server")]
 pub mod custom;
+#[cfg(feature = "server")]
+mod deadline;
 #[cfg(feature = "server")]
 mod downstream;
 #[cfg(feature = "server")]

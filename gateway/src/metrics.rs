@@ -1,9 +1,20 @@
 //! Prometheus metrics, served on the admin listener at `/metrics`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use ratls::AppId;
+use thread_local::ThreadLocal;
+
+/// Most (app, status) counters one thread keeps at hand; past it the table starts afresh.
+const COUNTERS_PER_THREAD: usize = 4096;
+
+type RequestCounters = HashMap<(AppId, u16), IntCounter, foldhash::fast::RandomState>;
 
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +38,12 @@ pub struct Metrics {
     /// Stored records sealed under a key this gateway does not hold (never served or
     /// overwritten; listed by the admin API at `/v1/sealing`).
     pub sealed_unreadable: IntGauge,
+    /// Each thread's `requests` counters by app and status, and `fast_path`'s two, looked
+    /// up once: finding a labelled counter hex-encodes the app id and hashes the label
+    /// strings under the metric's lock, which was a tenth of a keep-alive request's own work.
+    request_counters: ThreadLocal<RefCell<RequestCounters>>,
+    fast_h1: OnceLock<IntCounter>,
+    fast_h2: OnceLock<IntCounter>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,7 +172,40 @@ impl Metrics {
             cert_not_after,
             registrations,
             passthrough,
+            request_counters: ThreadLocal::new(),
+            fast_h1: OnceLock::new(),
+            fast_h2: OnceLock::new(),
         }
+    }
+
+    /// Counts one request to `app` answered with `status` (0: none was sent).
+    pub fn count_request(&self, app: &AppId, status: u16) {
+        let mut table = self.request_counters.get_or_default().borrow_mut();
+        if let Some(c) = table.get(&(*app, status)) {
+            c.inc();
+            return;
+        }
+        if table.len() >= COUNTERS_PER_THREAD {
+            table.clear();
+        }
+        let mut hex = [0u8; 40];
+        let c = self
+            .requests
+            .with_label_values(&[app.hex_into(&mut hex), status_label(status)]);
+        c.inc();
+        table.insert((*app, status), c);
+    }
+
+    /// Counts one request the fast path answered for a client speaking HTTP/2 (`h2`) or
+    /// HTTP/1 (`h1`).
+    pub fn count_fast_path(&self, h2: bool) {
+        let (cell, label) = if h2 {
+            (&self.fast_h2, "h2")
+        } else {
+            (&self.fast_h1, "h1")
+        };
+        cell.get_or_init(|| self.fast_path.with_label_values(&[label]))
+            .inc();
     }
 
     /// The text exposition format.
@@ -167,8 +217,108 @@ impl Metrics {
     }
 }
 
+/// The status as a metric label without formatting the common ones.
+pub fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        0 => "0",
+        // Statuses are three digits, so at most 900 distinct labels are ever leaked.
+        _ => Box::leak(status.to_string().into_boxed_str()),
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn requests_counted_through_each_threads_table_reach_the_exposition() {
+        let m = Metrics::new();
+        let a = AppId([0xab; 20]);
+        let b = AppId([0x01; 20]);
+        for _ in 0..3 {
+            m.count_request(&a, 200);
+        }
+        m.count_request(&a, 502);
+        // Another thread has its own table over the same counters.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                m.count_request(&a, 200);
+                m.count_request(&b, 0);
+            });
+        });
+        m.count_fast_path(false);
+        m.count_fast_path(true);
+        m.count_fast_path(true);
+        let text = m.render();
+        let app = |id: &AppId, status: &str| {
+            let prefix = format!(
+                "teegate_requests_total{{app=\"{}\",status=\"{status}\"}}",
+                id.to_hex()
+            );
+            line_value(&text, &prefix)
+        };
+        assert_eq!(app(&a, "200"), Some(4), "{text}");
+        assert_eq!(app(&a, "502"), Some(1));
+        assert_eq!(app(&b, "0"), Some(1));
+        assert_eq!(app(&b, "200"), None);
+        let fast = |p: &str| {
+            line_value(
+                &text,
+                &format!("teegate_fast_path_requests_total{{protocol=\"{p}\"}}"),
+            )
+        };
+        assert_eq!((fast("h1"), fast("h2")), (Some(1), Some(2)));
+    }
+
+    #[test]
+    fn a_full_table_starts_afresh_and_loses_no_count() {
+        let m = Metrics::new();
+        let apps: Vec<AppId> = (0..=COUNTERS_PER_THREAD as u32)
+            .map(|i| {
+                let mut id = [0u8; 20];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                AppId(id)
+            })
+            .collect();
+        for id in apps.iter().chain(&apps[..2]) {
+            m.count_request(id, 200);
+        }
+        let text = m.render();
+        let total: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("teegate_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(total, apps.len() as u64 + 2);
+        assert!(m
+            .request_counters
+            .get()
+            .is_some_and(|t| t.borrow().len() <= 3));
     }
 }

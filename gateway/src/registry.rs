@@ -245,36 +245,37 @@ impl Registry {
             }
             Resolved::App(app) => {
                 let list = self.apps.get(&app).ok_or(PickError::Unknown)?;
-                let candidates: Vec<&Arc<Instance>> = list.iter().filter(|i| usable(i)).collect();
-                if candidates.is_empty() {
-                    // Passive health is advice, not a verdict: when every instance is marked
-                    // down, try the one whose back-off ends first rather than refuse outright
-                    // (as nginx does with a single server).
-                    return list
-                        .iter()
-                        .filter(|i| {
-                            !tried.contains(&i.record.instance_id) && i.record.ports.contains(&port)
-                        })
-                        .min_by_key(|i| i.down_until_ms.load(Ordering::Relaxed))
-                        .cloned()
-                        .ok_or(PickError::AllDown);
-                }
+                // Counted, then walked again: no list of candidates is built per request.
+                let candidates = || list.iter().filter(|i| usable(i));
+                let count = candidates().count();
                 let chosen = match balance {
+                    _ if count == 0 => None,
                     Balance::RoundRobin => {
                         let n = self.next.fetch_add(1, Ordering::Relaxed);
-                        candidates[n % candidates.len()]
+                        candidates().nth(n % count)
                     }
                     Balance::LeastConnections => {
                         // Ties rotate so equal instances share the load.
-                        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-                        let rotated = candidates[start..].iter().chain(&candidates[..start]);
-                        rotated
-                            .min_by_key(|i| i.in_flight())
-                            .copied()
-                            .unwrap_or(candidates[0])
+                        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                        let rotated = candidates().skip(start).chain(candidates().take(start));
+                        rotated.min_by_key(|i| i.in_flight())
                     }
                 };
-                Ok(chosen.clone())
+                // An instance's health can change between the count and the walk; then
+                // the first usable one, if any is left, serves.
+                if let Some(chosen) = chosen.or_else(|| candidates().next()) {
+                    return Ok(chosen.clone());
+                }
+                // Passive health is advice, not a verdict: when every instance is marked
+                // down, try the one whose back-off ends first rather than refuse outright
+                // (as nginx does with a single server).
+                list.iter()
+                    .filter(|i| {
+                        !tried.contains(&i.record.instance_id) && i.record.ports.contains(&port)
+                    })
+                    .min_by_key(|i| i.down_until_ms.load(Ordering::Relaxed))
+                    .cloned()
+                    .ok_or(PickError::AllDown)
             }
         }
     }
