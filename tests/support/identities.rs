@@ -36,12 +36,22 @@ pub fn booted(provider: Arc<dyn QuoteProvider>, id: &Identity) -> Measurer {
 }
 
 pub fn ratls_cert(id: &Identity) -> RaTlsCert {
-    let m = booted(Arc::new(SimulatedProvider::new()), id);
+    issued(Arc::new(SimulatedProvider::new()), id, None)
+}
+
+/// A certificate for every app name under [`BASE`], quoted by `provider` for `id`, self-signed
+/// or signed by `ca`.
+fn issued(
+    provider: Arc<dyn QuoteProvider>,
+    id: &Identity,
+    ca: Option<&ratls::cert::CertAuthority>,
+) -> RaTlsCert {
+    let m = booted(provider, id);
     issue(
         &m,
         id,
         &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
-        None,
+        ca,
     )
     .unwrap()
 }
@@ -206,14 +216,7 @@ impl QuoteProvider for Tampering {
 }
 
 pub fn tampered_ratls_cert(id: &Identity) -> RaTlsCert {
-    let m = booted(Arc::new(Tampering(SimulatedProvider::new())), id);
-    issue(
-        &m,
-        id,
-        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
-        None,
-    )
-    .unwrap()
+    issued(Arc::new(Tampering(SimulatedProvider::new())), id, None)
 }
 
 /// An identity that names `app` although its compose hash is `compose`'s.
@@ -227,12 +230,5 @@ pub fn named_identity(app: ratls::AppId, compose: &[u8], instance: u8) -> Identi
 
 /// An RA-TLS certificate for `id` signed by `ca` (an app CA), presented with it.
 pub fn ratls_cert_by(id: &Identity, ca: &ratls::cert::CertAuthority) -> RaTlsCert {
-    let m = booted(Arc::new(SimulatedProvider::new()), id);
-    issue(
-        &m,
-        id,
-        &CertProfile::server_and_client(vec![format!("*.{BASE}")], Duration::from_secs(3600)),
-        Some(ca),
-    )
-    .unwrap()
+    issued(Arc::new(SimulatedProvider::new()), id, Some(ca))
 }
