@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::downstream::{BadBody, ClientGone, Downstream, Pieces, Relay};
 use crate::h2head;
-use crate::head::{self, Framing, Parsed, ParsedResponse, Request};
+use crate::head::{self, ClientProto, Framing, Parsed, ParsedResponse, Request};
 use crate::metrics::Metrics;
 use crate::names::{self, HostMemo, Mode};
 use crate::proxy::{now_ms, ProxySettings};
@@ -132,7 +132,7 @@ impl FastPath {
             .exchange(&mut down, &req, &route, client_ip, progress)
             .await;
         // Phase 5: log.
-        self.log("h1", &req, client_ip, &ex, started);
+        self.log(ClientProto::Http1, &req, client_ip, &ex, started);
         if ex.close || req.close {
             Outcome::Close
         } else {
@@ -168,7 +168,7 @@ impl FastPath {
                 progress,
             )
             .await;
-        self.log("h2", &req, client_ip, &ex, started);
+        self.log(ClientProto::Http2, &req, client_ip, &ex, started);
         true
     }
 
@@ -474,17 +474,17 @@ impl FastPath {
         Ok((resp.status, close))
     }
 
-    /// Phase 5: the request's metrics (`protocol`: the client's, `h1` or `h2`) and access log.
+    /// Phase 5: the request's metrics (by the client's protocol) and access log.
     fn log(
         &self,
-        protocol: &'static str,
+        protocol: ClientProto,
         req: &Request,
         client_ip: Option<IpAddr>,
         ex: &Exchange,
         started: Instant,
     ) {
         self.metrics.count_request(&ex.app, ex.status);
-        self.metrics.count_fast_path(protocol == "h2");
+        self.metrics.count_fast_path(protocol);
         let elapsed = started.elapsed();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         if self.settings.access_log {

@@ -11,6 +11,8 @@ use prometheus::{
 use ratls::AppId;
 use thread_local::ThreadLocal;
 
+use crate::head::ClientProto;
+
 /// Most (app, status) counters one thread keeps at hand; past it the table starts afresh.
 const COUNTERS_PER_THREAD: usize = 4096;
 
@@ -196,13 +198,12 @@ impl Metrics {
         table.insert((*app, status), c);
     }
 
-    /// Counts one request the fast path answered for a client speaking HTTP/2 (`h2`) or
-    /// HTTP/1 (`h1`).
-    pub fn count_fast_path(&self, h2: bool) {
-        let (cell, label) = if h2 {
-            (&self.fast_h2, "h2")
-        } else {
-            (&self.fast_h1, "h1")
+    /// Counts one request the fast path answered for a client speaking `protocol` (the
+    /// label: `h1` or `h2`).
+    pub fn count_fast_path(&self, protocol: ClientProto) {
+        let (cell, label) = match protocol {
+            ClientProto::Http1 => (&self.fast_h1, "h1"),
+            ClientProto::Http2 => (&self.fast_h2, "h2"),
         };
         cell.get_or_init(|| self.fast_path.with_label_values(&[label]))
             .inc();
@@ -272,9 +273,9 @@ mod tests {
                 m.count_request(&b, 0);
             });
         });
-        m.count_fast_path(false);
-        m.count_fast_path(true);
-        m.count_fast_path(true);
+        m.count_fast_path(ClientProto::Http1);
+        m.count_fast_path(ClientProto::Http2);
+        m.count_fast_path(ClientProto::Http2);
         let text = m.render();
         let app = |id: &AppId, status: &str| {
             let prefix = format!(
