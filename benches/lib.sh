@@ -3,6 +3,7 @@
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
 #   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU);
 #   wrk and h2load: the generators, offering CLIENT_TLS13; port_of CONTENDER;
+#   drive LOAD PORT SECONDS, answered LOAD OUTPUT, generator_errors LOAD OUTPUT;
 #   $T/pace.lua: wrk's think time of PACE_MS before each connection's request
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, CLIENT_TLS13 (the generators' TLS 1.3 suites,
@@ -237,6 +238,30 @@ CONF
     [ "$got" = "$want" ] || { echo "the contender on :$port negotiated '$got', not $want" >&2; exit 1; }
   done
   echo "  TLS 1.3 suite on every contender: $want" >&2
+}
+
+# One generator run of LOAD (keepalive: wrk, HTTP/1.1 keep-alive; resumed: wrk with a new,
+# resumed TLS connection per request; h2: h2load, 10 streams per connection) at a contender's
+# port, CONNS connections, for the given seconds; prints the generator's output.
+drive() { # load port seconds
+  case $1 in
+    keepalive) wrk -t1 -c"$CONNS" -d"${3}s" -H "Host: $HOST" "https://127.0.0.1:$2/" 2>&1 ;;
+    resumed) wrk -t1 -c"$CONNS" -d"${3}s" -H "Host: $HOST" -H "Connection: close" "https://127.0.0.1:$2/" 2>&1 ;;
+    h2) h2load -c"$CONNS" -m10 -D "$3" --connect-to="127.0.0.1:$2" "https://$HOST:$2/" 2>&1 ;;
+    *) echo "unknown load $1 (keepalive, h2, resumed)" >&2; return 1 ;;
+  esac
+}
+# From a generator's output (h2: h2load's; any other load: wrk's): the requests answered,
+# and the errors the generator reported (empty when none).
+answered() { # load output
+  if [ "$1" = h2 ]; then awk '/^requests:/ {print $8}' <<<"$2"; else awk '/requests in/ {print $1}' <<<"$2"; fi
+}
+generator_errors() { # load output
+  if [ "$1" = h2 ]; then
+    awk '/^requests:/ && ($10 > 0 || $12 > 0) {print}' <<<"$2"
+  else
+    awk '/Non-2xx|Socket errors/ {print}' <<<"$2" | tr '\n' ' '
+  fi
 }
 
 port_of() {

@@ -72,10 +72,10 @@ run_one() { # load workers contender
       read -r u1 s1 < <(cpu_ticks $pids)
       q1=$(run_wait $pids)
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+      reqs=$(answered "$load" "$out")
       ms() { awk -v k="$1" '$1==k {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out"; }
       p50=$(ms 50%); p99=$(ms 99%)
-      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+      errs=$(generator_errors "$load" "$out")
       ;;
     h2|full)
       local args=(-c"$CONNS" --log-file="$T/h2load.log")

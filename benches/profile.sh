@@ -32,26 +32,12 @@ BIN="$T/teegate-under-callgrind"
 READY_TRIES=${READY_TRIES:-1200}
 start_contenders 1
 
-# LOAD=keepalive: wrk, HTTP/1.1; LOAD=h2: h2load, CONNS connections x 10 streams;
-# LOAD=resumed: wrk with a new (resumed) TLS connection per request.
-drive() { # seconds
-  case $LOAD in
-    h2) h2load -c"$CONNS" -m10 -D "$1" --connect-to="127.0.0.1:$PG" "https://$HOST:$PG/" 2>&1 ;;
-    resumed) wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" -H "Connection: close" "https://127.0.0.1:$PG/" 2>&1 ;;
-    *) wrk -t1 -c"$CONNS" -d"${1}s" -H "Host: $HOST" "https://127.0.0.1:$PG/" 2>&1 ;;
-  esac
-}
 echo "warm-up ${WARMUP}s…" >&2
-drive "$WARMUP" >/dev/null || true
+drive "$LOAD" "$PG" "$WARMUP" >/dev/null || true
 callgrind_control --zero "$GW_PID" >/dev/null
-out=$(drive "$DURATION")
-if [ "$LOAD" = h2 ]; then
-  reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
-  errs=$(awk '/^requests:/ && ($10 > 0) {print}' <<<"$out")
-else
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-fi
+out=$(drive "$LOAD" "$PG" "$DURATION")
+reqs=$(answered "$LOAD" "$out")
+errs=$(generator_errors "$LOAD" "$out")
 # Callgrind writes the profile (everything since the counters were zeroed, and the
 # gateway's shutdown, which is small) when the gateway exits.
 stop_contenders
@@ -63,4 +49,4 @@ echo "requests answered: ${reqs:-0} in ${DURATION}s under callgrind ($LOAD, $CON
 echo "instructions:      ${total:-0}"
 awk -v t="${total:-0}" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "per request:       %.1f k\n", t / n / 1000 }'
 [ -n "${KEEP_OUT:-}" ] && echo "profile:           $dump"
-[ -z "$errs" ] || { echo "wrk saw errors: $errs" >&2; exit 1; }
+[ -z "$errs" ] || { echo "the generator saw errors: $errs" >&2; exit 1; }

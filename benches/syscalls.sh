@@ -34,33 +34,6 @@ if ! err=$(perf trace -s -o /dev/null -- true 2>&1); then
 fi
 . benches/lib.sh
 
-# Drives one load at a port for the given seconds; prints the generator's output.
-drive() { # load port seconds
-  case $1 in
-    keepalive) wrk -t1 -c"$CONNS" -d"${3}s" -H "Host: $HOST" "https://127.0.0.1:$2/" ;;
-    resumed) wrk -t1 -c"$CONNS" -d"${3}s" -H "Host: $HOST" -H "Connection: close" "https://127.0.0.1:$2/" ;;
-    h2) h2load -c"$CONNS" -m10 -D "$3" --connect-to="127.0.0.1:$2" "https://$HOST:$2/" 2>&1 ;;
-    *) echo "unknown load $1 (keepalive, h2, resumed)" >&2; exit 1 ;;
-  esac
-}
-# Requests answered, from a generator's output; fails on any error it reports.
-answered() { # load output
-  local n
-  if [ "$1" = h2 ]; then
-    awk '/^requests:/ && ($10 > 0 || $12 > 0) {exit 1}' <<<"$2" ||
-      { echo "h2load saw errors: $(grep -E '^requests:' <<<"$2")" >&2; return 1; }
-    n=$(awk '/^requests:/ {print $8}' <<<"$2")
-  else
-    if grep -qE 'Non-2xx|Socket errors' <<<"$2"; then
-      echo "wrk saw errors: $(grep -E 'Non-2xx|Socket errors' <<<"$2" | tr '\n' ' ')" >&2
-      return 1
-    fi
-    n=$(awk '/requests in/ {print $1}' <<<"$2")
-  fi
-  [ "${n:-0}" -gt 0 ] || { echo "no request was answered" >&2; return 1; }
-  echo "$n"
-}
-
 start_contenders "$WORKERS"
 echo
 echo "system calls per request (perf trace -s; $WORKERS worker(s), $CONNS connections, ${DURATION}s traced)"
@@ -76,7 +49,10 @@ for load in $LOADS; do
     sleep 0.5
     out=$(drive "$load" "$port" "$DURATION")
     kill -INT "$tracer"; wait "$tracer" || true
+    errs=$(generator_errors "$load" "$out")
+    [ -z "$errs" ] || { echo "$who, $load: the generator saw errors: $errs" >&2; exit 1; }
     n=$(answered "$load" "$out")
+    [ "${n:-0}" -gt 0 ] || { echo "$who, $load: no request was answered" >&2; exit 1; }
     # The summary has one table per thread: "syscall calls errors total min avg max stddev".
     awk -v n="$n" -v top="$TOP" -v load="$load" -v who="$who" '
       $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ && NF >= 8 { c[$1] += $2; e[$1] += $3; all += $2; bad += $3 }
