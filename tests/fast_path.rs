@@ -2,7 +2,8 @@
 //! front that answers with raw bytes: chunked bodies with trailers, close-delimited HTTP/1.0
 //! bodies, interim 1xx answers, request bodies, keep-alive reuse of both connections,
 //! malformed answers, and a front presenting another instance's certificate; the same over
-//! HTTP/2 from the client (bodies re-framed, many streams at once on one connection).
+//! HTTP/2 from the client (bodies re-framed, many streams at once on one connection, a
+//! stream left unanswered timed out beside answered ones).
 
 mod support;
 
@@ -75,6 +76,12 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
                         "/bad" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(),
                         "/head" => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len()),
                         "/empty" => "HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n".to_string(),
+                        // Read, never answered: held until the gateway lets go.
+                        "/silent" => {
+                            let mut rest = [0u8; 1];
+                            let _ = tls.read(&mut rest).await;
+                            return;
+                        }
                         "/close" => {
                             let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
                             let _ = tls.shutdown().await;
@@ -154,6 +161,13 @@ async fn tls_to(gw: &Gateway, host: &str) -> TlsStream<tokio::net::TcpStream> {
         .unwrap()
 }
 
+/// Sends `GET path` for `host` on `s` (HTTP/1.1, no body).
+async fn send_get(s: &mut TlsStream<tokio::net::TcpStream>, host: &str, path: &str) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+}
+
 /// Reads one response: head, then `body_len` bytes or to the end when `None`.
 async fn response(s: &mut TlsStream<tokio::net::TcpStream>, body_len: Option<usize>) -> String {
     let mut got = Vec::new();
@@ -219,9 +233,7 @@ async fn relays_every_body_framing_and_reuses_both_connections() {
     );
 
     // Chunked, relayed as sent up to its end (trailers included), then the next request.
-    c.write_all(format!("GET /chunked HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &host, "/chunked").await;
     let wire = "5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
     let r = response(&mut c, Some(wire.len())).await;
     assert!(r.ends_with(wire), "{r}");
@@ -231,9 +243,7 @@ async fn relays_every_body_framing_and_reuses_both_connections() {
         "{r}"
     );
     // An interim answer is read past; the final one is relayed.
-    c.write_all(format!("GET /early HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &host, "/early").await;
     let r = response(&mut c, Some(5)).await;
     assert!(
         r.starts_with("HTTP/1.1 200 ") && r.ends_with("later"),
@@ -242,18 +252,14 @@ async fn relays_every_body_framing_and_reuses_both_connections() {
     assert_eq!(conns.load(Ordering::SeqCst), 1);
 
     // A body that ends when the front closes ends the client connection too.
-    c.write_all(format!("GET /close HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &host, "/close").await;
     let r = response(&mut c, None).await;
     assert!(r.ends_with("until the end"), "{r}");
     assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
 
     // A malformed answer is refused (502) and nothing of it reaches the client.
     let mut c = tls_to(&gw, &host).await;
-    c.write_all(format!("GET /bad HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &host, "/bad").await;
     let r = response(&mut c, None).await;
     assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
     assert!(!r.contains("hello!"), "{r}");
@@ -283,9 +289,7 @@ async fn a_front_presenting_another_instances_certificate_is_refused() {
 
     let other_host = format!("{}.{BASE}", other.app_id);
     let mut c = tls_to(&gw, &other_host).await;
-    c.write_all(format!("GET /x HTTP/1.1\r\nHost: {other_host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &other_host, "/x").await;
     let r = response(&mut c, None).await;
     assert!(r.starts_with("HTTP/1.1 502 "), "{r}");
     assert!(!r.contains("body="), "nothing from the wrong instance: {r}");
@@ -298,9 +302,7 @@ async fn a_front_presenting_another_instances_certificate_is_refused() {
     // The victim is unaffected.
     let victim_host = format!("{}.{BASE}", victim.app_id);
     let mut c = tls_to(&gw, &victim_host).await;
-    c.write_all(format!("GET /ok HTTP/1.1\r\nHost: {victim_host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    send_get(&mut c, &victim_host, "/ok").await;
     let r = response(&mut c, Some("/ok body=".len())).await;
     assert!(
         r.starts_with("HTTP/1.1 200 ") && r.ends_with("/ok body="),
@@ -400,6 +402,82 @@ async fn http2_clients_get_every_body_framing_as_http2_streams() {
         metrics.contains("teegate_fast_path_requests_total{protocol=\"h2\"} 51\n"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_app_leaves_unanswered_gets_504_over_both_protocols_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_gateway_in(
+        dir.path(),
+        GatewayPorts::new(),
+        "[limits]\nrequest_timeout_secs = 1\n",
+    );
+    let id = identity(COMPOSE, 1);
+    register_scripted_front(&gw, &id).await;
+    let host = format!("{}.{BASE}", id.app_id);
+    let c = client(&gw, std::slice::from_ref(&host), true);
+
+    // Two streams on the one connection, one of them unanswered, and more streams opened
+    // and answered while it waits.
+    let started = std::time::Instant::now();
+    let silent = c.get(format!("https://{host}/silent")).send();
+    let neighbours = async {
+        let mut seen = Vec::new();
+        for i in 0..5 {
+            let r = c.get(format!("https://{host}/n{i}")).send().await.unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            seen.push((r.status().as_u16(), r.text().await.unwrap()));
+        }
+        seen
+    };
+    let (silent, seen) = tokio::join!(silent, neighbours);
+    for (i, (status, body)) in seen.iter().enumerate() {
+        assert_eq!(
+            (*status, body.as_str()),
+            (200, format!("/n{i} body=").as_str())
+        );
+    }
+    let silent = silent.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(silent.status(), 504);
+    assert_eq!(silent.version(), reqwest::Version::HTTP_2);
+    assert!(
+        silent
+            .text()
+            .await
+            .unwrap()
+            .contains("did not answer in time"),
+        "the gateway's own 504 page"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "504 after {waited:?}, with a 1 s request timeout"
+    );
+    // The connection goes on serving after the timeout.
+    let r = c.get(format!("https://{host}/after")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "/after body=");
+
+    // The same over HTTP/1: 504, and the connection closes.
+    let mut s = tls_to(&gw, &host).await;
+    send_get(&mut s, &host, "/silent").await;
+    let answer = response(&mut s, None).await;
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+
+    // Both are counted for the app, and only they.
+    let (_, metrics) = http_get(gw.ports.admin, "/metrics", None, "GET").await;
+    let count = |status: &str| {
+        let prefix = format!(
+            "teegate_requests_total{{app=\"{}\",status=\"{status}\"}} ",
+            id.app_id
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(count("504"), "2", "{metrics}");
+    assert_eq!(count("200"), "6", "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

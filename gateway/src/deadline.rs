@@ -34,9 +34,14 @@ impl Deadline {
 
     /// Moves the deadline to `after` from now.
     pub fn set(&mut self, after: Duration) {
-        self.at = Instant::now() + after;
-        if self.at < self.timer.deadline() {
-            self.timer.as_mut().reset(self.at);
+        self.set_at(Instant::now() + after);
+    }
+
+    /// Moves the deadline to `at`.
+    pub fn set_at(&mut self, at: Instant) {
+        self.at = at;
+        if at < self.timer.deadline() {
+            self.timer.as_mut().reset(at);
         }
     }
 

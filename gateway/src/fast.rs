@@ -15,6 +15,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -30,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::names::{self, HostMemo, Mode};
 use crate::proxy::{now_ms, ProxySettings};
 use crate::registry::{PickError, Registry, Resolved};
+use crate::spare;
 use crate::upstream::{Upstreams, Verified};
 
 /// Largest upstream response head accepted.
@@ -78,6 +80,8 @@ struct Exchange {
 pub struct Progress {
     /// Some of the response reached the client.
     started: AtomicBool,
+    /// The app the request was routed to, once it was.
+    app: OnceLock<ratls::AppId>,
 }
 
 impl Progress {
@@ -177,15 +181,15 @@ impl FastPath {
         if req.header_bytes > self.settings.max_header_bytes {
             return None;
         }
-        let target = hosts.parse(req.host(), &self.settings.base_domain).ok()?;
+        let target = hosts
+            .parse(req.host_bytes(), &self.settings.base_domain)
+            .ok()?;
         if target.mode != Mode::Terminate {
             return None;
         }
-        let resolved = self.registry.resolve(&target.id)?;
-        let app = match resolved {
-            Resolved::App(a) | Resolved::Instance(a, _) => a,
-        };
-        if self.registry.app_in_flight(&app) >= self.settings.max_in_flight_per_app {
+        let (resolved, in_flight) = self.registry.resolve_with_load(&target.id)?;
+        let app = resolved.app();
+        if in_flight >= self.settings.max_in_flight_per_app {
             return None;
         }
         Some(Route {
@@ -206,6 +210,7 @@ impl FastPath {
         progress: &Progress,
     ) -> Exchange {
         let (target, app) = (route.target, route.app);
+        let _ = progress.app.set(app);
         let replayable = req.method.idempotent() && req.body_len == 0;
         let mut tried = [InstanceId([0; 20]); 6];
         let mut n_tried = 0;
@@ -373,7 +378,7 @@ impl FastPath {
         down.consumed();
 
         // The response head (interim 1xx responses are read past and not relayed).
-        let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        let mut rbuf = spare::take();
         let resp = loop {
             // Nothing to parse before the first read.
             let parsed = if rbuf.is_empty() {
@@ -468,10 +473,41 @@ impl FastPath {
                 .map_err(|ClientGone| Fail::Client)?;
         }
         down.finish().await.map_err(|ClientGone| Fail::Client)?;
+        spare::give(rbuf);
         if !resp.upstream_close && resp.framing != Framing::Close && !relay.tainted {
             self.upstreams.release(up);
         }
         Ok((resp.status, close))
+    }
+
+    /// Phase 5 for a request the deadline cut short (its future dropped, `progress` what it
+    /// left): counted as a 504 when nothing of the answer had gone out (the caller sends
+    /// the 504 page), as status 0 otherwise (the answer was cut), and logged.
+    pub fn timed_out(&self, protocol: ClientProto, client_ip: Option<IpAddr>, progress: &Progress) {
+        let status = if progress.started() { 0 } else { 504 };
+        let mut app_hex = [0u8; 40];
+        let app = match progress.app.get() {
+            Some(app) => {
+                self.metrics.count_request(app, status);
+                app.hex_into(&mut app_hex)
+            }
+            None => {
+                let label = crate::metrics::status_label(status);
+                self.metrics.requests.with_label_values(&["-", label]).inc();
+                "-"
+            }
+        };
+        self.metrics.count_fast_path(protocol);
+        if self.settings.access_log {
+            tracing::info!(
+                target: "teegate::access",
+                client = %client_ip.map(|a| a.to_string()).unwrap_or_default(),
+                app = %app,
+                status,
+                refusal = "",
+                error = "request timeout",
+            );
+        }
     }
 
     /// Phase 5: the request's metrics (by the client's protocol) and access log.

@@ -172,14 +172,11 @@ impl Drop for Gauge<'_> {
 impl FrontDoor {
     async fn passthrough(&self, mut client: L4Stream, target: names::Target) {
         let m = &self.metrics.passthrough;
-        let Some(resolved) = self.registry.resolve(&target.id) else {
+        let Some((resolved, in_flight)) = self.registry.resolve_with_load(&target.id) else {
             m.with_label_values(&["unknown-app"]).inc();
             return;
         };
-        let app = match resolved {
-            crate::registry::Resolved::App(a) | crate::registry::Resolved::Instance(a, _) => a,
-        };
-        if self.registry.app_in_flight(&app) >= self.max_per_app {
+        if in_flight >= self.max_per_app {
             m.with_label_values(&["app-connection-limit"]).inc();
             return;
         }

@@ -73,8 +73,10 @@ impl Request {
         self.text(&self.path_at)
     }
 
-    pub fn host(&self) -> &str {
-        self.text(&self.host_at)
+    /// The Host value's bytes, for routing: [`crate::names::HostMemo`] checks UTF-8 only
+    /// for a name it has not seen last.
+    pub fn host_bytes(&self) -> &[u8] {
+        self.upstream.get(self.host_at.clone()).unwrap_or_default()
     }
 
     fn text(&self, at: &Range<usize>) -> &str {
@@ -482,7 +484,7 @@ mod tests {
             "GET /a?b HTTP/1.1\r\nHost: x.test\r\nConnection: keep-alive\r\nX_Forwarded_For: 6.6.6.6\r\n\
              Keep-Alive: 5\r\nAccept: text/html\r\nx-real-ip: 1\r\nContent-Length: 3\r\n\r\nabc",
         );
-        assert_eq!(r.host(), "x.test");
+        assert_eq!(r.host_bytes(), b"x.test");
         assert_eq!(r.path(), "/a?b");
         assert_eq!(r.method_name(), "GET");
         assert_eq!(r.body_len, 3);

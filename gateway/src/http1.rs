@@ -17,8 +17,12 @@
 //!   └──────────────────────── keep-alive reuse ◀──────────────────────┘
 //! ```
 
+use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -27,10 +31,11 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::deadline::Deadline;
 use crate::fast::{FastPath, Outcome, Progress};
+use crate::head::ClientProto;
 use crate::metrics::Metrics;
 use crate::names::HostMemo;
 use crate::pages;
@@ -40,6 +45,8 @@ use crate::proxy::GatewayProxy;
 /// and hands the head over, so that refusal stays pingora's.
 const HEAD_MAX: usize = 1 << 20;
 const READ_CHUNK: usize = 4096;
+/// The first read of a request takes up to this much (a whole TLS record's plaintext).
+const FIRST_READ: usize = 16 * 1024;
 /// Longest the 408 answer may take to write to a client that does not read.
 const REFUSAL_WRITE: Duration = Duration::from_secs(2);
 
@@ -91,26 +98,23 @@ enum Head {
     Late,
 }
 
-async fn read_head(
+async fn read_head<S: Future>(
     stream: &mut Stream,
     deadline: &mut Deadline,
     idle: Duration,
     header_timeout: Duration,
-    shutdown: &mut ShutdownWatch,
+    mut stopping: Pin<&mut S>,
 ) -> Head {
-    // While idle the connection holds no buffer: the first read takes what fits in a
-    // small one, and only a request that has started gets a full-size buffer.
-    let mut buf = BytesMut::new();
     deadline.set(idle);
     let first = tokio::select! {
-        r = stream.read_buf(&mut buf) => r,
+        r = first_read(stream) => r,
         _ = deadline.reached() => return Head::Gone,
-        _ = shutdown.changed() => return Head::Gone,
+        _ = stopping.as_mut() => return Head::Gone,
     };
-    match first {
-        Ok(n) if n > 0 => {}
+    let mut buf = match first {
+        Ok(buf) if !buf.is_empty() => buf,
         _ => return Head::Gone,
-    }
+    };
     let mut scan = HeadScan::default();
     if scan.complete(&buf) {
         return Head::Ready(buf);
@@ -131,6 +135,23 @@ async fn read_head(
             Ok(_) => {}
         }
     }
+}
+
+/// Waits for the first bytes of a request and returns them in a buffer of their size.
+///
+/// While idle the connection holds no buffer: each poll reads into one on the stack, so a
+/// connection that waits keeps nothing, and the bytes that arrive (usually a whole head)
+/// are copied once into an allocation that fits them. (Reading into an empty `BytesMut`
+/// would take at most 64 bytes, then grow the buffer to read the rest: a reallocation and
+/// a second pass through both TLS layers for every request.)
+async fn first_read(stream: &mut Stream) -> std::io::Result<BytesMut> {
+    std::future::poll_fn(|cx| {
+        let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut space);
+        ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        Poll::Ready(Ok(BytesMut::from(read.filled())))
+    })
+    .await
 }
 
 async fn refuse(stream: &mut Stream, status: u16, title: &str, detail: &str) {
@@ -159,6 +180,11 @@ pub struct Conn<'a> {
 /// Serves HTTP/1 requests on `stream` until the client or the proxy ends the connection.
 pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
     let mut watch = shutdown.clone();
+    // The wait for shutdown is made once for the connection's life, not once per request
+    // (each new one registers with the watch afresh). Once it has fired the connection
+    // ends, so it is never polled again.
+    let stopping = watch.changed();
+    tokio::pin!(stopping);
     let mut persisted: Option<HttpPersistentSettings> = None;
     // The connection's one deadline, moved as it goes from state to state (idle, head,
     // request) instead of a timer per read or write.
@@ -173,7 +199,7 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
             &mut deadline,
             c.idle,
             c.header_timeout,
-            &mut watch,
+            stopping.as_mut(),
         )
         .await
         {
@@ -201,6 +227,7 @@ pub async fn serve(c: Conn<'_>, mut stream: Stream, shutdown: &ShutdownWatch) {
         let outcome = tokio::select! {
             o = Box::pin(c.fast.serve(&mut stream, &mut head, c.client_ip, &hosts, &progress)) => o,
             _ = deadline.reached() => {
+                c.fast.timed_out(ClientProto::Http1, c.client_ip, &progress);
                 if !progress.started() {
                     refuse(
                         &mut stream,

@@ -31,8 +31,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
 use crate::fast::{FastPath, Progress};
+use crate::head::ClientProto;
 use crate::names::HostMemo;
 use crate::proxy::GatewayProxy;
+use crate::stream_deadlines::{Fired, StreamDeadlines, StreamTimer};
 
 /// Streams pingora refused as malformed before the connection is closed.
 const MAX_MALFORMED_STREAMS: usize = 32;
@@ -77,8 +79,8 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
         conn.graceful_shutdown();
     }
     let mut malformed = 0usize;
-    let idle = tokio::time::sleep(c.idle);
-    tokio::pin!(idle);
+    // Each stream's request timeout and the connection's idle timeout, on one timer.
+    let mut deadlines = StreamDeadlines::new(c.request_timeout, c.idle);
     loop {
         let accepted = tokio::select! {
             // Streams first: every stream that can finish does so before the connection is
@@ -87,9 +89,7 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
             // come only from the connection.
             biased;
             Some(()) = streams.next(), if !streams.is_empty() => {
-                if streams.is_empty() {
-                    idle.as_mut().reset(tokio::time::Instant::now() + c.idle);
-                }
+                deadlines.closed();
                 continue;
             }
             // Before the accept, which a client opening stream after stream keeps ready.
@@ -101,11 +101,17 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
             // The accept future drives the whole connection (every stream's frames), so it
             // is polled whenever no stream is ready; it is cancel-safe.
             a = h2s::HttpSession::from_h2_conn(&mut conn, digest.clone()) => a,
-            _ = idle.as_mut(), if streams.is_empty() => return,
+            fired = deadlines.fired() => {
+                if fired == Fired::Idle && streams.is_empty() {
+                    return;
+                }
+                continue;
+            }
         };
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
-                streams.push(Box::pin(serve_stream(c, session, shutdown)));
+                let timer = deadlines.open();
+                streams.push(Box::pin(serve_stream(c, session, timer, shutdown)));
             }
             Ok(Some(H2Accept::Rejected)) => {
                 malformed += 1;
@@ -122,22 +128,41 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
             }
         }
     }
-    // The client closed cleanly; finish what is still in flight.
-    while streams.next().await.is_some() {}
+    // The client closed cleanly; finish what is still in flight, within its deadline.
+    loop {
+        tokio::select! {
+            biased;
+            s = streams.next() => match s {
+                Some(()) => deadlines.closed(),
+                None => return,
+            },
+            _ = deadlines.fired() => {}
+        }
+    }
 }
 
-async fn serve_stream(c: &Conn<'_>, mut session: h2s::HttpSession, shutdown: &ShutdownWatch) {
+async fn serve_stream(
+    c: &Conn<'_>,
+    mut session: h2s::HttpSession,
+    timer: Arc<StreamTimer>,
+    shutdown: &ShutdownWatch,
+) {
     let progress = Progress::default();
-    let served = tokio::time::timeout(
-        c.request_timeout,
-        c.fast
-            .serve_h2(&mut session, c.client_ip, &c.hosts, &progress),
-    )
-    .await;
+    let served = timer
+        .run(
+            c.fast
+                .serve_h2(&mut session, c.client_ip, &c.hosts, &progress),
+        )
+        .await;
+    // The request deadline covers the fast path's exchange, as the HTTP/1 one does; from
+    // here the 504 answer has its own bound and pingora's phases their own timeouts. With
+    // the timer dropped, the connection's queue holds the only reference: ended.
+    drop(timer);
     match served {
-        Ok(true) => return,
-        Ok(false) => {}
-        Err(_) => {
+        Some(true) => return,
+        Some(false) => {}
+        None => {
+            c.fast.timed_out(ClientProto::Http2, c.client_ip, &progress);
             if !progress.started() {
                 let page = crate::downstream::h2_page(
                     &mut session,

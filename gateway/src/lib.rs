@@ -9,8 +9,10 @@
 //!   ─▶ FrontDoor ─────┬─ SNI `…s.` ─▶ passthrough relay ─────────────▶ instance RA-TLS front
 //!   (PerIp, max conns)└─ client_tls (CertResolver, tickets) ─┬─ HTTP/1: http1 (one lazy deadline)
 //!                                                            │    ├─ FastPath ─▶ Upstreams ─▶ front
+//!                                                            │    │  (spare: read buffers per thread)
 //!                                                            │    └─ declined ─┐  (verified, pooled)
-//!                                                            ├─ HTTP/2: http2 (streams in one task)
+//!                                                            ├─ HTTP/2: http2 (streams in one task;
+//!                                                            │    their deadlines on one timer: stream_deadlines)
 //!                                                            │    ├─ FastPath (downstream: h2head)
 //!                                                            │    └─ declined ─┤
 //!                                                            └─────────────────┴▶ GatewayProxy ─▶ front
@@ -106,9 +108,13 @@ pub mod server;
 #[cfg(feature = "server")]
 mod services;
 #[cfg(feature = "server")]
+mod spare;
+#[cfg(feature = "server")]
 mod startup;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+mod stream_deadlines;
 #[cfg(feature = "server")]
 pub mod trust_page;
 #[cfg(feature = "server")]

@@ -135,20 +135,27 @@ fn decode_id(hex: &[u8]) -> Option<[u8; 20]> {
 /// the same host on every request of a connection, and parsing it was ~3% of a keep-alive
 /// request's instructions. A different name is parsed afresh (and remembered instead).
 /// The lock is never contended: one task serves a connection and all its streams.
+/// It holds the name's bytes as the client sent them, so the usual request, naming the same
+/// host again, is answered by comparing bytes, before any UTF-8 check or parse.
 #[derive(Default)]
-pub struct HostMemo(Mutex<Option<(Box<str>, Target)>>);
+pub struct HostMemo(Mutex<Option<(Box<[u8]>, Target)>>);
 
 impl HostMemo {
     /// [`parse`]`(host, base_domain)`, from the memo when `host` is the name parsed last;
-    /// `base_domain` must be the same on every call.
-    pub fn parse(&self, host: &str, base_domain: &str) -> Result<Target, NameError> {
+    /// `base_domain` must be the same on every call. A host that is not UTF-8 is no name of
+    /// ours.
+    pub fn parse(&self, host: &[u8], base_domain: &str) -> Result<Target, NameError> {
+        let parse_new = || {
+            let name = std::str::from_utf8(host).map_err(|_| NameError::BadLabel("not ASCII"))?;
+            parse(name, base_domain)
+        };
         let Ok(mut last) = self.0.lock() else {
-            return parse(host, base_domain);
+            return parse_new();
         };
         match &*last {
             Some((name, target)) if **name == *host => Ok(*target),
             _ => {
-                let target = parse(host, base_domain)?;
+                let target = parse_new()?;
                 *last = Some((host.into(), target));
                 Ok(target)
             }
@@ -285,19 +292,27 @@ mod tests {
         let other = ID.replace('a', "b");
         let a = format!("{ID}-8080.{BASE}");
         let b = format!("{other}s.{BASE}");
-        assert_eq!(memo.parse(&a, BASE), parse(&a, BASE));
-        assert_eq!(memo.parse(&a, BASE).unwrap().port, 8080);
+        assert_eq!(memo.parse(a.as_bytes(), BASE), parse(&a, BASE));
+        assert_eq!(memo.parse(a.as_bytes(), BASE).unwrap().port, 8080);
         // Another name on the same connection is routed by that name, not the memo.
-        let t = memo.parse(&b, BASE).unwrap();
+        let t = memo.parse(b.as_bytes(), BASE).unwrap();
         assert_eq!((t.id_hex(), t.port, t.mode), (other, 80, Mode::Passthrough));
-        assert_eq!(memo.parse(&a, BASE).unwrap().id_hex(), ID);
+        assert_eq!(memo.parse(a.as_bytes(), BASE).unwrap().id_hex(), ID);
         // A bad name is refused and leaves the memo as it was.
-        assert!(memo.parse(&format!("nope.{BASE}"), BASE).is_err());
-        assert!(memo.parse(BASE, BASE).is_err());
-        assert_eq!(memo.parse(&a, BASE).unwrap().port, 8080);
+        assert!(memo.parse(format!("nope.{BASE}").as_bytes(), BASE).is_err());
+        assert!(memo.parse(BASE.as_bytes(), BASE).is_err());
+        assert_eq!(memo.parse(a.as_bytes(), BASE).unwrap().port, 8080);
         // Names differing only in case or a trailing dot are parsed, not matched.
         let upper = format!("{}-8080.{BASE}.", ID.to_uppercase());
-        assert_eq!(memo.parse(&upper, BASE), parse(&a, BASE));
+        assert_eq!(memo.parse(upper.as_bytes(), BASE), parse(&a, BASE));
+        // Bytes that are not UTF-8 are refused, and leave the memo as it was.
+        let mut bad = a.clone().into_bytes();
+        bad[0] = 0xff;
+        assert_eq!(
+            memo.parse(&bad, BASE),
+            Err(NameError::BadLabel("not ASCII"))
+        );
+        assert_eq!(memo.parse(upper.as_bytes(), BASE).unwrap().port, 8080);
     }
 
     #[test]

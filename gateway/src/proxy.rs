@@ -124,7 +124,7 @@ impl GatewayProxy {
 
     fn app_label(ctx: &Ctx) -> String {
         match ctx.resolved {
-            Some(Resolved::App(a)) | Some(Resolved::Instance(a, _)) => a.to_hex(),
+            Some(r) => r.app().to_hex(),
             None => "-".into(),
         }
     }
@@ -252,7 +252,7 @@ impl ProxyHttp for GatewayProxy {
             .await?;
             return Ok(true);
         }
-        let Some(resolved) = self.registry.resolve(&target.id) else {
+        let Some((resolved, in_flight)) = self.registry.resolve_with_load(&target.id) else {
             Self::refuse(ctx, "unknown-app");
             let detail = format!(
                 "App {} is not registered with this gateway.",
@@ -261,10 +261,7 @@ impl ProxyHttp for GatewayProxy {
             respond(session, 404, "App Not Registered", &detail).await?;
             return Ok(true);
         };
-        let app = match resolved {
-            Resolved::App(a) | Resolved::Instance(a, _) => a,
-        };
-        if self.registry.app_in_flight(&app) >= self.settings.max_in_flight_per_app {
+        if in_flight >= self.settings.max_in_flight_per_app {
             Self::refuse(ctx, "app-connection-limit");
             respond(
                 session,

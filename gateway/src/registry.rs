@@ -98,6 +98,15 @@ pub enum Resolved {
     Instance(AppId, InstanceId),
 }
 
+impl Resolved {
+    /// The app the id belongs to.
+    pub fn app(&self) -> AppId {
+        match *self {
+            Resolved::App(a) | Resolved::Instance(a, _) => a,
+        }
+    }
+}
+
 /// The registry's maps are read several times per request. foldhash is seeded per process,
 /// and their keys are only inserted by registration, which is attested.
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
@@ -205,6 +214,18 @@ impl Registry {
         lapsed
     }
 
+    /// What `id` refers to, with its app's requests in flight (for the per-app limit). An
+    /// app name, the common case, is looked up once for both.
+    pub fn resolve_with_load(&self, id: &[u8; 20]) -> Option<(Resolved, u32)> {
+        if let Some(list) = self.apps.get(&AppId(*id)) {
+            return Some((Resolved::App(AppId(*id)), in_flight(&list)));
+        }
+        // Not an app: an instance id, whose app is looked up for the count.
+        let inst = InstanceId(*id);
+        let app = self.instances.get(&inst)?.record.app_id;
+        Some((Resolved::Instance(app, inst), self.app_in_flight(&app)))
+    }
+
     pub fn resolve(&self, id: &[u8; 20]) -> Option<Resolved> {
         let app = AppId(*id);
         if self.apps.contains_key(&app) {
@@ -282,10 +303,7 @@ impl Registry {
 
     /// Requests in flight to all of an app's instances.
     pub fn app_in_flight(&self, app: &AppId) -> u32 {
-        self.apps
-            .get(app)
-            .map(|list| list.iter().map(|i| i.in_flight()).sum())
-            .unwrap_or(0)
+        self.apps.get(app).map(|list| in_flight(&list)).unwrap_or(0)
     }
 
     pub fn mark_down(&self, id: &InstanceId, until_ms: u64) {
@@ -340,6 +358,11 @@ impl Registry {
             instances: list.iter().map(|i| i.info(now_ms)).collect(),
         })
     }
+}
+
+/// Requests in flight to an app's instances.
+fn in_flight(list: &[Arc<Instance>]) -> u32 {
+    list.iter().map(|i| i.in_flight()).sum()
 }
 
 #[cfg(test)]
@@ -419,6 +442,32 @@ mod tests {
         drop(_g1);
         drop(_g2);
         assert_eq!(busy.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_name_resolves_with_its_apps_requests_in_flight() {
+        let r = Registry::new();
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        r.upsert(rec(1, 2, &[80]), 0).unwrap();
+        r.upsert(rec(3, 3, &[80]), 0).unwrap();
+        let one = r.instance(&InstanceId([1; 20])).unwrap();
+        let two = r.instance(&InstanceId([2; 20])).unwrap();
+        let _g = [one.begin(), one.begin(), two.begin()];
+        // By app name and by one of its instances' ids: the whole app's count.
+        assert_eq!(
+            r.resolve_with_load(&[1; 20]),
+            Some((Resolved::App(AppId([1; 20])), 3))
+        );
+        assert_eq!(
+            r.resolve_with_load(&[2; 20]),
+            Some((Resolved::Instance(AppId([1; 20]), InstanceId([2; 20])), 3))
+        );
+        // Another app's requests are not counted; an unknown id resolves to nothing.
+        assert_eq!(
+            r.resolve_with_load(&[3; 20]),
+            Some((Resolved::App(AppId([3; 20])), 0))
+        );
+        assert_eq!(r.resolve_with_load(&[9; 20]), None);
     }
 
     #[test]
