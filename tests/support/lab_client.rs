@@ -150,6 +150,29 @@ pub async fn registrations_settle(
     start.elapsed()
 }
 
+/// Polls `GET /v1/replicas` at `r` (bounded) until it lists `want`; returns how long it took.
+/// A 503 (the store unreachable, as a read can find it just after a partition heals, when
+/// the etcd client's connection to a member was started during the cut) is printed and
+/// asked again; any other refusal fails at once.
+pub async fn lists_replicas_within(r: &Replica, want: &[IpAddr], within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        match listed_replicas(r).await {
+            Ok(ips) if ips == want => return start.elapsed(),
+            Ok(ips) => eprintln!("{}: lists {ips:?}, not yet {want:?}", r.host.name),
+            Err((503, body)) => eprintln!("{}: replica list refused: 503 {body}", r.host.name),
+            Err((s, body)) => panic!("replica list at {}: {s} {body}", r.host.name),
+        }
+        assert!(
+            start.elapsed() < within,
+            "{} does not list {want:?} within {within:?}\n{}",
+            r.host.name,
+            r.host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The replica addresses `GET /v1/replicas` lists at `r`, or its error status and body.
 pub async fn listed_replicas(r: &Replica) -> Result<Vec<IpAddr>, (u16, String)> {
     let (s, body) = http_get_at(r.admin, "/v1/replicas", Some(ADMIN_TOKEN), "GET").await;
