@@ -226,15 +226,10 @@ impl Registry {
         Some((Resolved::Instance(app, inst), self.app_in_flight(&app)))
     }
 
+    /// What `id` refers to: an app name, else an instance id (one rule, in
+    /// [`Self::resolve_with_load`]; its count is not needed here).
     pub fn resolve(&self, id: &[u8; 20]) -> Option<Resolved> {
-        let app = AppId(*id);
-        if self.apps.contains_key(&app) {
-            return Some(Resolved::App(app));
-        }
-        let inst = InstanceId(*id);
-        self.instances
-            .get(&inst)
-            .map(|i| Resolved::Instance(i.record.app_id, inst))
+        self.resolve_with_load(id).map(|(resolved, _)| resolved)
     }
 
     /// Chooses an instance serving `port`, skipping down ones and those in `tried`.
