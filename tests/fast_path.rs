@@ -17,6 +17,11 @@ use tokio_rustls::client::TlsStream;
 
 const COMPOSE: &[u8] = b"{\"name\":\"fast\"}";
 
+/// Length of the front's `/big` answer, whose byte at offset `i` is `i % 251`.
+const BIG: usize = 32 << 20;
+/// Bytes of `/big` the scripted front has written so far (one test asks for it).
+static BIG_SENT: AtomicUsize = AtomicUsize::new(0);
+
 /// A front that serves `cert` and answers each request by its path, counting connections.
 async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -82,6 +87,23 @@ async fn scripted_front(cert: &ratls::cert::RaTlsCert) -> (std::net::SocketAddr,
                             let _ = tls.read(&mut rest).await;
                             return;
                         }
+                        "/big" => {
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                            if tls.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            let mut at = 0;
+                            while at < BIG {
+                                let piece: Vec<u8> =
+                                    (at..(at + 65536).min(BIG)).map(|i| (i % 251) as u8).collect();
+                                if tls.write_all(&piece).await.is_err() {
+                                    return;
+                                }
+                                at += piece.len();
+                                BIG_SENT.store(at, Ordering::SeqCst);
+                            }
+                            continue;
+                        }
                         "/close" => {
                             let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
                             let _ = tls.shutdown().await;
@@ -143,12 +165,16 @@ async fn gateway_with_scripted_app(dir: &std::path::Path) -> ScriptedApp {
 }
 
 async fn tls_to(gw: &Gateway, host: &str) -> TlsStream<tokio::net::TcpStream> {
+    tls_alpn(gw, host, b"http/1.1").await
+}
+
+async fn tls_alpn(gw: &Gateway, host: &str, alpn: &[u8]) -> TlsStream<tokio::net::TcpStream> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(dev_roots(&gw.dev_ca_pem()))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(gw.https_addr())
         .await
         .unwrap();
@@ -402,6 +428,78 @@ async fn http2_clients_get_every_body_framing_as_http2_streams() {
         metrics.contains("teegate_fast_path_requests_total{protocol=\"h2\"} 51\n"),
         "{metrics}"
     );
+}
+
+/// The HTTP/2 relay follows the client's flow control: while the client grants no window,
+/// the gateway stops reading the app's answer (the app's writes stall, and the gateway holds
+/// no more than the sockets between them can); once the client reads, every byte arrives,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_does_not_read_holds_back_the_app_then_gets_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let ScriptedApp { gw, id, .. } = gateway_with_scripted_app(dir.path()).await;
+    let host = format!("{}.{BASE}", id.app_id);
+    let tls = tls_alpn(&gw, &host, b"h2").await;
+    // The default windows: 64 KiB for the stream and for the connection.
+    let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{host}/big"))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.send_request(req, true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("head within 10 s")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["content-length"], BIG.to_string());
+    let mut body = answer.into_body();
+    let mut got = 0usize;
+    let check = |data: &[u8], at: usize| {
+        for (i, b) in [(0, data[0]), (data.len() - 1, data[data.len() - 1])] {
+            assert_eq!(b as usize, (at + i) % 251, "byte {} of the body", at + i);
+        }
+    };
+    // Take what the window lets through, giving none of it back.
+    while got < 65_535 {
+        let data = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("data within 10 s")
+            .unwrap()
+            .unwrap();
+        check(&data, got);
+        got += data.len();
+    }
+    assert_eq!(got, 65_535, "no more than the window");
+    // The front's writes stall: its count stops moving (checked for up to 20 s).
+    let mut last = usize::MAX;
+    let mut held = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held = BIG_SENT.load(Ordering::SeqCst);
+        if held == last {
+            break;
+        }
+        last = held;
+    }
+    assert_eq!(held, last, "the app kept writing: the gateway kept reading");
+    assert!(
+        held < BIG / 2,
+        "the gateway read {held} bytes of the app's answer for a client that took {got}"
+    );
+    println!("the app's writes stalled at {held} bytes, the client had {got}");
+    // Now read it all, returning the window as it arrives.
+    body.flow_control().release_capacity(got).unwrap();
+    while let Some(data) = tokio::time::timeout(Duration::from_secs(30), body.data())
+        .await
+        .expect("data within 30 s")
+    {
+        let data = data.unwrap();
+        check(&data, got);
+        got += data.len();
+        body.flow_control().release_capacity(data.len()).unwrap();
+    }
+    assert_eq!(got, BIG);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

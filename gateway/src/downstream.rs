@@ -7,6 +7,7 @@
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use h2::SendStream;
 use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_core::protocols::Stream;
 use pingora_http::ResponseHeader;
@@ -32,18 +33,34 @@ pub enum Downstream<'a> {
         /// Bytes past the body arrived: the connection closes after this exchange.
         pipelined: bool,
     },
-    H2(&'a mut H2Session),
+    H2 {
+        session: &'a mut H2Session,
+        /// The stream's DATA side once the head is sent, taken from pingora's session so the
+        /// body goes to h2 directly ([`send_h2`]).
+        out: Option<SendStream<Bytes>>,
+        /// The end of the stream was sent.
+        ended: bool,
+    },
 }
 
-impl Downstream<'_> {
+impl<'a> Downstream<'a> {
+    /// An HTTP/2 stream's client side, nothing sent yet.
+    pub fn h2(session: &'a mut H2Session) -> Self {
+        Downstream::H2 {
+            session,
+            out: None,
+            ended: false,
+        }
+    }
+
     pub fn is_h2(&self) -> bool {
-        matches!(self, Downstream::H2(_))
+        matches!(self, Downstream::H2 { .. })
     }
 
     pub fn proto(&self) -> ClientProto {
         match self {
             Downstream::H1 { .. } => ClientProto::Http1,
-            Downstream::H2(_) => ClientProto::Http2,
+            Downstream::H2 { .. } => ClientProto::Http2,
         }
     }
 
@@ -53,7 +70,7 @@ impl Downstream<'_> {
             Downstream::H1 {
                 buf, buffered_body, ..
             } => &buf[..*buffered_body],
-            Downstream::H2(_) => &[],
+            Downstream::H2 { .. } => &[],
         }
     }
 
@@ -111,15 +128,25 @@ impl Downstream<'_> {
                 }
                 stream.write_all(&out).await.map_err(|_| ClientGone)
             }
-            Downstream::H2(s) => {
+            Downstream::H2 {
+                session,
+                out,
+                ended,
+            } => {
                 let head = h2_head.ok_or(ClientGone)?;
                 let bodiless = end && pieces.is_empty();
-                s.write_response_header(head, bodiless)
+                session
+                    .write_response_header(head, bodiless)
                     .map_err(|_| ClientGone)?;
+                *ended = bodiless;
                 if bodiless {
                     return Ok(());
                 }
-                send_h2(s, body, pieces, end).await
+                *out = session.take_response_body_writer();
+                let out = out.as_mut().ok_or(ClientGone)?;
+                send_h2(out, body, pieces, end, true).await?;
+                *ended = end;
+                Ok(())
             }
         }
     }
@@ -141,7 +168,11 @@ impl Downstream<'_> {
                 }
                 Ok(())
             }
-            Downstream::H2(s) => send_h2(s, body, pieces, end).await,
+            Downstream::H2 { out, ended, .. } => {
+                send_h2(out.as_mut().ok_or(ClientGone)?, body, pieces, end, false).await?;
+                *ended = end;
+                Ok(())
+            }
         }
     }
 
@@ -149,7 +180,19 @@ impl Downstream<'_> {
     pub async fn finish(&mut self) -> Result<(), ClientGone> {
         match self {
             Downstream::H1 { stream, .. } => stream.flush().await.map_err(|_| ClientGone),
-            Downstream::H2(s) => s.finish().map_err(|_| ClientGone),
+            Downstream::H2 {
+                out: Some(out),
+                ended,
+                ..
+            } => {
+                if !*ended {
+                    out.send_data(Bytes::new(), true).map_err(|_| ClientGone)?;
+                    *ended = true;
+                }
+                Ok(())
+            }
+            // No head went out: dropping the stream unanswered resets it.
+            Downstream::H2 { out: None, .. } => Ok(()),
         }
     }
 
@@ -164,8 +207,8 @@ impl Downstream<'_> {
                 };
                 let _ = write.await;
             }
-            Downstream::H2(s) => {
-                let _ = h2_page(s, status, title, detail).await;
+            Downstream::H2 { session, .. } => {
+                let _ = h2_page(session, status, title, detail).await;
             }
         }
     }
@@ -189,21 +232,55 @@ pub(crate) async fn h2_page(
 
 /// Sends the `pieces` of `body` as DATA frames without copying them (`body` is handed over
 /// and left empty); `end` goes with the last one, or alone when there is none.
+///
+/// The `first` piece of a response (what came with its head) is queued at once: its bytes
+/// are held already, and h2 sends them as the window allows. Every later piece waits for h2
+/// to grant the stream window for it, so the relay reads no further ahead of a client that
+/// does not read than one piece: the same bound as pingora's own body writer, which reserves
+/// before every piece, without that round through h2's flow control for the common
+/// response that arrives in one read.
 async fn send_h2(
-    s: &mut H2Session,
+    out: &mut SendStream<Bytes>,
     body: &mut BytesMut,
     pieces: &[Range<usize>],
     end: bool,
+    first: bool,
 ) -> Result<(), ClientGone> {
     let data = body.split().freeze();
     for (i, r) in pieces.iter().enumerate() {
         let last = end && i + 1 == pieces.len();
-        s.write_body(data.slice(r.clone()), last)
-            .await
-            .map_err(|_| ClientGone)?;
+        let piece = data.slice(r.clone());
+        if first && i == 0 {
+            out.send_data(piece, last).map_err(|_| ClientGone)?;
+        } else {
+            send_granted(out, piece, last).await?;
+        }
     }
     if end && pieces.is_empty() {
-        s.finish().map_err(|_| ClientGone)?;
+        out.send_data(Bytes::new(), true).map_err(|_| ClientGone)?;
+    }
+    Ok(())
+}
+
+/// Sends `data` as the stream's window is granted for it, in as many frames as grants.
+async fn send_granted(
+    out: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), ClientGone> {
+    while !data.is_empty() {
+        out.reserve_capacity(data.len());
+        let granted = match std::future::poll_fn(|cx| out.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            // The stream was reset or the connection ended.
+            _ => return Err(ClientGone),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let now = data.split_to(granted.min(data.len()));
+        out.send_data(now, end && data.is_empty())
+            .map_err(|_| ClientGone)?;
     }
     Ok(())
 }

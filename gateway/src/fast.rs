@@ -165,7 +165,7 @@ impl FastPath {
         };
         let ex = self
             .exchange(
-                &mut Downstream::H2(stream),
+                &mut Downstream::h2(stream),
                 &req,
                 &route,
                 client_ip,

@@ -110,7 +110,8 @@ pub fn request(req: &RequestHeader) -> Parsed {
 /// Built from where the parse found each field, without parsing the head again. The header
 /// values are slices of `raw`, not copies, so neither building the head nor pingora's copy
 /// of it when it is sent allocates per value; the map is built directly, as pingora's
-/// header setters would parse each name twice.
+/// header setters would parse each name twice. The upstream's `date` is left out: pingora
+/// sets its own on every HTTP/2 response head it writes, replacing any other.
 pub fn response(raw: &Bytes, resp: &Response) -> Result<Box<ResponseHeader>, String> {
     let within = |at: &Range<u32>| {
         let at = at.start as usize..at.end as usize;
@@ -121,7 +122,11 @@ pub fn response(raw: &Bytes, resp: &Response) -> Result<Box<ResponseHeader>, Str
     };
     let mut headers = HeaderMap::with_capacity(resp.fields.len() + 1);
     for f in &resp.fields {
-        let name = HeaderName::from_bytes(&raw[within(&f.name)?]).map_err(|e| e.to_string())?;
+        let name = &raw[within(&f.name)?];
+        if name.eq_ignore_ascii_case(b"date") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|e| e.to_string())?;
         let value = HeaderValue::from_maybe_shared(raw.slice(within(&f.value)?))
             .map_err(|e| e.to_string())?;
         headers.try_append(name, value).map_err(|e| e.to_string())?;
@@ -230,9 +235,11 @@ mod tests {
     #[test]
     fn responses_lose_http1_framing_and_keep_a_known_length() {
         let raw: &[u8] =
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\n\r\n";
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-App: 1\r\nDate: Thu, 03 Dec 2026 10:00:00 GMT\r\n\r\n";
         let h = h2_response(raw);
         assert_eq!(h.status, 200);
+        // pingora writes its own date over any the head has; the upstream's is not copied.
+        assert!(h.headers.get("date").is_none());
         assert_eq!(h.headers.get("content-length").unwrap(), "5");
         assert_eq!(h.headers.get("x-app").unwrap(), "1");
         assert!(h.headers.get("connection").is_none());
