@@ -9,7 +9,10 @@
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, CLIENT_TLS13 (the generators' TLS 1.3 suites,
 # in order), GATEWAY_EXTRA (TOML lines for [limits]),
 # GATEWAY_TOP (TOML lines at the top level, e.g. listener_per_worker = false), GATEWAY_WRAP (a
-# command the gateway alone runs under, e.g. "heaptrack -o FILE").
+# command the gateway alone runs under, e.g. "heaptrack -o FILE"); NGINX_WRAP and HAPROXY_WRAP
+# the same for the nginx and HAProxy contenders (not the backend). A wrapped nginx runs as one
+# process in the foreground (no master, no daemon), so the wrapper sees the process that serves.
+# SANITY_TRIES: how many times (every 0.1 s) a contender is asked for the app before giving up.
 PROFILE=${PROFILE:-release}
 BASE=${BASE:-apps.bench.test}
 
@@ -111,8 +114,13 @@ nginx -c "$T/backend.conf" -p "$T" -e "$T/backend.err"
 
 start_contenders() { # workers
   local w=$1
+  local nginx_wrap haproxy_wrap nginx_top=""
+  read -r -a nginx_wrap <<<"${NGINX_WRAP:-}"
+  read -r -a haproxy_wrap <<<"${HAPROXY_WRAP:-}"
+  ((${#nginx_wrap[@]})) && nginx_top="master_process off; daemon off;"
   cat > "$T/nginx.conf" <<CONF
 user root;
+$nginx_top
 worker_processes $w;
 worker_rlimit_nofile 20000;
 pid $T/nginx.pid;
@@ -148,7 +156,11 @@ http {
   }
 }
 CONF
-  nginx -c "$T/nginx.conf" -p "$T" -e "$T/nginx.err"
+  if ((${#nginx_wrap[@]})); then
+    "${nginx_wrap[@]}" nginx -c "$T/nginx.conf" -p "$T" -e "$T/nginx.err" 2>>"$T/nginx.err" &
+  else
+    nginx -c "$T/nginx.conf" -p "$T" -e "$T/nginx.err"
+  fi
 
   cat > "$T/haproxy.cfg" <<CONF
 global
@@ -170,7 +182,7 @@ backend app
   http-reuse always
   server s1 127.0.0.1:$PB ssl verify required ca-file $T/certs/ratls.pem sni str($APP-80.$BASE) alpn http/1.1
 CONF
-  haproxy -f "$T/haproxy.cfg" -db 2>"$T/haproxy.err" &
+  "${haproxy_wrap[@]}" haproxy -f "$T/haproxy.cfg" -db 2>"$T/haproxy.err" &
   HA_PID=$!
 
   cat > "$T/gateway.toml" <<CONF
@@ -214,7 +226,7 @@ CONF
   "$HELPER" register "$T/certs" "$PR" "127.0.0.1:$PB"
   for url in "https://127.0.0.1:$PG/" "https://127.0.0.1:$PN/" "https://127.0.0.1:$PH/"; do
     local ok=""
-    for _ in $(seq 1 50); do
+    for _ in $(seq 1 "${SANITY_TRIES:-50}"); do
       curl -sk --max-time 5 -H "Host: $HOST" "$url" | grep -q "hello from the app" && { ok=1; break; }
       sleep 0.1
     done
