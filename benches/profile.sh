@@ -61,7 +61,7 @@ rm -f "$OUT".[0-9]*
 callgrind_control --zero "$PID" >/dev/null 2>&1
 out_short=$(drive "$LOAD" "$PORT" "$SHORT")
 callgrind_control --dump=short "$PID" >/dev/null 2>&1
-short_dump=$(ls -t "$OUT".* 2>/dev/null | head -1)
+short_dump=$(ls -t "$OUT".[0-9]* 2>/dev/null | head -1 || true)
 callgrind_control --zero "$PID" >/dev/null 2>&1
 out=$(drive "$LOAD" "$PORT" "$DURATION")
 reqs=$(answered "$LOAD" "$out")
