@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Where a contender's time goes, in instructions: the gateway (or, with CONTENDER, nginx or
 # HAProxy) runs under `valgrind --tool=callgrind` (one worker) with the set-up of
-# benches/load.sh, the generator drives LOAD through it, and after a warm-up the counters are
-# zeroed and collected for DURATION seconds (and the contender's shutdown, which follows).
-# Prints instructions per request (repeatable for the same binary and inputs, whatever else the
-# machine does), so the three can be compared without the noise of a shared machine.
+# benches/load.sh, the generator drives LOAD through it, and after a warm-up two runs are
+# counted, DURATION/2 seconds then DURATION (the second with the contender's shutdown, which
+# is small). Prints instructions per request, and per extra request between the two runs
+# (repeatable for the same binary and inputs, whatever else the machine does), so the three
+# can be compared without the noise of a shared machine.
 # User-space only: the kernel's share (the syscalls) is not in it. nginx is profiled as one
 # process without a master (the worker's code path is the same; see NGINX_WRAP in lib.sh).
 #
