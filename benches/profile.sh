@@ -44,11 +44,9 @@ case $CONTENDER in
   haproxy) HAPROXY_WRAP="${callgrind[*]}" ;;
 esac
 start_contenders 1
-case $CONTENDER in
-  gateway) PID=$GW_PID PORT=$PG ;;
-  nginx) PID=$(cat "$T/nginx.pid") PORT=$PN ;;
-  haproxy) PID=$HA_PID PORT=$PH ;;
-esac
+# The one process that serves: nginx has no workers under its wrapper.
+read -r PID _ <<<"$(pids_of "$CONTENDER")"
+PORT=$(port_of "$CONTENDER")
 
 total_of() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'; }
 
