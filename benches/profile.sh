@@ -48,7 +48,14 @@ start_contenders 1
 read -r PID _ <<<"$(pids_of "$CONTENDER")"
 PORT=$(port_of "$CONTENDER")
 
-total_of() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'; }
+# Every event a profile counts, as "name=total" words: Ir alone, or with CALLGRIND_OPTS'
+# --cache-sim/--branch-sim the cache misses (D1mr, D1mw, I1mr, ...) and mispredictions too.
+totals_of() {
+  callgrind_annotate "$1" 2>/dev/null | awk '
+    /^Events shown:/ { for (i = 3; i <= NF; i++) name[i - 2] = $i; n = NF - 2 }
+    /PROGRAM TOTALS/ { k = 0; for (i = 1; i <= NF && k < n; i++) if ($i !~ /^\(/) { gsub(",", "", $i); printf "%s=%s ", name[++k], $i }; exit }'
+}
+total_of() { totals_of "$1" | tr ' ' '\n' | awk -F= '$1 == "Ir" { print $2 }'; }
 
 echo "warm-up ${WARMUP}s…" >&2
 drive "$LOAD" "$PORT" "$WARMUP" >/dev/null || true
@@ -89,5 +96,19 @@ awk -v t="${total:-0}" -v n="${reqs:-0}" -v ts="${total_short:-0}" -v ns="${reqs
   if (n > 0) printf "  per request:      %.1f k (the %s run, its handshakes included)\n", t / n / 1000, "'"${DURATION}s"'"
   if (n > ns) printf "  per extra request: %.1f k (the difference between the runs)\n", (t - ts) / (n - ns) / 1000
 }'
+# With the cache or branch simulation on, every other event per extra request too.
+all=$(totals_of "$dump")
+all_short=$(totals_of "$short_dump")
+if [ "$(wc -w <<<"$all")" -gt 1 ] && [ "${reqs:-0}" -gt "${reqs_short:-0}" ]; then
+  echo "  per extra request, every event (callgrind's simulated caches and branch predictor):"
+  awk -v a="$all" -v b="$all_short" -v n="$((reqs - reqs_short))" 'BEGIN {
+    m = split(b, w, " "); for (i = 1; i <= m; i++) { split(w[i], kv, "="); short[kv[1]] = kv[2] }
+    m = split(a, w, " ")
+    for (i = 1; i <= m; i++) {
+      split(w[i], kv, "=")
+      printf "    %-5s %10.1f\n", kv[1], (kv[2] - short[kv[1]]) / n
+    }
+  }'
+fi
 [ -n "${KEEP_OUT:-}" ] && echo "  profile:          $dump"
 [ -z "$errs" ] || { echo "the generator saw errors: $errs" >&2; exit 1; }
