@@ -250,7 +250,10 @@ impl FastPath {
             // Phase 3: connect and verify, unless this thread holds a verified idle one.
             let (conn, reused) = match self.upstreams.pooled(&inst, target.port) {
                 Some(conn) => (conn, true),
-                None => match self.upstreams.connect(&inst, target.port).await {
+                // Boxed: the TLS connect's future is the largest of the exchange's states,
+                // and every request's future (an HTTP/2 stream's is allocated and copied
+                // whole) would carry its size for the few that connect.
+                None => match Box::pin(self.upstreams.connect(&inst, target.port)).await {
                     Ok(conn) => (conn, false),
                     Err(e) => {
                         self.mark_down(&id);
@@ -566,7 +569,9 @@ async fn answer_error(
         ),
     };
     progress.start();
-    down.error_page(status, title, detail).await;
+    // Boxed, as the connect below: a rare path's future would otherwise size every
+    // request's (see `exchange`).
+    Box::pin(down.error_page(status, title, detail)).await;
     Exchange {
         app,
         instance,

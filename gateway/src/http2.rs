@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,8 +53,6 @@ pub struct Conn<'a> {
     pub hosts: HostMemo,
 }
 
-type StreamTask<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
 /// Serves HTTP/2 streams on `stream` until the client closes, the connection idles out or
 /// the server shuts down (after the open streams finish).
 pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
@@ -72,7 +70,9 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
         }
     };
     let c = &c;
-    let mut streams: FuturesUnordered<StreamTask<'_>> = FuturesUnordered::new();
+    // The streams' futures themselves, not boxed: FuturesUnordered allocates each its task
+    // anyway, so a box would be a second allocation and a second copy per stream.
+    let mut streams = FuturesUnordered::new();
     let mut watch = shutdown.clone();
     let mut draining = *shutdown.borrow();
     if draining {
@@ -111,7 +111,7 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
                 let timer = deadlines.open();
-                streams.push(Box::pin(serve_stream(c, session, timer, shutdown)));
+                streams.push(serve_stream(c, session, timer, shutdown));
             }
             Ok(Some(H2Accept::Rejected)) => {
                 malformed += 1;
@@ -141,47 +141,54 @@ pub async fn serve(c: Conn<'_>, stream: Stream, shutdown: &ShutdownWatch) {
     }
 }
 
-async fn serve_stream(
-    c: &Conn<'_>,
+/// One stream's life: the fast path within the stream's deadline, else pingora's phases.
+///
+/// An async block rather than an async fn, which would hold `session` twice (its argument
+/// and the local it is moved into): the future is allocated and copied once per stream, at
+/// the size of its largest state.
+fn serve_stream<'a>(
+    c: &'a Conn<'_>,
     mut session: h2s::HttpSession,
     timer: Arc<StreamTimer>,
-    shutdown: &ShutdownWatch,
-) {
-    let progress = Progress::default();
-    let served = timer
-        .run(
-            c.fast
-                .serve_h2(&mut session, c.client_ip, &c.hosts, &progress),
+    shutdown: &'a ShutdownWatch,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let progress = Progress::default();
+        let served = {
+            let work = pin!(c
+                .fast
+                .serve_h2(&mut session, c.client_ip, &c.hosts, &progress));
+            timer.run(work).await
+        };
+        // The request deadline covers the fast path's exchange, as the HTTP/1 one does; from
+        // here the 504 answer has its own bound and pingora's phases their own timeouts. With
+        // the timer dropped, the connection's queue holds the only reference: ended.
+        drop(timer);
+        match served {
+            Some(true) => return,
+            Some(false) => {}
+            None => {
+                c.fast.timed_out(ClientProto::Http2, c.client_ip, &progress);
+                if !progress.started() {
+                    let page = crate::downstream::h2_page(
+                        &mut session,
+                        504,
+                        "Gateway Timeout",
+                        "The app did not answer in time.",
+                    );
+                    // Bounded: a client that opens no flow-control window must not hold it.
+                    let _ = tokio::time::timeout(ANSWER_WRITE, page).await;
+                }
+                // Otherwise the stream is reset when the session drops unfinished.
+                return;
+            }
+        }
+        // Boxed apart: pingora's proxy future is many times the fast path's, and every stream's
+        // future is allocated at the size of its largest state.
+        Box::pin(
+            c.proxy
+                .process_new_http(ServerSession::new_http2(session), shutdown),
         )
         .await;
-    // The request deadline covers the fast path's exchange, as the HTTP/1 one does; from
-    // here the 504 answer has its own bound and pingora's phases their own timeouts. With
-    // the timer dropped, the connection's queue holds the only reference: ended.
-    drop(timer);
-    match served {
-        Some(true) => return,
-        Some(false) => {}
-        None => {
-            c.fast.timed_out(ClientProto::Http2, c.client_ip, &progress);
-            if !progress.started() {
-                let page = crate::downstream::h2_page(
-                    &mut session,
-                    504,
-                    "Gateway Timeout",
-                    "The app did not answer in time.",
-                );
-                // Bounded: a client that opens no flow-control window must not hold it.
-                let _ = tokio::time::timeout(ANSWER_WRITE, page).await;
-            }
-            // Otherwise the stream is reset when the session drops unfinished.
-            return;
-        }
     }
-    // Boxed apart: pingora's proxy future is many times the fast path's, and every stream's
-    // future is allocated at the size of its largest state.
-    Box::pin(
-        c.proxy
-            .process_new_http(ServerSession::new_http2(session), shutdown),
-    )
-    .await;
 }

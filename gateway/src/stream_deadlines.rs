@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -39,10 +39,13 @@ pub struct StreamTimer {
 }
 
 impl StreamTimer {
-    /// Runs `work` until it finishes (`Some`) or the stream's deadline passes (`None`, and
-    /// `work` is dropped unfinished).
-    pub async fn run<F: Future>(&self, work: F) -> Option<F::Output> {
-        let mut work = pin!(work);
+    /// Runs `work` until it finishes (`Some`) or the stream's deadline passes (`None`; the
+    /// caller then drops `work` unfinished).
+    ///
+    /// `work` is pinned by the caller, in its own future: taken by value, it would be held
+    /// twice in this one (an async fn keeps its argument beside the local it is pinned
+    /// into), and copied in and out of both on every stream.
+    pub async fn run<F: Future>(&self, mut work: Pin<&mut F>) -> Option<F::Output> {
         poll_fn(|cx| {
             // Registered before the flag is read, so an expiry in between still wakes us.
             self.waker.register(cx.waker());
@@ -178,7 +181,8 @@ mod tests {
     async fn a_stream_past_its_deadline_is_expired_and_its_work_dropped() {
         let mut d = StreamDeadlines::new(10 * S, 60 * S);
         let t = d.open();
-        let stream = tokio::spawn(async move { t.run(std::future::pending::<()>()).await });
+        let stream =
+            tokio::spawn(async move { t.run(std::pin::pin!(std::future::pending::<()>())).await });
         assert_eq!(fired_within(&mut d, 9 * S).await, None);
         assert_eq!(fired_within(&mut d, 2 * S).await, Some(Fired::Streams));
         assert_eq!(stream.await.unwrap(), None, "the stream saw its deadline");
@@ -190,8 +194,16 @@ mod tests {
         let first = d.open();
         tokio::time::advance(4 * S).await;
         let second = d.open();
-        let a = tokio::spawn(async move { first.run(std::future::pending::<()>()).await });
-        let b = tokio::spawn(async move { second.run(std::future::pending::<()>()).await });
+        let a = tokio::spawn(async move {
+            first
+                .run(std::pin::pin!(std::future::pending::<()>()))
+                .await
+        });
+        let b = tokio::spawn(async move {
+            second
+                .run(std::pin::pin!(std::future::pending::<()>()))
+                .await
+        });
         // At 10 s the first expires, the second (due at 14 s) does not.
         assert_eq!(fired_within(&mut d, 7 * S).await, Some(Fired::Streams));
         assert_eq!(a.await.unwrap(), None);
@@ -205,7 +217,7 @@ mod tests {
     async fn a_stream_that_finishes_in_time_keeps_its_answer_and_the_idle_timeout_follows() {
         let mut d = StreamDeadlines::new(10 * S, 60 * S);
         let t = d.open();
-        let answer = t.run(async { 200 }).await;
+        let answer = t.run(std::pin::pin!(async { 200 })).await;
         assert_eq!(answer, Some(200));
         drop(t);
         d.closed();
@@ -222,7 +234,11 @@ mod tests {
         let second = d.open();
         drop(first);
         d.closed();
-        let b = tokio::spawn(async move { second.run(std::future::pending::<()>()).await });
+        let b = tokio::spawn(async move {
+            second
+                .run(std::pin::pin!(std::future::pending::<()>()))
+                .await
+        });
         // The timer was armed for the first stream (10 s); with it ended, nothing is due
         // until the second's deadline at 15 s.
         assert_eq!(fired_within(&mut d, 6 * S).await, None);
