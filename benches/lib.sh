@@ -80,7 +80,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. benches/ports.sh
 PB=$(free_port); PP=$(free_port); PG=$(free_port); PGH=$(free_port); PR=$(free_port); PA=$(free_port)
 PN=$(free_port); PH=$(free_port)
 

@@ -69,7 +69,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. benches/ports.sh
 wait_port() { for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 PG=$(free_port); PGH=$(free_port); PR=$(free_port); PA=$(free_port)
 PD=$(free_port); PDA=$(free_port); PP=$(free_port); PPM=$(free_port)
