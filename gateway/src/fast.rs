@@ -569,8 +569,8 @@ async fn answer_error(
         ),
     };
     progress.start();
-    // Boxed, as the connect below: a rare path's future would otherwise size every
-    // request's (see `exchange`).
+    // Boxed, as the upstream connect in `exchange`: a rare path's future would otherwise
+    // size every request's.
     Box::pin(down.error_page(status, title, detail)).await;
     Exchange {
         app,

@@ -168,6 +168,7 @@ fn ended(t: &Arc<StreamTimer>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::pin;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -181,8 +182,7 @@ mod tests {
     async fn a_stream_past_its_deadline_is_expired_and_its_work_dropped() {
         let mut d = StreamDeadlines::new(10 * S, 60 * S);
         let t = d.open();
-        let stream =
-            tokio::spawn(async move { t.run(std::pin::pin!(std::future::pending::<()>())).await });
+        let stream = tokio::spawn(async move { t.run(pin!(std::future::pending::<()>())).await });
         assert_eq!(fired_within(&mut d, 9 * S).await, None);
         assert_eq!(fired_within(&mut d, 2 * S).await, Some(Fired::Streams));
         assert_eq!(stream.await.unwrap(), None, "the stream saw its deadline");
@@ -194,16 +194,8 @@ mod tests {
         let first = d.open();
         tokio::time::advance(4 * S).await;
         let second = d.open();
-        let a = tokio::spawn(async move {
-            first
-                .run(std::pin::pin!(std::future::pending::<()>()))
-                .await
-        });
-        let b = tokio::spawn(async move {
-            second
-                .run(std::pin::pin!(std::future::pending::<()>()))
-                .await
-        });
+        let a = tokio::spawn(async move { first.run(pin!(std::future::pending::<()>())).await });
+        let b = tokio::spawn(async move { second.run(pin!(std::future::pending::<()>())).await });
         // At 10 s the first expires, the second (due at 14 s) does not.
         assert_eq!(fired_within(&mut d, 7 * S).await, Some(Fired::Streams));
         assert_eq!(a.await.unwrap(), None);
@@ -217,7 +209,7 @@ mod tests {
     async fn a_stream_that_finishes_in_time_keeps_its_answer_and_the_idle_timeout_follows() {
         let mut d = StreamDeadlines::new(10 * S, 60 * S);
         let t = d.open();
-        let answer = t.run(std::pin::pin!(async { 200 })).await;
+        let answer = t.run(pin!(async { 200 })).await;
         assert_eq!(answer, Some(200));
         drop(t);
         d.closed();
@@ -234,11 +226,7 @@ mod tests {
         let second = d.open();
         drop(first);
         d.closed();
-        let b = tokio::spawn(async move {
-            second
-                .run(std::pin::pin!(std::future::pending::<()>()))
-                .await
-        });
+        let b = tokio::spawn(async move { second.run(pin!(std::future::pending::<()>())).await });
         // The timer was armed for the first stream (10 s); with it ended, nothing is due
         // until the second's deadline at 15 s.
         assert_eq!(fired_within(&mut d, 6 * S).await, None);
