@@ -270,11 +270,18 @@ async fn send_granted(
 ) -> Result<(), ClientGone> {
     while !data.is_empty() {
         out.reserve_capacity(data.len());
-        let granted = match std::future::poll_fn(|cx| out.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            // The stream was reset or the connection ended.
-            _ => return Err(ClientGone),
-        };
+        // Capacity already assigned (left over from an earlier grant, or given at once by
+        // the reservation) is used as it is: h2's `poll_capacity` wakes only when capacity
+        // grows, so waiting on it with capacity in hand can wait for a window update the
+        // client will not send before it gets more data.
+        let mut granted = out.capacity();
+        if granted == 0 {
+            granted = match std::future::poll_fn(|cx| out.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                // The stream was reset or the connection ended.
+                _ => return Err(ClientGone),
+            };
+        }
         if granted == 0 {
             continue;
         }
