@@ -55,7 +55,8 @@ totals_of() {
     /^Events shown:/ { for (i = 3; i <= NF; i++) name[i - 2] = $i; n = NF - 2 }
     /PROGRAM TOTALS/ { k = 0; for (i = 1; i <= NF && k < n; i++) if ($i !~ /^\(/) { gsub(",", "", $i); printf "%s=%s ", name[++k], $i }; exit }'
 }
-total_of() { totals_of "$1" | tr ' ' '\n' | awk -F= '$1 == "Ir" { print $2 }'; }
+# One event's total out of totals_of's words.
+event_of() { tr ' ' '\n' <<<"$2" | awk -F= -v e="$1" '$1 == e { print $2 }'; }
 
 echo "warm-up ${WARMUP}s…" >&2
 drive "$LOAD" "$PORT" "$WARMUP" >/dev/null || true
@@ -86,8 +87,11 @@ wait "$PID" 2>/dev/null || true
 dump=$OUT
 [ -s "$dump" ] || { echo "callgrind wrote no profile to $dump" >&2; exit 1; }
 [ -n "$short_dump" ] && [ -s "$short_dump" ] || { echo "callgrind wrote no profile of the short run" >&2; exit 1; }
-total=$(total_of "$dump")
-total_short=$(total_of "$short_dump")
+# Each profile annotated once (callgrind_annotate takes seconds on a long run).
+all=$(totals_of "$dump")
+all_short=$(totals_of "$short_dump")
+total=$(event_of Ir "$all")
+total_short=$(event_of Ir "$all_short")
 echo
 echo "$CONTENDER under callgrind ($LOAD, $CONNS connections):"
 echo "  ${SHORT}s run:           ${reqs_short:-0} requests, ${total_short:-0} instructions"
@@ -97,8 +101,6 @@ awk -v t="${total:-0}" -v n="${reqs:-0}" -v ts="${total_short:-0}" -v ns="${reqs
   if (n > ns) printf "  per extra request: %.1f k (the difference between the runs)\n", (t - ts) / (n - ns) / 1000
 }'
 # With the cache or branch simulation on, every other event per extra request too.
-all=$(totals_of "$dump")
-all_short=$(totals_of "$short_dump")
 if [ "$(wc -w <<<"$all")" -gt 1 ] && [ "${reqs:-0}" -gt "${reqs_short:-0}" ]; then
   echo "  per extra request, every event (callgrind's simulated caches and branch predictor):"
   awk -v a="$all" -v b="$all_short" -v n="$((reqs - reqs_short))" 'BEGIN {
