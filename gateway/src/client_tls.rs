@@ -23,17 +23,19 @@ use pingora_core::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
+use crate::single_send::SingleSend;
+
 /// Completes the server handshake on `tcp` with `acceptor`'s configuration.
 pub async fn accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: L4Stream,
 ) -> std::io::Result<ClientTls> {
-    let tls = acceptor.accept(tcp).await?;
+    let tls = acceptor.accept(SingleSend(tcp)).await?;
     Ok(ClientTls { tls })
 }
 
 pub struct ClientTls {
-    tls: TlsStream<L4Stream>,
+    tls: TlsStream<SingleSend<L4Stream>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -96,7 +98,7 @@ impl Shutdown for ClientTls {
 
 impl UniqueID for ClientTls {
     fn id(&self) -> UniqueIDType {
-        self.tls.get_ref().0.id()
+        self.tls.get_ref().0.get_ref().id()
     }
 }
 
@@ -113,27 +115,27 @@ impl Ssl for ClientTls {
 
 impl GetTimingDigest for ClientTls {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.tls.get_ref().0.get_timing_digest()
+        self.tls.get_ref().0.get_ref().get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.tls.get_ref().0.get_read_pending_time()
+        self.tls.get_ref().0.get_ref().get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.tls.get_ref().0.get_write_pending_time()
+        self.tls.get_ref().0.get_ref().get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for ClientTls {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.tls.get_ref().0.get_proxy_digest()
+        self.tls.get_ref().0.get_ref().get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for ClientTls {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.tls.get_ref().0.get_socket_digest()
+        self.tls.get_ref().0.get_ref().get_socket_digest()
     }
 }
 

@@ -29,7 +29,8 @@
 //!  attested: GuestApi (guest) ─ Unix socket ─▶ the sidecar of the gateway's own CVM
 //!            self_attest (start-up: a fresh quote verified by [verifier]) ─▶ AttestedSelf
 //!  TLS crypto: aws-lc-rs (ring without the aws-lc feature); TLS 1.3's HKDF on HMAC keys
-//!              prepared once (prepared_hkdf)
+//!              prepared once (prepared_hkdf); both TLS legs' sockets in single_send (one
+//!              record: send(2), not writev(2))
 //!  private keys ─▶ SealedStore (seal: ChaCha20-Poly1305 under a guest-API-derived key,
 //!                  or an unattested key file) ─▶ Store; unreadable records ─▶ SealReport
 //! ```
@@ -107,6 +108,8 @@ pub mod self_attest;
 pub mod server;
 #[cfg(feature = "server")]
 mod services;
+#[cfg(feature = "server")]
+mod single_send;
 #[cfg(feature = "server")]
 mod spare;
 #[cfg(feature = "server")]

@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::registry::{Instance, Registry};
+use crate::single_send::SingleSend;
 
 /// Why no verified connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ impl ConnectError {
 pub struct Verified {
     /// Boxed: a request's futures move the connection from the pool to the forwarding
     /// phase and back, and rustls' client state is over a kilobyte.
-    pub tls: Box<TlsStream<TcpStream>>,
+    pub tls: Box<TlsStream<SingleSend<TcpStream>>>,
     pub instance: InstanceId,
     port: u16,
 }
@@ -250,7 +251,7 @@ impl Upstreams {
                 addr,
                 message: e.to_string(),
             })?;
-            connector.connect(name, tcp).await.map_err(|e| {
+            connector.connect(name, SingleSend(tcp)).await.map_err(|e| {
                 match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
                     Some(rustls::Error::InvalidCertificate(_)) => ConnectError::Refused {
                         reason: "unverified-certificate",
