@@ -191,7 +191,10 @@ async fn replica_cut_off_from_etcd_refuses_registrations_serves_what_it_has_and_
         assert!(at_rejoin[i] > at_cut[i], "r{} served during the cut", i + 1);
     }
     loads
-        .stop(&["loop on r1 (A)", "loop on r2 (A)", "loop on r3 (A)"])
+        .stop(
+            &["loop on r1 (A)", "loop on r2 (A)", "loop on r3 (A)"],
+            &[&r1.host, &r2.host, &r3.host, &a1.host],
+        )
         .await;
     drop(b);
 }
@@ -385,7 +388,12 @@ async fn etcd_leader_cut_off_keeps_quorum_and_the_replicas_keep_working() {
         lease_lines.join("\n")
     );
 
-    loads.stop(&["loop on r1 (A)", "loop on r2 (A)"]).await;
+    loads
+        .stop(
+            &["loop on r1 (A)", "loop on r2 (A)"],
+            &[&r1.host, &r2.host, &a1.host],
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

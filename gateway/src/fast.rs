@@ -297,7 +297,7 @@ impl FastPath {
                         continue;
                     }
                     self.mark_down(&id);
-                    tracing::debug!(instance = %id, error, "upstream failed before answering");
+                    tracing::warn!(instance = %id, error, "upstream failed before answering on a new connection; instance marked down");
                     if n_tried <= self.settings.retries {
                         continue;
                     }

@@ -308,9 +308,23 @@ impl Loads {
     }
 
     /// Stops the loops (bounded) and asserts that none lost a request; prints their counts
-    /// under `names`.
-    pub async fn stop(self, names: &[&str]) {
-        for (load, name) in self.finish().await.iter().zip(names) {
+    /// under `names`, and when one did, the warnings of `witnesses` (the replicas and
+    /// instances it went through), which say why.
+    pub async fn stop(self, names: &[&str], witnesses: &[&Host]) {
+        let loads = self.finish().await;
+        if loads.iter().any(|l| l.failed() > 0) {
+            for host in witnesses {
+                let log = host.log();
+                let warned: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+                eprintln!(
+                    "{}'s warnings (last 20 of {}):\n{}",
+                    host.name,
+                    warned.len(),
+                    warned[warned.len().saturating_sub(20)..].join("\n")
+                );
+            }
+        }
+        for (load, name) in loads.iter().zip(names) {
             assert_no_failure(name, load);
         }
     }
