@@ -105,27 +105,38 @@ async fn registration_at_one_replica_routes_at_all_and_lease_expiry_removes_it_e
     let (s, _) = get(&client(&replicas[1]), &host).await.unwrap();
     assert_ne!(s, 200, "not registered yet");
 
-    // Each replica lists all three, with the addresses DNS hands out.
-    let (status, listed) = http_get(
-        replicas[1].gw.ports.admin,
-        "/v1/replicas",
-        Some("test-admin-token-0123456789"),
-        "GET",
-    )
-    .await;
-    assert_eq!(status, 200, "{listed}");
-    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(listed["store"], "etcd");
-    let mut addrs_listed: Vec<String> = listed["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["addrs"][0].as_str().unwrap().to_string())
-        .collect();
-    addrs_listed.sort();
+    // Each replica lists all three, with the addresses DNS hands out: within a moment, since
+    // the replicas start together and each learns of the others' records through its watch.
     let mut ips: Vec<String> = replicas.iter().map(|r| r.ip.to_string()).collect();
     ips.sort();
-    assert_eq!(addrs_listed, ips, "{listed}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, listed) = http_get(
+            replicas[1].gw.ports.admin,
+            "/v1/replicas",
+            Some("test-admin-token-0123456789"),
+            "GET",
+        )
+        .await;
+        assert_eq!(status, 200, "{listed}");
+        let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        assert_eq!(listed["store"], "etcd");
+        let mut addrs_listed: Vec<String> = listed["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["addrs"][0].as_str().unwrap().to_string())
+            .collect();
+        addrs_listed.sort();
+        if addrs_listed == ips {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 2 does not list all three within 10 s: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let front = registered_at(&replicas[0], set.ca_pem(), &id, "one").await;
     let registered = Instant::now();
