@@ -57,8 +57,7 @@ for load in $LOADS; do
     pids=$(pids_of "$who")
     read -r v0 n0 < <(switches $pids)
     nstat -n >/dev/null
-    perf record -q -F "$FREQ" -e cpu-clock -p "$(tr -s ' \n' ',' <<<"$pids" | sed 's/^,//; s/,$//')" \
-      -o "$T/perf.data" >/dev/null 2>&1 &
+    perf record -q -F "$FREQ" -e cpu-clock -p "$(pid_list "$who")" -o "$T/perf.data" >/dev/null 2>&1 &
     recorder=$!
     # perf prints nothing once attached; give it a moment before the run.
     sleep 0.5
@@ -66,10 +65,7 @@ for load in $LOADS; do
     kill -INT "$recorder"; wait "$recorder" || true
     segs=$(nstat -z TcpOutSegs | awk '$1 == "TcpOutSegs" { print $2 }')
     read -r v1 n1 < <(switches $pids)
-    errs=$(generator_errors "$load" "$out")
-    [ -z "$errs" ] || { echo "$who, $load: the generator saw errors: $errs" >&2; exit 1; }
-    n=$(answered "$load" "$out")
-    [ "${n:-0}" -gt 0 ] || { echo "$who, $load: no request was answered" >&2; exit 1; }
+    n=$(answered_or_fail "$load" "$who" "$out")
     # Samples are FREQ per second of CPU: µs per request = samples / FREQ / requests * 1e6.
     scale="1000000 / $FREQ / $n"
     where=$(perf report -i "$T/perf.data" --no-children --sort dso -n -q 2>/dev/null |

@@ -3,7 +3,8 @@
 #   start_contenders W / stop_contenders; pids_of gateway|nginx|haproxy|direct; cpu_ticks PIDS
 #   ("user system" clock ticks); run_wait PIDS (ns their threads spent runnable, waiting for a CPU);
 #   wrk and h2load: the generators, offering CLIENT_TLS13; port_of CONTENDER;
-#   drive LOAD PORT SECONDS, answered LOAD OUTPUT, generator_errors LOAD OUTPUT;
+#   drive LOAD PORT SECONDS, answered LOAD OUTPUT, generator_errors LOAD OUTPUT,
+#   answered_or_fail LOAD CONTENDER OUTPUT; pid_list CONTENDER (pids_of, comma-separated);
 #   $T/pace.lua: wrk's think time of PACE_MS before each connection's request
 # Ports: PG (gateway), PN (nginx), PH (HAProxy), PB (backend TLS), PP (backend plain).
 # Settings read: PROFILE, TEEGATE_BIN/HELPER_BIN, CLIENT_TLS13 (the generators' TLS 1.3 suites,
@@ -276,6 +277,17 @@ generator_errors() { # load output
   fi
 }
 
+# For the scripts that attach a tool to a run: the requests it answered (printed), or a
+# failure naming the contender when the generator saw errors or nothing was answered.
+answered_or_fail() { # load who output
+  local errs n
+  errs=$(generator_errors "$1" "$3")
+  [ -z "$errs" ] || { echo "$2, $1: the generator saw errors: $errs" >&2; return 1; }
+  n=$(answered "$1" "$3")
+  [ "${n:-0}" -gt 0 ] || { echo "$2, $1: no request was answered" >&2; return 1; }
+  echo "$n"
+}
+
 port_of() {
   case $1 in gateway) echo "$PG" ;; nginx) echo "$PN" ;; haproxy) echo "$PH" ;; direct) echo "$PP" ;; esac
 }
@@ -289,6 +301,8 @@ pids_of() {
     direct) cat "$T/backend.pid" ;;
   esac
 }
+# The same, comma-separated, as perf's -p takes them.
+pid_list() { pids_of "$1" | tr -s ' \n' ',' | sed 's/^,//; s/,$//'; }
 cpu_ticks() { # pids... -> "utime stime" in clock ticks (fields 14 and 15 of /proc/<pid>/stat)
   local p
   for p in "$@"; do cat "/proc/$p/stat" 2>/dev/null || true; done |

@@ -42,17 +42,13 @@ for load in $LOADS; do
   for who in gateway nginx haproxy; do
     port=$(port_of "$who")
     drive "$load" "$port" "$WARMUP" >/dev/null
-    pids=$(pids_of "$who" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
-    perf trace -s -p "$pids" -o "$T/trace" &
+    perf trace -s -p "$(pid_list "$who")" -o "$T/trace" &
     tracer=$!
     # perf trace prints nothing when it is attached; give it a moment before the run.
     sleep 0.5
     out=$(drive "$load" "$port" "$DURATION")
     kill -INT "$tracer"; wait "$tracer" || true
-    errs=$(generator_errors "$load" "$out")
-    [ -z "$errs" ] || { echo "$who, $load: the generator saw errors: $errs" >&2; exit 1; }
-    n=$(answered "$load" "$out")
-    [ "${n:-0}" -gt 0 ] || { echo "$who, $load: no request was answered" >&2; exit 1; }
+    n=$(answered_or_fail "$load" "$who" "$out")
     # The summary has one table per thread: "syscall calls errors total min avg max stddev".
     awk -v n="$n" -v top="$TOP" -v load="$load" -v who="$who" '
       $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ && NF >= 8 { c[$1] += $2; e[$1] += $3; all += $2; bad += $3 }
