@@ -19,6 +19,7 @@
 mod cvm;
 mod docker;
 mod output;
+mod ports;
 mod probe;
 mod procs;
 mod stack;
@@ -30,8 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use ports::Ports;
 use procs::{Proc, Procs};
-use stack::{App, GatewayCvm, Layout, Ports};
+use stack::{App, GatewayCvm, Layout};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -316,7 +318,7 @@ async fn start(args: &Args, layout: &Layout, procs: &mut Procs, stack: &mut Stac
                 apps.len()
             );
             for app in &mut apps {
-                app.demo_addr = Some(format!("127.0.0.1:{}", stack::free_port()?).parse()?);
+                app.demo_addr = Some(format!("127.0.0.1:{}", ports::free_port()?).parse()?);
             }
         }
     }

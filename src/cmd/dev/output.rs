@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::time::Instant;
 
+use super::ports::Ports;
 use super::secs;
-use super::stack::{App, GatewayCvm, Layout, Ports, BASE};
+use super::stack::{App, GatewayCvm, Layout, BASE};
 
 /// Quotes `text` for a POSIX shell when it needs it.
 fn shell_quote(text: &str) -> String {

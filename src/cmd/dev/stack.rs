@@ -1,10 +1,12 @@
 //! The files of a development stack: where everything lives in the data directory, the
 //! loopback ports, each app's `app-compose.json` and every component's config.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use super::ports::Ports;
 
 /// The base domain: browsers resolve `*.localhost` to loopback by themselves.
 pub const BASE: &str = "teegate.localhost";
@@ -22,64 +24,6 @@ pub fn toml_str(text: &str) -> String {
 
 fn path_str(p: &Path) -> String {
     toml_str(&p.display().to_string())
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("picking a free loopback port")?
-        .port())
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 (the DNS server listens on both).
-fn free_dual_port() -> Result<u16> {
-    for _ in 0..20 {
-        let tcp = TcpListener::bind("127.0.0.1:0").context("picking a free loopback port")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("found no loopback port free for both TCP and UDP")
-}
-
-/// Loopback ports of one run. Only `https` is chosen by the user (URLs and bookmarks
-/// keep working across restarts); the rest are picked free each time.
-#[derive(Debug, Clone)]
-pub struct Ports {
-    pub https: u16,
-    pub http: u16,
-    pub registration: u16,
-    pub admin: u16,
-    pub kms: u16,
-    pub dns: u16,
-    pub dns_api: u16,
-}
-
-impl Ports {
-    pub fn pick(https: u16) -> Result<Ports> {
-        let https = if https == 0 {
-            free_port()?
-        } else {
-            TcpListener::bind(("127.0.0.1", https)).with_context(|| {
-                format!(
-                    "127.0.0.1:{https} is taken (another teegate dev, or another server?); \
-                     choose another port with --port N (or --port 0 for any free one)"
-                )
-            })?;
-            https
-        };
-        Ok(Ports {
-            https,
-            http: free_port()?,
-            registration: free_port()?,
-            admin: free_port()?,
-            kms: free_port()?,
-            dns: free_dual_port()?,
-            dns_api: free_port()?,
-        })
-    }
 }
 
 /// One simulated CVM running one demo app.
