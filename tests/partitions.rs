@@ -510,7 +510,9 @@ async fn cvm_cut_off_from_one_replica_is_routed_around_there_and_served_by_the_o
     .await;
     eprintln!("r1 serves from a1 again {took:?} after the link returned (down back-off 2 s)");
 
-    let loads = loads.finish().await;
+    let loads = loads
+        .finish_telling(&[&r1.host, &r2.host, &a1.host, &a2.host])
+        .await;
     assert_no_failure("loop on r2 (A)", &loads[1]);
     // Through r1, only a request caught in flight to a1 when the link went silent may fail
     // (at most one per client worker): the fast path's request deadline

@@ -307,6 +307,7 @@ impl FastPath {
                     if !reused {
                         self.mark_down(&id);
                     }
+                    tracing::warn!(instance = %id, error, reused, started, "upstream failed during the exchange");
                     if started {
                         return Exchange {
                             app,

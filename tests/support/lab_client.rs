@@ -311,6 +311,15 @@ impl Loads {
     /// under `names`, and when one did, the warnings of `witnesses` (the replicas and
     /// instances it went through), which say why.
     pub async fn stop(self, names: &[&str], witnesses: &[&Host]) {
+        let loads = self.finish_telling(witnesses).await;
+        for (load, name) in loads.iter().zip(names) {
+            assert_no_failure(name, load);
+        }
+    }
+
+    /// Stops the loops (bounded) and returns them, to be judged by the caller; when one
+    /// lost a request, prints the warnings of `witnesses` first.
+    pub async fn finish_telling(self, witnesses: &[&Host]) -> Vec<Arc<Load>> {
         let loads = self.finish().await;
         if loads.iter().any(|l| l.failed() > 0) {
             for host in witnesses {
@@ -324,9 +333,7 @@ impl Loads {
                 );
             }
         }
-        for (load, name) in loads.iter().zip(names) {
-            assert_no_failure(name, load);
-        }
+        loads
     }
 
     /// Stops the loops (bounded) and returns them, to be judged by the caller.
