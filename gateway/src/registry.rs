@@ -162,15 +162,20 @@ impl Registry {
                 .down_until_ms
                 .store(old.down_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+        // The new certificates are owned before the dropped ones go, and one kept across
+        // the renewal is never removed: worker threads verify upstream connections against
+        // this map meanwhile, and a miss refuses the connection and marks the instance down.
+        for fp in &fresh.record.fingerprints {
+            self.fingerprints.insert(*fp, id);
+        }
         for fp in &old.record.fingerprints {
-            self.fingerprints.remove_if(fp, |_, owner| *owner == id);
+            if !fresh.record.fingerprints.contains(fp) {
+                self.fingerprints.remove_if(fp, |_, owner| *owner == id);
+            }
         }
         if old.record.app_id != fresh.record.app_id {
             // Only a lapsed holder gets here.
             self.detach(&old.record.app_id, &id);
-        }
-        for fp in &fresh.record.fingerprints {
-            self.fingerprints.insert(*fp, id);
         }
         let mut list = self.apps.entry(fresh.record.app_id).or_default();
         list.retain(|i| i.record.instance_id != id);
@@ -517,6 +522,40 @@ mod tests {
         assert!(r.resolve(&[1; 20]).is_none());
         assert_eq!(r.owner_of(&Fingerprint([7; 32])), None);
         assert_eq!(r.instance_count(), 0);
+    }
+
+    #[test]
+    fn a_renewal_never_hides_a_certificate_it_keeps() {
+        // Renewals arrive every few seconds per instance and replica, while other worker
+        // threads verify new upstream connections against the same map. A certificate
+        // present before and after a renewal must be owned at every instant in between:
+        // a miss refuses the connection (502) and marks the instance down.
+        let r = Arc::new(Registry::new());
+        let fp = Fingerprint([1; 32]);
+        r.upsert(rec(1, 1, &[80]), 0).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (r, done) = (r.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50_000 {
+                    r.upsert(rec(1, 1, &[80]), 0).unwrap();
+                }
+                done.store(true, Ordering::Relaxed);
+            })
+        };
+        let mut misses = 0u64;
+        let mut reads = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            reads += 1;
+            if r.owner_of(&fp) != Some(InstanceId([1; 20])) {
+                misses += 1;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(
+            misses, 0,
+            "{misses} of {reads} lookups found no owner mid-renewal"
+        );
     }
 
     #[test]
