@@ -1,5 +1,5 @@
-//! The files of a development stack: where everything lives in the data directory, the
-//! loopback ports, each app's `app-compose.json` and every component's config.
+//! The files of a development stack: where everything lives in the data directory, each
+//! app's `app-compose.json` and every component's config (the ports are `ports.rs`'s).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
