@@ -89,10 +89,9 @@ run_one() { # load workers contender
       ;;
     h2|h2paced|full)
       local args=(-c"$CONNS" --log-file="$T/h2load.log")
-      if [ "$load" = h2 ]; then
+      if [ "$load" != full ]; then
+        [ "$load" = h2paced ] && args+=(--rps="$H2_RPS")
         args+=(-m10 -D"$DURATION" -H ":authority: $HOST")
-      elif [ "$load" = h2paced ]; then
-        args+=(-m10 --rps="$H2_RPS" -D"$DURATION" -H ":authority: $HOST")
       else
         # h2load stops only on a request count with Connection: close; size it to last
         # roughly DURATION seconds at the rate the contenders reach here.
